@@ -1,0 +1,171 @@
+"""The embedded RAM-only backend.
+
+Nothing is written anywhere: every record, meta value and the seq counter are lost when the
+process exits or the backend is closed. It is the fastest backend and the one the in-process
+cluster simulation uses; use sqlite for anything that must survive a restart.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right, insort
+
+from twisted.internet.defer import Deferred, fail, succeed
+from zope.interface import implementer
+
+from ..errors import BackendClosed, InvalidRecord
+from ..interfaces import ANY, Expectation, IStorageBackend, expectation_holds, supersedes
+from ..keys import prefix_upper_bound
+from ..record import Record, check_record
+from . import BackendURL, BackendURLError
+
+__all__ = ["MemoryBackend", "open_memory"]
+
+
+@implementer(IStorageBackend)
+class MemoryBackend:
+    """Records in a dict, keys in a sorted list, seqs in an append-only log.
+
+    The seq log holds every seq ever assigned in increasing order; entries whose key has since
+    moved to a later seq are skipped when read and compacted away once they are half the log.
+    """
+
+    kind = "memory"
+    persistent = False
+
+    def __init__(self) -> None:
+        self._records: dict[str, Record] = {}
+        self._sorted_keys: list[str] = []
+        self._seq_log: list[int] = []
+        self._key_at_seq: dict[int, str] = {}
+        self._meta: dict[str, str] = {}
+        self._last_seq = 0
+        self._closed = False
+
+    def _closed_error(self, operation: str) -> Deferred:
+        return fail(BackendClosed(operation))
+
+    def get(self, key: str) -> Deferred[Record | None]:
+        if self._closed:
+            return self._closed_error("get")
+        return succeed(self._records.get(key))
+
+    def apply(self, record: Record, expect: Expectation = ANY) -> Deferred[Record | None]:
+        if self._closed:
+            return self._closed_error("apply")
+        try:
+            check_record(record)
+        except InvalidRecord as exc:
+            return fail(exc)
+        stored = self._records.get(record.key)
+        if not supersedes(record, stored) or not expectation_holds(stored, expect):
+            return succeed(None)
+        self._last_seq += 1
+        new = record.with_seq(self._last_seq)
+        if stored is None:
+            insort(self._sorted_keys, record.key)
+        else:
+            assert stored.seq is not None
+            del self._key_at_seq[stored.seq]
+        self._records[record.key] = new
+        self._key_at_seq[self._last_seq] = record.key
+        self._seq_log.append(self._last_seq)
+        if len(self._seq_log) > 64 and len(self._seq_log) > 2 * len(self._key_at_seq):
+            self._seq_log = [seq for seq in self._seq_log if seq in self._key_at_seq]
+        return succeed(new)
+
+    def scan(
+        self,
+        prefix: str = "/",
+        after: str | None = None,
+        limit: int = 1000,
+        include_deleted: bool = False,
+    ) -> Deferred[list[Record]]:
+        if self._closed:
+            return self._closed_error("scan")
+        keys = self._sorted_keys
+        start = bisect_left(keys, prefix)
+        if after is not None:
+            start = max(start, bisect_right(keys, after))
+        bound = prefix_upper_bound(prefix)
+        found: list[Record] = []
+        for index in range(start, len(keys)):
+            if len(found) >= limit:
+                break
+            key = keys[index]
+            if bound is not None and key >= bound:
+                break
+            record = self._records[key]
+            if include_deleted or not record.deleted:
+                found.append(record)
+        return succeed(found)
+
+    def changes(self, since: int = 0, limit: int = 1000) -> Deferred[list[Record]]:
+        if self._closed:
+            return self._closed_error("changes")
+        found: list[Record] = []
+        log = self._seq_log
+        for index in range(bisect_right(log, since), len(log)):
+            if len(found) >= limit:
+                break
+            key = self._key_at_seq.get(log[index])
+            if key is not None:
+                found.append(self._records[key])
+        return succeed(found)
+
+    def last_seq(self) -> Deferred[int]:
+        if self._closed:
+            return self._closed_error("last_seq")
+        return succeed(self._last_seq)
+
+    def purge_tombstones(self, before_seq: int) -> Deferred[int]:
+        if self._closed:
+            return self._closed_error("purge_tombstones")
+        doomed = [
+            record
+            for record in self._records.values()
+            if record.deleted and record.seq is not None and record.seq < before_seq
+        ]
+        for record in doomed:
+            self._forget(record)
+        return succeed(len(doomed))
+
+    def _forget(self, record: Record) -> None:
+        assert record.seq is not None
+        del self._records[record.key]
+        del self._key_at_seq[record.seq]
+        index = bisect_right(self._sorted_keys, record.key) - 1
+        del self._sorted_keys[index]
+
+    def reset(self) -> Deferred[None]:
+        if self._closed:
+            return self._closed_error("reset")
+        self._records.clear()
+        self._sorted_keys.clear()
+        self._seq_log.clear()
+        self._key_at_seq.clear()
+        return succeed(None)
+
+    def get_meta(self, name: str) -> Deferred[str | None]:
+        if self._closed:
+            return self._closed_error("get_meta")
+        return succeed(self._meta.get(name))
+
+    def set_meta(self, name: str, value: str) -> Deferred[None]:
+        if self._closed:
+            return self._closed_error("set_meta")
+        if not isinstance(name, str) or not isinstance(value, str):
+            return fail(TypeError("meta names and values are text"))
+        self._meta[name] = value
+        return succeed(None)
+
+    def close(self) -> Deferred[None]:
+        self._closed = True
+        return succeed(None)
+
+
+def open_memory(url: BackendURL) -> MemoryBackend:
+    """Make a :class:`MemoryBackend` for ``memory:`` (it takes no location and no options)."""
+    url.refuse_unknown_options(())
+    if url.location:
+        raise BackendURLError(f"{url.text}: memory: takes no location")
+    return MemoryBackend()

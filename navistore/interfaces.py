@@ -1,0 +1,127 @@
+"""The storage backend contract (:class:`IStorageBackend`) and what it may raise.
+
+A backend persists records atomically and answers queries; it knows nothing of HTTP, peers or
+clocks. Every method returns a :class:`~twisted.internet.defer.Deferred`; failures arrive as
+errbacks carrying one of the errors in :mod:`navistore.errors`. The shipped compliance suite
+(:class:`navistore.testing.BackendComplianceTests`) checks every clause below.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Union
+
+from zope.interface import Attribute, Interface
+
+from .clock import Stamp
+from .errors import BackendClosed, BackendError, InvalidRecord, StorageFailure
+from .record import Record
+
+__all__ = [
+    "ABSENT",
+    "ANY",
+    "BackendClosed",
+    "BackendError",
+    "Expect",
+    "Expectation",
+    "IStorageBackend",
+    "InvalidRecord",
+    "StorageFailure",
+    "expectation_holds",
+    "supersedes",
+]
+
+
+class Expect(enum.Enum):
+    """What ``apply`` may require of the stored record besides a smaller stamp."""
+
+    #: No requirement: plain last-writer-wins.
+    ANY = "any"
+    #: The key must not exist: no record, or a tombstone (``If-None-Match: *``, create-only).
+    ABSENT = "absent"
+
+
+ANY = Expect.ANY
+ABSENT = Expect.ABSENT
+
+#: ``ANY``, ``ABSENT``, or a :class:`Stamp` the stored live record must carry (``If-Match``).
+Expectation = Union[Expect, Stamp]
+
+
+def expectation_holds(stored: Record | None, expect: Expectation) -> bool:
+    """Tell whether ``expect`` holds for the currently stored record (``None``: none stored).
+
+    One definition shared by every backend, so that they cannot disagree: a stamp expectation
+    only matches a live record with exactly that stamp, never a tombstone.
+    """
+    if expect is ANY:
+        return True
+    live = stored is not None and not stored.deleted
+    if expect is ABSENT:
+        return not live
+    return live and stored is not None and stored.stamp == expect
+
+
+def supersedes(record: Record, stored: Record | None) -> bool:
+    """Tell whether ``record`` wins over ``stored`` under last-writer-wins."""
+    return stored is None or record.stamp > stored.stamp
+
+
+class IStorageBackend(Interface):
+    """Persists :class:`~navistore.record.Record` objects atomically and answers queries.
+
+    Ordering: keys sort as strings (code point order, which is UTF-8 byte order). Sequence numbers
+    (``seq``) are node-local, start at 1, strictly increase with every stored record, and are
+    never reused, not even after ``purge_tombstones``, ``reset`` or reopening the storage.
+    """
+
+    kind = Attribute("A short name of the backend kind, e.g. 'memory' or 'sqlite'.")
+    persistent = Attribute("True if data survives closing and reopening the storage.")
+
+    def get(key: str):  # type: ignore[no-untyped-def]
+        """Return a Deferred firing with the stored Record of ``key`` (tombstones included),
+        or None when the key was never stored (or its tombstone was purged)."""
+
+    def apply(record: Record, expect: Expectation = ANY):  # type: ignore[no-untyped-def]
+        """Store ``record`` atomically if it wins, and return a Deferred firing with it.
+
+        In one transaction: if ``record.stamp`` is greater than the stored record's stamp (or
+        nothing is stored) and the stored record satisfies ``expect``, store ``record``, give it
+        the next ``seq`` and fire with the stored record (``seq`` set). Otherwise change nothing
+        and fire with None; this makes applying a record idempotent (an equal stamp is a no-op)
+        and commutative. A malformed record fails with InvalidRecord, storing nothing.
+        """
+
+    def scan(  # type: ignore[no-untyped-def]
+        prefix: str = "/",
+        after: str | None = None,
+        limit: int = 1000,
+        include_deleted: bool = False,
+    ):
+        """Return a Deferred firing with up to ``limit`` Records whose key starts with
+        ``prefix`` (a canonical prefix; ``/`` matches all) and is greater than ``after``, in key
+        order. Tombstones only with ``include_deleted``. Paging: pass the last key as ``after``."""
+
+    def changes(since: int = 0, limit: int = 1000):  # type: ignore[no-untyped-def]
+        """Return a Deferred firing with up to ``limit`` Records with ``seq > since`` in seq
+        order, tombstones included. A key appears once, at its latest seq."""
+
+    def last_seq():  # type: ignore[no-untyped-def]
+        """Return a Deferred firing with the greatest seq ever assigned (0 if none)."""
+
+    def purge_tombstones(before_seq: int):  # type: ignore[no-untyped-def]
+        """Remove tombstones whose ``seq`` is below ``before_seq``; fire with how many."""
+
+    def reset():  # type: ignore[no-untyped-def]
+        """Remove every record, tombstones included. Meta data and the seq counter are kept,
+        so seqs are never reused and the node keeps its identity. Fires with None."""
+
+    def get_meta(name: str):  # type: ignore[no-untyped-def]
+        """Return a Deferred firing with the text stored under ``name``, or None."""
+
+    def set_meta(name: str, value: str):  # type: ignore[no-untyped-def]
+        """Durably store text under ``name`` (replacing any); fire with None."""
+
+    def close():  # type: ignore[no-untyped-def]
+        """Finish pending work and release the storage; fire with None. Closing twice is
+        harmless; any other call after close fails with BackendClosed."""

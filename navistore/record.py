@@ -1,0 +1,70 @@
+"""Records: what a backend stores for each key, tombstones included."""
+
+from __future__ import annotations
+
+import attrs
+
+from .clock import Stamp
+from .errors import InvalidRecord
+from .keys import InvalidKey, normalize_key
+
+__all__ = ["DEFAULT_CONTENT_TYPE", "Record", "check_record"]
+
+#: The content type of a value whose writer did not say.
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+
+
+@attrs.frozen
+class Record:
+    """One key's state: its value and version, or a tombstone saying it was deleted.
+
+    :ivar key: the canonical key (leading ``/``).
+    :ivar value: the value bytes; empty for a tombstone.
+    :ivar content_type: what the writer said the value is.
+    :ivar stamp: the version; last writer (greatest stamp) wins.
+    :ivar deleted: a tombstone, kept so that the delete replicates and beats older writes.
+    :ivar seq: the node-local sequence number at which the backend stored it; ``None`` before.
+    """
+
+    key: str
+    value: bytes
+    content_type: str
+    stamp: Stamp
+    deleted: bool = False
+    seq: int | None = None
+
+    @classmethod
+    def tombstone(cls, key: str, stamp: Stamp) -> Record:
+        """Make the record that deletes ``key`` as of ``stamp``."""
+        return cls(key, b"", "", stamp, deleted=True)
+
+    def with_seq(self, seq: int) -> Record:
+        """Return this record as stored at ``seq``."""
+        return attrs.evolve(self, seq=seq)
+
+
+def check_record(record: object) -> Record:
+    """Return ``record`` if a backend may store it, else raise :class:`InvalidRecord`.
+
+    Backends call this before touching storage so that a malformed record changes nothing. The
+    key must be canonical and grammatical; its length limit is the Store's business.
+    """
+    if not isinstance(record, Record):
+        raise InvalidRecord(f"expected a Record, got {type(record).__name__}")
+    try:
+        canonical = normalize_key(record.key, max_bytes=None, allow_reserved=True)
+    except InvalidKey as exc:
+        raise InvalidRecord(str(exc)) from None
+    if canonical != record.key:
+        raise InvalidRecord(f"key {record.key!r} is not canonical (expected {canonical!r})")
+    if not isinstance(record.value, bytes):
+        raise InvalidRecord(f"value must be bytes, not {type(record.value).__name__}")
+    if not isinstance(record.content_type, str):
+        raise InvalidRecord("content_type must be text")
+    if not isinstance(record.stamp, Stamp):
+        raise InvalidRecord(f"stamp must be a Stamp, not {type(record.stamp).__name__}")
+    if not isinstance(record.deleted, bool):
+        raise InvalidRecord("deleted must be a bool")
+    if record.deleted and (record.value or record.content_type):
+        raise InvalidRecord("a tombstone carries no value and no content type")
+    return record

@@ -1,0 +1,43 @@
+"""Packaging for Navistore: a replicated HTTP key/value store on Twisted."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="navistore",
+    version="0.1.0.dev0",
+    description="A replicated HTTP key/value store for configuration data, on Twisted",
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    license="GPL-2.0-or-later",
+    python_requires=">=3.9",
+    packages=find_packages(include=["navistore", "navistore.*"]) + ["twisted.plugins"],
+    package_data={"navistore": ["py.typed"]},
+    scripts=["bin/nhttpserver"],
+    install_requires=[
+        # Floors chosen so that both CPython 3.11 and PyPy 3.9 (whose newest Twisted is 26.4) install.
+        "twisted>=23.10.0",
+        "treq>=23.11.0",
+        "zope.interface>=6.0",
+        "attrs>=22.2.0",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=7.4",
+            "pytest-twisted>=1.14.1",
+            "hypothesis>=6.80",
+            "ruff>=0.5",
+            "mypy>=1.8",
+            "mypy-zope>=1.0.3",
+        ],
+    },
+    entry_points={
+        "navistore.backends": [],
+    },
+    classifiers=[
+        "Framework :: Twisted",
+        "License :: OSI Approved :: GNU General Public License v2 or later (GPLv2+)",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: Implementation :: CPython",
+        "Programming Language :: Python :: Implementation :: PyPy",
+    ],
+)
