@@ -7,7 +7,13 @@ examples. Pick one with ``HYPOTHESIS_PROFILE=dev``.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -19,3 +25,41 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=1000, deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def installed_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A new venv holding Navistore from ``pip install .`` (not editable), plus pytest.
+
+    Tests that must prove what an installed copy does (plugin discovery, the public testing API)
+    run commands from its ``bin/`` with a working directory outside the repository, so that the
+    source tree cannot stand in for the installed package. Built once per test session.
+    """
+    root = tmp_path_factory.mktemp("installed")
+    source = root / "source"
+    # Copy the tree without build leftovers so pip builds from exactly what is committed here.
+    shutil.copytree(
+        REPOSITORY,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".venv", ".git", "build", "*.egg-info", "__pycache__", ".*_cache", "dropin.cache"
+        ),
+    )
+    env_dir = root / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    python = env_dir / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", str(source), "pytest", "pytest-twisted"],
+        check=True,
+        timeout=600,
+    )
+    shutil.rmtree(source)
+    return env_dir / "bin"
+
+
+def pytest_report_header() -> str:
+    """Say which interpreter runs the suite (CPython or PyPy matters for timings)."""
+    return f"navistore tests on {sys.implementation.name} {sys.version.split()[0]}"
