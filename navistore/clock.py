@@ -155,11 +155,14 @@ class HybridClock:
         if ahead > self.max_drift_ms:
             raise ClockDriftError(stamp, ahead, self.max_drift_ms)
 
-    def observe(self, stamp: Stamp) -> None:
+    def observe(self, stamp: Stamp, *, trusted: bool = False) -> None:
         """Advance past a received stamp so that the next :meth:`now` is greater than it.
 
+        :param trusted: skip the drift check, for stamps this node already stored (refusing
+            them would only make its own later writes lose to them).
         :raises ClockDriftError: the stamp is too far in the future; the clock is unchanged.
         """
-        self.check(stamp)
+        if not trusted:
+            self.check(stamp)
         if (stamp.wall_ms, stamp.counter) > (self._last_wall, self._last_counter):
             self._last_wall, self._last_counter = stamp.wall_ms, stamp.counter

@@ -98,7 +98,7 @@ def normalize_key(
     body = text[1:] if text.startswith("/") else text
     if body == "":
         raise InvalidKey(raw, "empty")
-    _check_segments(raw, body, body.split("/"))
+    _check_segments(raw, text, body.split("/"))
     canonical = "/" + body
     _check_length(raw, canonical, max_bytes)
     if not allow_reserved and is_reserved(canonical):
@@ -118,10 +118,8 @@ def normalize_prefix(raw: str | bytes, *, max_bytes: int | None = DEFAULT_MAX_KE
     body = text[1:] if text.startswith("/") else text
     if body == "":
         return "/"
-    segments = body.split("/")
-    complete = segments[:-1]
-    last = segments[-1]
-    _check_segments(raw, body, [*complete, last or "x"])
+    # The last segment may be partial, so '.' or '..' there can begin a segment like '.hidden'.
+    _check_segments(raw, text, body.split("/")[:-1])
     canonical = "/" + body
     _check_length(raw, canonical, max_bytes)
     return canonical

@@ -1,0 +1,406 @@
+"""The node: identity, clock, key rules, conditional writes and change notifications.
+
+The web layer and the replication service talk only to a :class:`Store`; the Store talks only to
+its :class:`~navistore.interfaces.IStorageBackend`. Writes are compare-and-set loops over the
+backend's atomic ``apply``: the Store reads the key, applies a record conditioned on exactly what
+it read, and retries if another write slipped in between. That makes "was this a create?",
+``If-Match`` and create-only exact without any lock, for any backend.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from .clock import (
+    DEFAULT_MAX_DRIFT_MS,
+    ClockDriftError,
+    HybridClock,
+    InvalidStamp,
+    Stamp,
+    new_node_id,
+    validate_node_id,
+)
+from .interfaces import ABSENT, ANY, Expectation, IStorageBackend
+from .keys import DEFAULT_MAX_KEY_BYTES, normalize_key, normalize_prefix
+from .record import DEFAULT_CONTENT_TYPE, Record
+
+__all__ = [
+    "MATCH_ANY",
+    "ChangeListener",
+    "ChangesPage",
+    "Conflict",
+    "KeysPage",
+    "NotFound",
+    "PreconditionFailed",
+    "Store",
+    "StoreError",
+    "WriteResult",
+]
+
+log = Logger()
+
+#: The node id lives in the backend's meta data under this name.
+NODE_ID_META = "node_id"
+
+#: ``If-Match: *``: the key must exist, whatever its version.
+MATCH_ANY = "*"
+
+#: How often a write retries after losing a compare-and-set race before giving up.
+_MAX_WRITE_ATTEMPTS = 100
+
+ChangeListener = Callable[[Record], None]
+
+
+class StoreError(Exception):
+    """A request the Store refuses; ``code`` is the stable error name the API reports."""
+
+    code = "store_error"
+
+
+class NotFound(StoreError):
+    """The key does not exist (never written, or deleted)."""
+
+    code = "not_found"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"no key {key!r}")
+        self.key = key
+
+
+class Conflict(StoreError):
+    """A create-only write found the key already there."""
+
+    code = "conflict"
+
+    def __init__(self, key: str, current: Record) -> None:
+        super().__init__(f"key {key!r} already exists (version {current.stamp})")
+        self.key = key
+        self.current = current
+
+
+class PreconditionFailed(StoreError):
+    """An ``If-Match`` / ``If-None-Match`` condition does not hold for the stored key."""
+
+    code = "precondition_failed"
+
+    def __init__(self, key: str, condition: str, current: Record | None) -> None:
+        state = "is absent" if current is None else f"is at version {current.stamp}"
+        super().__init__(f"condition {condition} failed: key {key!r} {state}")
+        self.key = key
+        self.current = current
+
+
+@attrs.frozen
+class WriteResult:
+    """What a write did: the stored record, and whether the key was absent before."""
+
+    record: Record
+    created: bool
+
+
+@attrs.frozen
+class KeysPage:
+    """One page of a listing; ``next`` is the ``after`` cursor of the next page, or None."""
+
+    records: list[Record]
+    next: str | None
+
+
+@attrs.frozen
+class ChangesPage:
+    """A page of the change feed; resume with ``since=last_seq``."""
+
+    records: list[Record]
+    last_seq: int
+
+
+def _live(record: Record | None) -> Record | None:
+    return None if record is None or record.deleted else record
+
+
+class Store:
+    """One Navistore node over one backend.
+
+    Build it with :meth:`open`, which loads (or creates and saves) the node id.
+
+    :param backend: where records live.
+    :param clock: the node's hybrid logical clock (its node id is the node's id).
+    :param max_key_bytes: the longest key accepted from clients.
+    """
+
+    def __init__(
+        self,
+        backend: IStorageBackend,
+        clock: HybridClock,
+        *,
+        max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
+    ) -> None:
+        self.backend = backend
+        self.clock = clock
+        self.max_key_bytes = max_key_bytes
+        self._listeners: list[ChangeListener] = []
+
+    @classmethod
+    async def open(
+        cls,
+        backend: IStorageBackend,
+        *,
+        max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
+        max_drift_ms: int = DEFAULT_MAX_DRIFT_MS,
+        wall_ms: Callable[[], int] | None = None,
+    ) -> Store:
+        """Open a node over ``backend``: keep its node id, or make one the first time.
+
+        The clock starts past the stamp of the newest stored record, so a node whose wall clock
+        went back while it was down still writes newer versions than it wrote before.
+        """
+        node_id = await backend.get_meta(NODE_ID_META)
+        if node_id is None:
+            node_id = new_node_id()
+            await backend.set_meta(NODE_ID_META, node_id)
+        validate_node_id(node_id)
+        clock = (
+            HybridClock(node_id, wall_ms=wall_ms, max_drift_ms=max_drift_ms)
+            if wall_ms is not None
+            else HybridClock(node_id, max_drift_ms=max_drift_ms)
+        )
+        last_seq = await backend.last_seq()
+        if last_seq:
+            newest = await backend.changes(last_seq - 1, 1)
+            for record in newest:
+                cls._advance_clock(clock, record.stamp)
+        return cls(backend, clock, max_key_bytes=max_key_bytes)
+
+    @property
+    def node_id(self) -> str:
+        """This node's id: 16 hex digits, kept in the backend's meta data."""
+        return self.clock.node_id
+
+    # -- keys ---------------------------------------------------------------------------------
+
+    def key(self, raw: str | bytes) -> str:
+        """Validate a client's key and return its canonical form (raises InvalidKey)."""
+        return normalize_key(raw, max_bytes=self.max_key_bytes)
+
+    def prefix(self, raw: str | bytes) -> str:
+        """Validate a client's listing prefix and return its canonical form."""
+        return normalize_prefix(raw, max_bytes=self.max_key_bytes)
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def get(self, key: str) -> Record | None:
+        """Return the live record of a canonical key, or None if absent or deleted."""
+        return _live(await self.backend.get(key))
+
+    async def list(
+        self,
+        prefix: str = "/",
+        *,
+        after: str | None = None,
+        limit: int = 1000,
+    ) -> KeysPage:
+        """List live records under a canonical prefix in key order, one page at a time."""
+        records = await self.backend.scan(prefix, after, limit + 1, False)
+        following = None
+        if len(records) > limit:
+            records = records[:limit]
+            following = records[-1].key
+        return KeysPage(records, following)
+
+    async def changes(
+        self,
+        since: int = 0,
+        *,
+        limit: int = 1000,
+        prefix: str = "/",
+    ) -> ChangesPage:
+        """Return what changed after seq ``since``, in seq order, tombstones included.
+
+        With a prefix, changes elsewhere are skipped; ``last_seq`` still advances past them so
+        that a client resuming from it never re-reads what was skipped. At most ``limit``
+        records are returned; when the page is full ``last_seq`` is the seq of its last record.
+        """
+        found: list[Record] = []
+        cursor = since
+        batch = max(limit, 100)
+        while True:
+            page = await self.backend.changes(cursor, batch)
+            for record in page:
+                assert record.seq is not None
+                if record.key.startswith(prefix):
+                    found.append(record)
+                    if len(found) == limit:
+                        return ChangesPage(found, record.seq)
+                cursor = record.seq
+            if len(page) < batch:
+                break
+        last = max(cursor, await self.backend.last_seq())
+        return ChangesPage(found, last)
+
+    async def last_seq(self) -> int:
+        """The node's newest seq."""
+        result: int = await self.backend.last_seq()
+        return result
+
+    # -- writes -----------------------------------------------------------------------------
+
+    async def put(
+        self,
+        key: str,
+        value: bytes,
+        content_type: str | None = None,
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+        create_only: bool = False,
+    ) -> WriteResult:
+        """Write a value, optionally conditionally, and return what was stored.
+
+        :param if_match: a stamp text, or ``*`` (the key must exist); else PreconditionFailed.
+        :param if_none_match: ``If-None-Match: *``: the key must not exist, else
+            PreconditionFailed.
+        :param create_only: POST semantics: the key must not exist, else Conflict.
+        """
+        content = content_type or DEFAULT_CONTENT_TYPE
+
+        def make(stamp: Stamp) -> Record:
+            return Record(key, value, content, stamp)
+
+        return await self._write(key, make, if_match, if_none_match, create_only)
+
+    async def delete(self, key: str, *, if_match: str | None = None) -> Record:
+        """Delete a key (store its tombstone) and return the tombstone.
+
+        :raises NotFound: the key does not exist.
+        """
+
+        def make(stamp: Stamp) -> Record:
+            return Record.tombstone(key, stamp)
+
+        result = await self._write(key, make, if_match, False, False, must_exist=True)
+        return result.record
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every live key under a canonical prefix; return how many were deleted.
+
+        Each key is deleted on its own (there is no multi-key transaction); a key written
+        under the prefix while this runs may survive it.
+        """
+        deleted = 0
+        after: str | None = None
+        while True:
+            page = await self.list(prefix, after=after, limit=500)
+            for record in page.records:
+                try:
+                    await self.delete(record.key, if_match=record.stamp.encode())
+                except (NotFound, PreconditionFailed):
+                    continue  # changed meanwhile: the newer write wins
+                deleted += 1
+            if page.next is None:
+                return deleted
+            after = page.next
+
+    async def _write(
+        self,
+        key: str,
+        make: Callable[[Stamp], Record],
+        if_match: str | None,
+        if_none_match: bool,
+        create_only: bool,
+        *,
+        must_exist: bool = False,
+    ) -> WriteResult:
+        wanted: Stamp | None = None
+        if if_match is not None and if_match != MATCH_ANY:
+            try:
+                wanted = Stamp.decode(if_match)
+            except InvalidStamp:
+                # Not a version this store ever made, so it matches nothing (RFC 9110 13.1.1).
+                raise PreconditionFailed(
+                    key, f"If-Match: {if_match}", _live(await self.backend.get(key))
+                ) from None
+        for _attempt in range(_MAX_WRITE_ATTEMPTS):
+            current = _live(await self.backend.get(key))
+            if current is None:
+                if must_exist:
+                    raise NotFound(key)
+                if if_match is not None:
+                    raise PreconditionFailed(key, f"If-Match: {if_match}", None)
+                expect: Expectation = ABSENT
+            else:
+                if create_only:
+                    raise Conflict(key, current)
+                if if_none_match:
+                    raise PreconditionFailed(key, "If-None-Match: *", current)
+                if wanted is not None and current.stamp != wanted:
+                    raise PreconditionFailed(key, f"If-Match: {if_match}", current)
+                expect = current.stamp
+            record = make(self.clock.now())
+            stored = await self.backend.apply(record, expect)
+            if stored is not None:
+                self._notify(stored)
+                return WriteResult(stored, created=current is None)
+            # Lost a race, or the stored stamp (from a peer, or from before a clock step) is
+            # ahead of this clock: catch the clock up and decide again on fresh state.
+            latest = await self.backend.get(key)
+            if latest is not None:
+                self._advance_clock(self.clock, latest.stamp)
+        raise RuntimeError(f"write of {key!r} kept losing races; giving up")  # pragma: no cover
+
+    async def apply_remote(self, record: Record) -> Record | None:
+        """Apply a record received from a peer with last-writer-wins; None if it lost.
+
+        :raises ClockDriftError: its stamp is too far in the future; nothing is stored.
+        """
+        self.clock.observe(record.stamp)
+        stored: Record | None = await self.backend.apply(record, ANY)
+        if stored is not None:
+            self._notify(stored)
+        return stored
+
+    async def reset(self) -> None:
+        """Wipe this node's records (not replicated); keep its id, meta data and seq counter."""
+        await self.backend.reset()
+
+    @staticmethod
+    def _advance_clock(clock: HybridClock, stamp: Stamp) -> None:
+        """Move the clock past a stored stamp, even one beyond the drift limit (it is ours)."""
+        try:
+            clock.observe(stamp)
+        except ClockDriftError:
+            log.warn("stored stamp {stamp} is far ahead of the wall clock", stamp=str(stamp))
+            clock.observe(stamp, trusted=True)
+
+    # -- notifications ----------------------------------------------------------------------
+
+    def subscribe(self, listener: ChangeListener) -> None:
+        """Call ``listener(record)`` after every record this node stores (seq set)."""
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: ChangeListener) -> None:
+        """Stop calling ``listener``; unknown listeners are ignored."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _notify(self, record: Record) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(record)
+            except Exception:
+                log.failure("change listener {listener!r} failed", listener=listener)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def health(self) -> dict[str, object]:
+        """Answer whether the backend responds; raises whatever the backend fails with."""
+        last = await self.backend.last_seq()
+        return {"last_seq": last}
+
+    def close(self) -> Deferred[None]:
+        """Close the backend (after its pending writes)."""
+        result: Deferred[None] = self.backend.close()
+        return result

@@ -1,0 +1,31 @@
+"""The HTTP face of a node: :func:`make_site` builds the twisted.web Site over a Store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..store import Store
+from .limits import DEFAULT_MAX_VALUE_SIZE, NavistoreSite
+from .routes import ApiResource
+
+__all__ = ["DEFAULT_MAX_VALUE_SIZE", "ApiResource", "make_site"]
+
+
+def make_site(
+    store: Store,
+    *,
+    max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
+    reactor: Any = None,
+) -> NavistoreSite:
+    """Build the Site serving the API of ``store``.
+
+    :param max_value_size: the largest request body accepted, in bytes; larger ones get 413
+        before they are read.
+    :param reactor: the reactor the Site uses for its clock (default: the global one).
+    """
+    site = NavistoreSite(
+        ApiResource(store, max_value_size=max_value_size), max_value_size=max_value_size
+    )
+    if reactor is not None:
+        site.reactor = reactor
+    return site

@@ -1,0 +1,73 @@
+"""Request-body limits enforced while the body arrives, before any of it is buffered.
+
+twisted.web reads a whole request body into ``request.content`` before rendering. For a body
+declared too large in ``Content-Length`` this request class answers 413 as soon as the headers
+are in (before the body is read, and before ``100 Continue`` is sent); for a chunked body it
+counts the bytes as they arrive and answers 413 the moment the limit is passed. Either way the
+connection is then closed and nothing reaches the Store.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.web.server import Request, Site
+
+from .rendering import TooLarge, error_body
+
+__all__ = ["DEFAULT_MAX_VALUE_SIZE", "LimitedRequest", "NavistoreSite"]
+
+#: The largest request body (a value) accepted by default: 16 MiB.
+DEFAULT_MAX_VALUE_SIZE = 16 * 1024 * 1024
+
+
+class NavistoreSite(Site):
+    """A Site whose requests refuse bodies over ``max_value_size`` bytes."""
+
+    def __init__(self, resource: Any, *, max_value_size: int = DEFAULT_MAX_VALUE_SIZE) -> None:
+        super().__init__(resource, requestFactory=LimitedRequest)
+        self.max_value_size = max_value_size
+
+
+class LimitedRequest(Request):
+    """A request that stops reading a body once it is known to be over the limit."""
+
+    _received = 0
+    _refused = False
+
+    def _limit(self) -> int | None:
+        site = getattr(self.channel, "site", None)
+        return getattr(site, "max_value_size", None)
+
+    def gotLength(self, length: int | None) -> None:
+        limit = self._limit()
+        if length is not None and limit is not None and length > limit:
+            self._refuse(limit)
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._received += len(data)
+        limit = self._limit()
+        if limit is not None and self._received > limit:
+            self._refuse(limit)
+            return
+        super().handleContentChunk(data)
+
+    def _refuse(self, limit: int) -> None:
+        """Answer 413 at once and close: the rest of the body is never read."""
+        self._refused = True
+        error = TooLarge(limit)
+        body = error_body(error.code, error.message, error.detail)
+        head = (
+            b"HTTP/1.1 413 Payload Too Large\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Content-Length: %d\r\n"
+            b"Connection: close\r\n\r\n" % len(body)
+        )
+        channel = self.channel
+        if channel is not None and channel.transport is not None:
+            channel.transport.write(head + body)
+            channel.transport.loseConnection()

@@ -1,0 +1,265 @@
+"""The one place that owns a twisted.web request's lifecycle.
+
+Handlers are coroutines that return a :class:`Response` (or raise). :func:`render_async` runs one,
+maps every exception to a status code and a JSON error body, writes the answer, streams bodies that
+come as async iterators with backpressure, and never writes to a client that went away.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Iterable
+from typing import Any, Callable
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import NOT_DONE_YET, Request
+
+from ..clock import ClockDriftError
+from ..errors import BackendError
+from ..keys import InvalidKey
+from ..store import Conflict, NotFound, PreconditionFailed, StoreError
+
+__all__ = [
+    "ApiError",
+    "BadRequest",
+    "MethodNotAllowed",
+    "Response",
+    "TooLarge",
+    "error_body",
+    "json_bytes",
+    "render_async",
+]
+
+log = Logger()
+
+
+def json_bytes(document: Any) -> bytes:
+    """Encode a JSON document compactly as UTF-8 (non-ASCII kept readable)."""
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+class ApiError(Exception):
+    """An error answered as ``status`` with ``{"error": code, "message": ..., "detail": ...}``."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        detail: Any = None,
+        headers: dict[bytes, bytes] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.detail = detail
+        self.headers = headers or {}
+
+
+class BadRequest(ApiError):
+    """A parameter, header or body the API cannot accept (400)."""
+
+    def __init__(self, code: str, message: str, detail: Any = None) -> None:
+        super().__init__(400, code, message, detail)
+
+
+class MethodNotAllowed(ApiError):
+    """The route exists but not for this method (405, with ``Allow``)."""
+
+    def __init__(self, method: str, allowed: Iterable[str]) -> None:
+        names = sorted(set(allowed))
+        super().__init__(
+            405,
+            "method_not_allowed",
+            f"{method} is not allowed here; use {', '.join(names)}",
+            {"allowed": names},
+            {b"Allow": ", ".join(names).encode("ascii")},
+        )
+
+
+class TooLarge(ApiError):
+    """The request body is over the configured limit (413)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            413,
+            "value_too_large",
+            f"the request body is larger than the limit of {limit} bytes",
+            {"max_value_size": limit},
+        )
+
+
+def error_body(code: str, message: str, detail: Any = None) -> bytes:
+    """The JSON body every error answer carries."""
+    document: dict[str, Any] = {"error": code, "message": message}
+    if detail is not None:
+        document["detail"] = detail
+    return json_bytes(document)
+
+
+def _as_api_error(failure: Failure) -> ApiError:
+    """Map any exception a handler raised to the answer the client gets."""
+    exc = failure.value
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, InvalidKey):
+        return ApiError(400, "invalid_key", str(exc), {"reason": exc.reason})
+    if isinstance(exc, NotFound):
+        return ApiError(404, exc.code, str(exc), {"key": exc.key})
+    if isinstance(exc, Conflict):
+        detail = {"key": exc.key, "version": exc.current.stamp.encode()}
+        return ApiError(409, exc.code, str(exc), detail)
+    if isinstance(exc, PreconditionFailed):
+        version = None if exc.current is None else exc.current.stamp.encode()
+        return ApiError(412, exc.code, str(exc), {"key": exc.key, "version": version})
+    if isinstance(exc, StoreError):
+        return ApiError(400, exc.code, str(exc))
+    if isinstance(exc, ClockDriftError):
+        return ApiError(400, "clock_drift", str(exc), {"ahead_ms": exc.ahead_ms})
+    if isinstance(exc, BackendError):
+        log.error("backend failure: {error}", error=str(exc))
+        return ApiError(503, "backend_unavailable", f"the storage backend failed: {exc}")
+    log.failure("unexpected error while answering a request", failure)
+    return ApiError(500, "internal_error", "the server failed to answer; see its log")
+
+
+@attrs.frozen
+class Response:
+    """A complete answer: status, headers, and a body given whole or as an async stream."""
+
+    status: int = 200
+    body: bytes = b""
+    headers: dict[bytes, bytes] = attrs.Factory(dict)
+    stream: AsyncIterator[bytes] | None = None
+
+
+class _Backpressure:
+    """A streaming producer that lets an async writer wait while the transport is full."""
+
+    def __init__(self) -> None:
+        self._paused: Deferred[None] | None = None
+
+    def pauseProducing(self) -> None:
+        if self._paused is None:
+            self._paused = Deferred()
+
+    def resumeProducing(self) -> None:
+        paused, self._paused = self._paused, None
+        if paused is not None:
+            paused.callback(None)
+
+    def stopProducing(self) -> None:
+        self.resumeProducing()
+
+    async def wait(self) -> None:
+        if self._paused is not None:
+            await self._paused
+
+
+class _Exchange:
+    """One request being answered; remembers whether the client is still there."""
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.gone = False
+        request.notifyFinish().addErrback(self._lost)
+
+    def _lost(self, _failure: Failure) -> None:
+        self.gone = True
+
+    def start(self, status: int, headers: dict[bytes, bytes]) -> None:
+        request = self.request
+        request.setResponseCode(status)
+        for name, value in headers.items():
+            request.responseHeaders.setRawHeaders(name, [value])
+
+    def finish(self) -> None:
+        if not self.gone:
+            self.request.finish()
+
+    async def send(self, response: Response) -> None:
+        if self.gone:
+            return
+        if response.stream is None:
+            headers = dict(response.headers)
+            headers.setdefault(b"Content-Length", b"%d" % len(response.body))
+            self.start(response.status, headers)
+            self.request.write(response.body)
+            self.finish()
+            return
+        await self._send_stream(response, response.stream)
+
+    async def _send_stream(self, response: Response, stream: AsyncIterator[bytes]) -> None:
+        self.start(response.status, response.headers)
+        producer = _Backpressure()
+        self.request.registerProducer(producer, True)
+        try:
+            async for chunk in stream:
+                if self.gone:
+                    return
+                self.request.write(chunk)
+                await producer.wait()
+        finally:
+            if not self.gone:
+                self.request.unregisterProducer()
+        self.finish()
+
+    def send_error(self, error: ApiError) -> None:
+        if self.gone:
+            return
+        if self.request.startedWriting:
+            # Part of a streamed body is out; the only honest signal left is to cut it short.
+            log.warn("aborting a streamed answer: {message}", message=error.message)
+            transport = self.request.channel.transport if self.request.channel else None
+            if transport is not None:
+                transport.loseConnection()
+            return
+        body = error_body(error.code, error.message, error.detail)
+        headers = {
+            b"Content-Type": b"application/json",
+            b"Content-Length": b"%d" % len(body),
+            **error.headers,
+        }
+        self.start(error.status, headers)
+        self.request.write(body)
+        self.finish()
+
+
+def render_async(
+    request: Request,
+    handler: Callable[[], Awaitable[Response]],
+    *,
+    cancel_on_disconnect: bool = True,
+) -> int:
+    """Run ``handler`` for ``request`` and answer with its result; return ``NOT_DONE_YET``.
+
+    :param cancel_on_disconnect: cancel the handler when the client goes away. Writes pass
+        False: once a write is under way it completes (and is durable) whether or not anyone
+        waits for the answer.
+    """
+    exchange = _Exchange(request)
+
+    async def run() -> None:
+        try:
+            response = await handler()
+        except CancelledError:
+            return
+        except Exception:
+            exchange.send_error(_as_api_error(Failure()))
+            return
+        try:
+            await exchange.send(response)
+        except CancelledError:
+            return
+        except Exception:
+            exchange.send_error(_as_api_error(Failure()))
+
+    done = Deferred.fromCoroutine(run())
+    if cancel_on_disconnect:
+        request.notifyFinish().addErrback(lambda _failure: done.cancel())
+    done.addErrback(lambda failure: log.failure("answering failed", failure))
+    return NOT_DONE_YET

@@ -1,0 +1,348 @@
+"""The REST API: HTTP requests in, Store calls, HTTP answers out.
+
+One leaf resource routes every path: the server's own endpoints (``/_health``, ``/_keys``,
+``/_changes``, and the classic ``/listkeys`` and ``/reset``), prefixes (paths ending in ``/``) and
+keys. It holds no storage logic: validation, versions and conditions are the Store's.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, Callable
+from urllib.parse import unquote_to_bytes
+
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from .. import __version__
+from ..keys import InvalidKey, classic_form, normalize_key
+from ..record import Record
+from ..store import MATCH_ANY, Store
+from .conditions import condition, etag_of, last_modified
+from .rendering import (
+    ApiError,
+    BadRequest,
+    MethodNotAllowed,
+    Response,
+    TooLarge,
+    json_bytes,
+    render_async,
+)
+
+__all__ = ["ApiResource"]
+
+_JSON = {b"Content-Type": b"application/json"}
+_TEXT = b"text/plain; charset=utf-8"
+_OK_TEXT = {b"Content-Type": _TEXT}
+_DEFAULT_PAGE = 1000
+_MAX_PAGE = 10_000
+_TRUE = ("", "1", "true", "yes", "on")
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _wants_json(request: Request) -> bool:
+    accept = request.getHeader(b"Accept") or b""
+    return b"application/json" in accept
+
+
+def _arg(request: Request, name: str) -> str | None:
+    values = request.args.get(name.encode("ascii")) if request.args else None
+    if not values:
+        return None
+    try:
+        return values[-1].decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("invalid_parameter", f"parameter {name!r} is not UTF-8") from None
+
+
+def _flag(request: Request, name: str) -> bool:
+    value = _arg(request, name)
+    return value is not None and value.lower() in _TRUE
+
+
+def _int_arg(request: Request, name: str, default: int, maximum: int | None = None) -> int:
+    text = _arg(request, name)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadRequest(
+            "invalid_parameter", f"parameter {name!r} must be an integer, not {text!r}"
+        ) from None
+    if value < 0 or (maximum is not None and value > maximum):
+        bound = f" and at most {maximum}" if maximum is not None else ""
+        raise BadRequest("invalid_parameter", f"parameter {name!r} must be >= 0{bound}")
+    return value
+
+
+def _value_entry(record: Record) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "key": record.key,
+        "version": record.stamp.encode(),
+        "content_type": record.content_type,
+    }
+    try:
+        entry["value"] = record.value.decode("utf-8")
+        entry["encoding"] = "utf-8"
+    except UnicodeDecodeError:
+        entry["value"] = base64.b64encode(record.value).decode("ascii")
+        entry["encoding"] = "base64"
+    return entry
+
+
+def _record_headers(record: Record) -> dict[bytes, bytes]:
+    return {b"ETag": etag_of(record), b"Last-Modified": last_modified(record)}
+
+
+class ApiResource(Resource):
+    """The whole API as one leaf resource (routing by path is cheaper than a child lookup)."""
+
+    isLeaf = True
+
+    def __init__(self, store: Store, *, max_value_size: int) -> None:
+        super().__init__()
+        self.store = store
+        self.max_value_size = max_value_size
+        self._endpoints: dict[str, dict[bytes, Handler]] = {
+            "_health": {b"GET": self._health},
+            "_keys": {b"GET": self._keys},
+            "_changes": {b"GET": self._changes},
+            "listkeys": {b"GET": self._listkeys},
+            "reset": {b"GET": self._reset},
+        }
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    def render(self, request: Request) -> int:
+        method = request.method
+        writes = method in (b"PUT", b"POST", b"DELETE")
+        return render_async(
+            request, lambda: self._dispatch(request), cancel_on_disconnect=not writes
+        )
+
+    async def _dispatch(self, request: Request) -> Response:
+        method = request.method
+        lookup = b"GET" if method == b"HEAD" else method
+        path = self._path(request)
+        first = path[1:].split("/", 1)[0]
+        endpoint = self._endpoints.get(path[1:]) if "/" not in path[1:] else None
+        if endpoint is not None:
+            handler = endpoint.get(lookup)
+            if handler is None:
+                raise MethodNotAllowed(method.decode("latin-1"), [*self._names(endpoint)])
+            return await handler(request)
+        if first.startswith("_") and first != "_replication_slaves" and path != "/":
+            raise ApiError(404, "unknown_endpoint", f"there is no endpoint {path!r}")
+        if path.endswith("/") or (lookup == b"GET" and request.args and b"list" in request.args):
+            return await self._prefix_route(request, path, lookup)
+        return await self._key_route(request, path, lookup)
+
+    @staticmethod
+    def _names(endpoint: dict[bytes, Handler]) -> list[str]:
+        names = [name.decode("ascii") for name in endpoint]
+        return [*names, "HEAD"] if "GET" in names else names
+
+    @staticmethod
+    def _path(request: Request) -> str:
+        raw = unquote_to_bytes(request.path)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidKey(raw, f"not valid UTF-8 (byte {exc.start})") from None
+
+    def _body(self, request: Request) -> bytes:
+        content = request.content
+        if content is None:
+            return b""
+        content.seek(0)
+        body: bytes = content.read(self.max_value_size + 1)
+        if len(body) > self.max_value_size:
+            raise TooLarge(self.max_value_size)
+        return body
+
+    # -- keys -------------------------------------------------------------------------------
+
+    async def _key_route(self, request: Request, path: str, method: bytes) -> Response:
+        if method == b"GET":
+            return await self._get(request, self.store.key(path))
+        if method == b"PUT":
+            return await self._put(request, self.store.key(path), create_only=False)
+        if method == b"POST":
+            return await self._put(request, self.store.key(path), create_only=True)
+        if method == b"DELETE":
+            return await self._delete(request, self.store.key(path))
+        raise MethodNotAllowed(method.decode("latin-1"), ["GET", "HEAD", "PUT", "POST", "DELETE"])
+
+    async def _get(self, request: Request, key: str) -> Response:
+        record = await self.store.get(key)
+        if record is None:
+            raise ApiError(404, "not_found", f"no key {key!r}", {"key": key})
+        headers = _record_headers(record)
+        unless = condition(request, b"If-None-Match")
+        if unless is not None and unless.matches(record):
+            return Response(304, headers=headers)
+        headers[b"Content-Type"] = record.content_type.encode("latin-1", "replace")
+        headers[b"X-Content-Type-Options"] = b"nosniff"
+        return Response(200, record.value, headers)
+
+    async def _resolve_match(self, request: Request, key: str) -> str | None:
+        only_if = condition(request, b"If-Match")
+        if only_if is None:
+            return None
+        if only_if.wildcard:
+            return MATCH_ANY
+        if len(only_if.tags) > 1:
+            current = await self.store.get(key)
+            if current is not None and current.stamp.encode() in only_if.tags:
+                return current.stamp.encode()
+        return only_if.tags[0] if only_if.tags else ""
+
+    async def _check_none_match_tags(self, request: Request, key: str) -> bool:
+        """Apply ``If-None-Match`` with tags; return whether it was ``*``."""
+        unless = condition(request, b"If-None-Match")
+        if unless is None:
+            return False
+        if unless.wildcard:
+            return True
+        current = await self.store.get(key)
+        if unless.matches(current):
+            assert current is not None
+            raise ApiError(
+                412,
+                "precondition_failed",
+                f"condition If-None-Match failed: key {key!r} is at a listed version",
+                {"key": key, "version": current.stamp.encode()},
+            )
+        return False
+
+    async def _put(self, request: Request, key: str, *, create_only: bool) -> Response:
+        value = self._body(request)
+        raw_type = request.getHeader(b"Content-Type")
+        content_type = raw_type.decode("latin-1") if raw_type else None
+        if_match = await self._resolve_match(request, key)
+        none_match = await self._check_none_match_tags(request, key)
+        result = await self.store.put(
+            key,
+            value,
+            content_type,
+            if_match=if_match,
+            if_none_match=none_match,
+            create_only=create_only,
+        )
+        status = 201 if result.created else 200
+        headers = _record_headers(result.record)
+        if _wants_json(request):
+            document = {
+                "key": key,
+                "version": result.record.stamp.encode(),
+                "created": result.created,
+            }
+            return Response(status, json_bytes(document), {**headers, **_JSON})
+        return Response(status, b"OK", {**headers, **_OK_TEXT})
+
+    async def _delete(self, request: Request, key: str) -> Response:
+        if_match = await self._resolve_match(request, key)
+        tombstone = await self.store.delete(key, if_match=if_match)
+        if _wants_json(request):
+            document = {"key": key, "version": tombstone.stamp.encode(), "deleted": True}
+            return Response(200, json_bytes(document), _JSON)
+        return Response(200, b"OK", _OK_TEXT)
+
+    # -- prefixes (documents) ---------------------------------------------------------------
+
+    async def _prefix_route(self, request: Request, path: str, method: bytes) -> Response:
+        prefix = self.store.prefix(path if path.endswith("/") else path + "/")
+        if method == b"GET":
+            return await self._list(request, prefix)
+        if method == b"DELETE":
+            if not _flag(request, "recursive"):
+                raise BadRequest(
+                    "recursive_required",
+                    f"deleting the document {prefix!r} with all sub-documents needs "
+                    "?recursive=true",
+                )
+            deleted = await self.store.delete_prefix(prefix)
+            return Response(200, json_bytes({"prefix": prefix, "deleted": deleted}), _JSON)
+        raise MethodNotAllowed(method.decode("latin-1"), ["GET", "HEAD", "DELETE"])
+
+    async def _list(self, request: Request, prefix: str) -> Response:
+        after_text = _arg(request, "after")
+        after = None
+        if after_text:
+            after = normalize_key(after_text, max_bytes=None, allow_reserved=True)
+        limit = _int_arg(request, "limit", _DEFAULT_PAGE, _MAX_PAGE)
+        if limit == 0:
+            raise BadRequest("invalid_parameter", "parameter 'limit' must be at least 1")
+        page = await self.store.list(prefix, after=after, limit=limit)
+        keys: list[Any]
+        if _flag(request, "values"):
+            keys = [_value_entry(record) for record in page.records]
+        else:
+            keys = [record.key for record in page.records]
+        return Response(200, json_bytes({"keys": keys, "next": page.next}), _JSON)
+
+    async def _keys(self, request: Request) -> Response:
+        return await self._list(request, self.store.prefix(_arg(request, "prefix") or "/"))
+
+    # -- server endpoints -------------------------------------------------------------------
+
+    async def _changes(self, request: Request) -> Response:
+        since = _int_arg(request, "since", 0)
+        limit = _int_arg(request, "limit", _DEFAULT_PAGE, _MAX_PAGE)
+        if limit == 0:
+            raise BadRequest("invalid_parameter", "parameter 'limit' must be at least 1")
+        prefix = self.store.prefix(_arg(request, "prefix") or "/")
+        page = await self.store.changes(since, limit=limit, prefix=prefix)
+        results = [
+            {
+                "seq": record.seq,
+                "key": record.key,
+                "stamp": record.stamp.encode(),
+                "deleted": record.deleted,
+            }
+            for record in page.records
+        ]
+        return Response(200, json_bytes({"last_seq": page.last_seq, "results": results}), _JSON)
+
+    async def _listkeys(self, request: Request) -> Response:
+        return Response(200, headers=_JSON, stream=self._stream_all_keys())
+
+    async def _stream_all_keys(self) -> AsyncIterator[bytes]:
+        """The classic key list as one JSON array, produced a page at a time."""
+        yield b"["
+        first = True
+        after: str | None = None
+        while True:
+            page = await self.store.list("/", after=after, limit=_DEFAULT_PAGE)
+            if page.records:
+                names = [json_bytes(classic_form(record.key)) for record in page.records]
+                yield (b"" if first else b",") + b",".join(names)
+                first = False
+            if page.next is None:
+                break
+            after = page.next
+        yield b"]"
+
+    async def _reset(self, request: Request) -> Response:
+        await self.store.reset()
+        if _wants_json(request):
+            return Response(200, json_bytes({"reset": True}), _JSON)
+        return Response(200, b"OK", _OK_TEXT)
+
+    async def _health(self, request: Request) -> Response:
+        document: dict[str, Any] = {
+            "status": "ok",
+            "node_id": self.store.node_id,
+            "version": __version__,
+            "backend": self.store.backend.kind,
+        }
+        try:
+            document.update(await self.store.health())
+        except Exception as exc:
+            document.update(status="unavailable", state="unavailable", error=str(exc))
+            return Response(503, json_bytes(document), _JSON)
+        document["state"] = "ok"
+        return Response(200, json_bytes(document), _JSON)
