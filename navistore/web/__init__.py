@@ -15,17 +15,18 @@ def make_site(
     store: Store,
     *,
     max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
+    access_log: bool = False,
     reactor: Any = None,
 ) -> NavistoreSite:
     """Build the Site serving the API of ``store``.
 
     :param max_value_size: the largest request body accepted, in bytes; larger ones get 413
         before they are read.
+    :param access_log: log one line per request through twisted.logger.
     :param reactor: the reactor the Site uses for its clock (default: the global one).
     """
-    site = NavistoreSite(
-        ApiResource(store, max_value_size=max_value_size), max_value_size=max_value_size
-    )
+    resource = ApiResource(store, max_value_size=max_value_size)
+    site = NavistoreSite(resource, max_value_size=max_value_size, access_log=access_log)
     if reactor is not None:
         site.reactor = reactor
     return site
