@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import attrs
 
 from .clock import Stamp
@@ -43,6 +45,10 @@ class Record:
         return attrs.evolve(self, seq=seq)
 
 
+def _printable(text: str) -> bool:
+    return not any(unicodedata.category(char) in ("Cc", "Cs") for char in text)
+
+
 def check_record(record: object) -> Record:
     """Return ``record`` if a backend may store it, else raise :class:`InvalidRecord`.
 
@@ -59,8 +65,8 @@ def check_record(record: object) -> Record:
         raise InvalidRecord(f"key {record.key!r} is not canonical (expected {canonical!r})")
     if not isinstance(record.value, bytes):
         raise InvalidRecord(f"value must be bytes, not {type(record.value).__name__}")
-    if not isinstance(record.content_type, str):
-        raise InvalidRecord("content_type must be text")
+    if not isinstance(record.content_type, str) or not _printable(record.content_type):
+        raise InvalidRecord("content_type must be text without control or surrogate characters")
     if not isinstance(record.stamp, Stamp):
         raise InvalidRecord(f"stamp must be a Stamp, not {type(record.stamp).__name__}")
     if not isinstance(record.deleted, bool):

@@ -272,16 +272,20 @@ class Store:
 
         return await self._write(key, make, if_match, if_none_match, create_only)
 
-    async def delete(self, key: str, *, if_match: str | None = None) -> Record:
+    async def delete(
+        self, key: str, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> Record:
         """Delete a key (store its tombstone) and return the tombstone.
 
+        :param if_none_match: ``If-None-Match: *``: the key must not exist, else
+            PreconditionFailed (so such a delete never deletes anything).
         :raises NotFound: the key does not exist.
         """
 
         def make(stamp: Stamp) -> Record:
             return Record.tombstone(key, stamp)
 
-        result = await self._write(key, make, if_match, False, False, must_exist=True)
+        result = await self._write(key, make, if_match, if_none_match, False, must_exist=True)
         return result.record
 
     async def delete_prefix(self, prefix: str) -> int:
@@ -325,19 +329,20 @@ class Store:
                 ) from None
         for _attempt in range(_MAX_WRITE_ATTEMPTS):
             current = _live(await self.backend.get(key))
+            # Preconditions are evaluated before the method's own rules (RFC 9110 13.2.2).
             if current is None:
-                if must_exist:
-                    raise NotFound(key)
                 if if_match is not None:
                     raise PreconditionFailed(key, f"If-Match: {if_match}", None)
+                if must_exist:
+                    raise NotFound(key)
                 expect: Expectation = ABSENT
             else:
-                if create_only:
-                    raise Conflict(key, current)
                 if if_none_match:
                     raise PreconditionFailed(key, "If-None-Match: *", current)
                 if wanted is not None and current.stamp != wanted:
                     raise PreconditionFailed(key, f"If-Match: {if_match}", current)
+                if create_only:
+                    raise Conflict(key, current)
                 expect = current.stamp
             record = make(self.clock.now())
             stored = await self.backend.apply(record, expect)

@@ -72,9 +72,18 @@ class LimitedRequest(Request):
             return
         super().handleContentChunk(data)
 
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._refused:
+            # The rest of a refused chunked body arrived in the same read: it was answered 413
+            # already, so the request must never be rendered (it would store a truncated body).
+            return
+        super().requestReceived(command, path, version)
+
     def _refuse(self, limit: int) -> None:
         """Answer 413 at once and close: the rest of the body is never read."""
         self._refused = True
+        # The channel sends ``100 Continue`` after gotLength(); a refused request gets none.
+        self.requestHeaders.removeHeader(b"Expect")
         error = TooLarge(limit)
         body = error_body(error.code, error.message, error.detail)
         head = (

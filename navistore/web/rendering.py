@@ -186,7 +186,8 @@ class _Exchange:
             return
         if response.stream is None:
             headers = dict(response.headers)
-            headers.setdefault(b"Content-Length", b"%d" % len(response.body))
+            if response.status not in (204, 304):
+                headers.setdefault(b"Content-Length", b"%d" % len(response.body))
             self.start(response.status, headers)
             self.request.write(response.body)
             self.finish()

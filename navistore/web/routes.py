@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Callable
-from urllib.parse import unquote_to_bytes
+from urllib.parse import parse_qs, unquote_to_bytes
 
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -18,7 +18,7 @@ from twisted.web.server import Request
 from .. import __version__
 from ..keys import InvalidKey, classic_form, normalize_key
 from ..record import Record
-from ..store import MATCH_ANY, Store
+from ..store import MATCH_ANY, KeysPage, Store
 from .conditions import condition, etag_of, last_modified
 from .rendering import (
     ApiError,
@@ -47,14 +47,22 @@ def _wants_json(request: Request) -> bool:
     return b"application/json" in accept
 
 
+def _query(request: Request) -> dict[str, list[str]]:
+    """The query parameters, keeping bare flags such as ``?list`` (twisted.web drops them)."""
+    cached: dict[str, list[str]] | None = getattr(request, "_navistore_query", None)
+    if cached is None:
+        _, _, query = request.uri.partition(b"?")
+        try:
+            cached = parse_qs(query.decode("utf-8"), keep_blank_values=True, errors="strict")
+        except UnicodeDecodeError:
+            raise BadRequest("invalid_parameter", "the query string is not UTF-8") from None
+        request._navistore_query = cached  # type: ignore[attr-defined]
+    return cached
+
+
 def _arg(request: Request, name: str) -> str | None:
-    values = request.args.get(name.encode("ascii")) if request.args else None
-    if not values:
-        return None
-    try:
-        return values[-1].decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadRequest("invalid_parameter", f"parameter {name!r} is not UTF-8") from None
+    values = _query(request).get(name)
+    return values[-1] if values else None
 
 
 def _flag(request: Request, name: str) -> bool:
@@ -106,11 +114,12 @@ class ApiResource(Resource):
         super().__init__()
         self.store = store
         self.max_value_size = max_value_size
+        # HEAD is listed explicitly: it must never reach an endpoint with effects (/reset).
         self._endpoints: dict[str, dict[bytes, Handler]] = {
-            "_health": {b"GET": self._health},
-            "_keys": {b"GET": self._keys},
-            "_changes": {b"GET": self._changes},
-            "listkeys": {b"GET": self._listkeys},
+            "_health": {b"GET": self._health, b"HEAD": self._health},
+            "_keys": {b"GET": self._keys, b"HEAD": self._keys},
+            "_changes": {b"GET": self._changes, b"HEAD": self._changes},
+            "listkeys": {b"GET": self._listkeys, b"HEAD": self._listkeys},
             "reset": {b"GET": self._reset},
         }
 
@@ -130,20 +139,16 @@ class ApiResource(Resource):
         first = path[1:].split("/", 1)[0]
         endpoint = self._endpoints.get(path[1:]) if "/" not in path[1:] else None
         if endpoint is not None:
-            handler = endpoint.get(lookup)
+            handler = endpoint.get(method)
             if handler is None:
-                raise MethodNotAllowed(method.decode("latin-1"), [*self._names(endpoint)])
+                allowed = [name.decode("ascii") for name in endpoint]
+                raise MethodNotAllowed(method.decode("latin-1"), allowed)
             return await handler(request)
         if first.startswith("_") and first != "_replication_slaves" and path != "/":
             raise ApiError(404, "unknown_endpoint", f"there is no endpoint {path!r}")
-        if path.endswith("/") or (lookup == b"GET" and request.args and b"list" in request.args):
+        if path.endswith("/") or (lookup == b"GET" and "list" in _query(request)):
             return await self._prefix_route(request, path, lookup)
         return await self._key_route(request, path, lookup)
-
-    @staticmethod
-    def _names(endpoint: dict[bytes, Handler]) -> list[str]:
-        names = [name.decode("ascii") for name in endpoint]
-        return [*names, "HEAD"] if "GET" in names else names
 
     @staticmethod
     def _path(request: Request) -> str:
@@ -245,7 +250,8 @@ class ApiResource(Resource):
 
     async def _delete(self, request: Request, key: str) -> Response:
         if_match = await self._resolve_match(request, key)
-        tombstone = await self.store.delete(key, if_match=if_match)
+        none_match = await self._check_none_match_tags(request, key)
+        tombstone = await self.store.delete(key, if_match=if_match, if_none_match=none_match)
         if _wants_json(request):
             document = {"key": key, "version": tombstone.stamp.encode(), "deleted": True}
             return Response(200, json_bytes(document), _JSON)
@@ -308,22 +314,23 @@ class ApiResource(Resource):
         return Response(200, json_bytes({"last_seq": page.last_seq, "results": results}), _JSON)
 
     async def _listkeys(self, request: Request) -> Response:
-        return Response(200, headers=_JSON, stream=self._stream_all_keys())
+        # The first page is read before the 200 goes out, so a failing backend is a 503 rather
+        # than a 200 cut short.
+        page = await self.store.list("/", limit=_DEFAULT_PAGE)
+        return Response(200, headers=_JSON, stream=self._stream_all_keys(page))
 
-    async def _stream_all_keys(self) -> AsyncIterator[bytes]:
+    async def _stream_all_keys(self, page: KeysPage) -> AsyncIterator[bytes]:
         """The classic key list as one JSON array, produced a page at a time."""
         yield b"["
         first = True
-        after: str | None = None
         while True:
-            page = await self.store.list("/", after=after, limit=_DEFAULT_PAGE)
             if page.records:
                 names = [json_bytes(classic_form(record.key)) for record in page.records]
                 yield (b"" if first else b",") + b",".join(names)
                 first = False
             if page.next is None:
                 break
-            after = page.next
+            page = await self.store.list("/", after=page.next, limit=_DEFAULT_PAGE)
         yield b"]"
 
     async def _reset(self, request: Request) -> Response:

@@ -1,0 +1,24 @@
+"""Public test helpers for code built on Navistore.
+
+:class:`BackendComplianceTests` is the storage backend contract as a pytest mixin: a backend author
+subclasses it, overrides one fixture, and gets every contract test (see
+:mod:`navistore.testing.compliance`). It needs pytest and pytest-twisted, so it is imported on first
+use: other helpers in this package stay importable without them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .compliance import BackendComplianceTests
+
+__all__ = ["BackendComplianceTests"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BackendComplianceTests":
+        from .compliance import BackendComplianceTests
+
+        return BackendComplianceTests
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

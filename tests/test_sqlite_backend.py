@@ -1,0 +1,569 @@
+"""The sqlite backend (navistore.backend.sqlite): schema, PRAGMAs, URLs, migrations, group commit,
+failure handling, durability across a process kill, and the shipped compliance suite."""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import sys
+import textwrap
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor, task
+from twisted.internet.utils import getProcessOutputAndValue
+from zope.interface.verify import verifyObject
+
+from navistore.backend import BackendURLError, open_backend
+from navistore.backend import sqlite as sqlite_module
+from navistore.backend.memory import MemoryBackend
+from navistore.backend.sqlite import SqliteBackend, scan_sql
+from navistore.clock import Stamp
+from navistore.errors import BackendClosed, InvalidRecord, StorageFailure
+from navistore.interfaces import ABSENT, ANY, Expectation, IStorageBackend
+from navistore.record import Record
+from navistore.testing import BackendComplianceTests
+
+NODE = "0123456789abcdef"
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+def stamp(wall: int, counter: int = 0) -> Stamp:
+    return Stamp(wall, counter, NODE)
+
+
+def record(key: str, wall: int, value: bytes = b"value") -> Record:
+    return Record(key, value, "text/plain", stamp(wall))
+
+
+@pytest_twisted.async_yield_fixture
+async def backend(tmp_path: Path) -> AsyncIterator[SqliteBackend]:
+    """A fresh backend on ``store.db`` in the test's directory, closed afterwards."""
+    store = SqliteBackend(tmp_path / "store.db")
+    yield store
+    await store.close()
+
+
+def raw_connection(path: Path | str) -> sqlite3.Connection:
+    """A second connection to the backend's file, for looking at it from outside."""
+    return sqlite3.connect(str(path), isolation_level=None)
+
+
+class BatchCounter:
+    """Wraps the backend's pool so that a test can count the transactions applies take."""
+
+    def __init__(self, store: SqliteBackend) -> None:
+        self.batch_sizes: list[int] = []
+        pool = store._pool
+        original = pool.runInteraction
+
+        def counting(interaction: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+            if interaction is sqlite_module._write_batch:
+                self.batch_sizes.append(len(args[0]))
+            return original(interaction, *args)
+
+        pool.runInteraction = counting
+
+
+# -- schema, queries and PRAGMAs ------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_provides_the_interface(backend: SqliteBackend) -> None:
+    """SqliteBackend provides IStorageBackend, says it is persistent, and fills a new file."""
+    assert verifyObject(IStorageBackend, backend)
+    assert (backend.kind, backend.persistent) == ("sqlite", True)
+    assert await backend.last_seq() == 0
+
+
+QUERIES = {
+    "get": (sqlite_module._GET_SQL, ("/a",)),
+    "scan": (scan_sql(False, True, False), ("/a/", "/a0", 10)),
+    "scan after": (scan_sql(True, True, False), ("/a/b", "/a0", 10)),
+    "scan with tombstones": (scan_sql(False, True, True), ("/a/", "/a0", 10)),
+    "scan after, unbounded": (scan_sql(True, False, False), ("/a/b", 10)),
+    "changes": (sqlite_module._CHANGES_SQL, (5, 10)),
+    "purge_tombstones": (sqlite_module._PURGE_SQL, (5,)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(QUERIES))
+@pytest_twisted.ensureDeferred
+async def test_queries_use_an_index(backend: SqliteBackend, tmp_path: Path, name: str) -> None:
+    """Every query the backend runs seeks through an index: no full scan of ``records`` and no
+    sorting in a temporary B-tree (ORDER BY is the index order, so pages are cheap)."""
+    await backend.apply(record("/a/b", 1))
+    sql, params = QUERIES[name]
+    with raw_connection(tmp_path / "store.db") as connection:
+        plan = [row[3] for row in connection.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+    assert plan, name
+    assert any("USING INDEX" in detail for detail in plan), plan
+    assert not any(detail.startswith("SCAN") or "TEMP B-TREE" in detail for detail in plan), plan
+
+
+@pytest.mark.parametrize(("synchronous", "level"), [("normal", 1), ("full", 2)])
+@pytest_twisted.ensureDeferred
+async def test_pragmas(tmp_path: Path, synchronous: str, level: int) -> None:
+    """The connection runs in WAL mode with the chosen synchronous level, 4 KB pages, no foreign
+    keys and a busy timeout; ``records`` is a rowid table (values stay off overflow pages)."""
+    store = SqliteBackend(tmp_path / "store.db", synchronous=synchronous)
+    try:
+        pool = store._pool
+        assert await pool.runQuery("PRAGMA journal_mode") == [("wal",)]
+        assert await pool.runQuery("PRAGMA synchronous") == [(level,)]
+        assert await pool.runQuery("PRAGMA page_size") == [(4096,)]
+        assert await pool.runQuery("PRAGMA foreign_keys") == [(0,)]
+        assert (await pool.runQuery("PRAGMA busy_timeout"))[0][0] >= 1000
+        [(schema,)] = await pool.runQuery("SELECT sql FROM sqlite_master WHERE name = 'records'")
+        assert "WITHOUT ROWID" not in schema.upper()
+    finally:
+        await store.close()
+
+
+# -- URLs -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "synchronous"),
+    [("", "normal"), ("?synchronous=full", "full"), ("?synchronous=FULL", "full")],
+)
+@pytest_twisted.ensureDeferred
+async def test_absolute_url(tmp_path: Path, query: str, synchronous: str) -> None:
+    """``sqlite:///abs/path.db`` opens that file; ``synchronous`` is read case-insensitively."""
+    store = open_backend(f"sqlite://{tmp_path}/abs.db{query}")
+    try:
+        assert isinstance(store, SqliteBackend)
+        assert (store.path, store.synchronous) == (str(tmp_path / "abs.db"), synchronous)
+        assert await store.last_seq() == 0
+        assert (tmp_path / "abs.db").exists()
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_relative_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sqlite:rel.db`` is relative to the working directory when opened, even if the process
+    changes directory (as a daemon does) before the file is first touched."""
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    store = open_backend("sqlite:rel.db")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    try:
+        await store.set_meta("touched", "yes")
+        assert (tmp_path / "rel.db").exists()
+        assert not (tmp_path / "elsewhere" / "rel.db").exists()
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("sqlite:", "needs a file"),
+        ("sqlite://", "needs a file"),
+        ("sqlite:x.db?synchronous=off", "synchronous='off'"),
+        ("sqlite:x.db?sync=full", "unknown option(s) sync"),
+        ("sqlite::memory:", "memory:"),
+    ],
+)
+def test_bad_urls(url: str, complaint: str) -> None:
+    """An empty location, an unknown option or a bad synchronous value is a BackendURLError
+    that says what is wrong; nothing is opened."""
+    with pytest.raises(BackendURLError) as raised:
+        open_backend(url)
+    assert complaint in str(raised.value)
+
+
+def test_bad_synchronous_argument(tmp_path: Path) -> None:
+    """The constructor refuses a synchronous level it does not know."""
+    with pytest.raises(ValueError, match="synchronous"):
+        SqliteBackend(tmp_path / "store.db", synchronous="off")
+
+
+# -- migrations -----------------------------------------------------------------------------
+
+
+async def make_version_1_file(path: Path) -> None:
+    store = SqliteBackend(path)
+    await store.apply(record("/kept", 1))
+    await store.close()
+
+
+def schema_version(path: Path) -> int:
+    with raw_connection(path) as connection:
+        [(version,)] = connection.execute(
+            "SELECT value FROM backend_state WHERE name = 'schema_version'"
+        ).fetchall()
+    return int(version)
+
+
+@pytest_twisted.ensureDeferred
+async def test_migration_step_runs_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening a version 1 file with code at version 2 runs MIGRATIONS[1] and stores version 2;
+    opening it again does not run the step again, and the data survives."""
+    path = tmp_path / "store.db"
+    await make_version_1_file(path)
+    runs: list[int] = []
+
+    def add_note_column(cursor: sqlite3.Cursor) -> None:
+        runs.append(1)
+        cursor.execute("ALTER TABLE meta ADD COLUMN note TEXT")
+
+    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", 2)
+    monkeypatch.setitem(sqlite_module.MIGRATIONS, 1, add_note_column)
+    for _ in range(2):
+        store = SqliteBackend(path)
+        assert (await store.get("/kept")) is not None
+        await store.close()
+    assert runs == [1]
+    assert schema_version(path) == 2
+    with raw_connection(path) as connection:
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(meta)")]
+    assert "note" in columns
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_migration_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A migration that fails (or a missing step) is a StorageFailure, and the file keeps its
+    old version and schema: the steps run in one transaction."""
+    path = tmp_path / "store.db"
+    await make_version_1_file(path)
+
+    def half_done(cursor: sqlite3.Cursor) -> None:
+        cursor.execute("CREATE TABLE half (x)")
+        raise sqlite3.OperationalError("step failed midway")
+
+    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", 2)
+    for step, message in [
+        (half_done, "step failed midway"),
+        (None, "no migration from schema version 1 to 2"),
+    ]:
+        if step is None:
+            monkeypatch.delitem(sqlite_module.MIGRATIONS, 1)
+        else:
+            monkeypatch.setitem(sqlite_module.MIGRATIONS, 1, step)
+        store = SqliteBackend(path)
+        with pytest.raises(StorageFailure, match=message):
+            await store.get("/kept")
+        await store.close()
+    assert schema_version(path) == 1
+    with raw_connection(path) as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+    assert "half" not in tables
+
+
+@pytest_twisted.ensureDeferred
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    """A file written by a newer schema version is refused with a StorageFailure naming both
+    versions, on every call, and is left untouched."""
+    path = tmp_path / "store.db"
+    await make_version_1_file(path)
+    with raw_connection(path) as connection:
+        connection.execute("UPDATE backend_state SET value = 99 WHERE name = 'schema_version'")
+    store = SqliteBackend(path)
+    try:
+        for call in (lambda: store.get("/kept"), lambda: store.apply(record("/new", 2))):
+            with pytest.raises(StorageFailure) as raised:
+                await call()
+            assert "schema version 99" in str(raised.value)
+            assert "up to 1" in str(raised.value)
+    finally:
+        await store.close()
+    assert schema_version(path) == 99
+
+
+# -- group commit ---------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_applies_of_one_turn_share_one_transaction(backend: SqliteBackend) -> None:
+    """100 applies issued in one reactor turn are written in one transaction and get the
+    distinct seqs 1..100 in the order they were issued."""
+    await backend.last_seq()  # open the connection first
+    counter = BatchCounter(backend)
+    stored = await defer.gatherResults(
+        [backend.apply(record(f"/k/{index:03}", 1)) for index in range(100)]
+    )
+    assert counter.batch_sizes == [100]
+    assert [item.seq for item in stored] == list(range(1, 101))
+    assert await backend.last_seq() == 100
+
+
+@pytest_twisted.ensureDeferred
+async def test_applies_wait_for_the_running_transaction(
+    backend: SqliteBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No apply is acknowledged before its transaction committed, and applies issued while a
+    transaction runs wait for it and then share the next one."""
+    counter = BatchCounter(backend)
+    started, release = threading.Event(), threading.Event()
+    real_write_batch = sqlite_module._write_batch
+
+    def slow_write_batch(txn: Any, batch: Any) -> Any:
+        started.set()
+        release.wait(10)
+        return real_write_batch(txn, batch)
+
+    monkeypatch.setattr(sqlite_module, "_write_batch", slow_write_batch)
+    try:
+        first = [backend.apply(record(f"/first/{index}", 1)) for index in range(10)]
+        while not started.is_set():
+            await task.deferLater(reactor, 0.01)
+        second = [backend.apply(record(f"/second/{index}", 1)) for index in range(10)]
+        await task.deferLater(reactor, 0.05)
+        assert not any(acknowledged.called for acknowledged in first + second)
+        assert counter.batch_sizes == [10]
+    finally:
+        release.set()
+    stored = await defer.gatherResults(first + second)
+    assert counter.batch_sizes == [10, 10]
+    assert [item.seq for item in stored] == list(range(1, 21))
+
+
+def random_operation(rng: random.Random, stamps: list[Stamp]) -> tuple[Record, Expectation]:
+    key = rng.choice(["/a", "/b", "/c"])
+    when = stamp(rng.randint(1, 8))
+    stamps.append(when)
+    new: Record
+    if rng.random() < 0.3:
+        new = Record.tombstone(key, when)
+    else:
+        new = Record(key, bytes([rng.randint(0, 255)]), "text/plain", when)
+    expect: Expectation = rng.choice([ANY, ANY, ABSENT, rng.choice(stamps)])
+    return new, expect
+
+
+@pytest.mark.parametrize("seed", range(20))
+@pytest_twisted.ensureDeferred
+async def test_one_batch_behaves_as_sequential_applies(tmp_path: Path, seed: int) -> None:
+    """Applies of the same keys in one batch (equal, older and newer stamps, tombstones,
+    ABSENT and stamp expectations) give the same results and the same stored state as the
+    memory backend applying them one after another."""
+    rng = random.Random(seed)
+    stamps: list[Stamp] = []
+    operations = [random_operation(rng, stamps) for _ in range(30)]
+    reference = MemoryBackend()
+    expected = [await reference.apply(new, expect) for new, expect in operations]
+    store = SqliteBackend(tmp_path / "store.db")
+    try:
+        await store.last_seq()
+        counter = BatchCounter(store)
+        results = await defer.gatherResults([store.apply(new, ex) for new, ex in operations])
+        assert counter.batch_sizes == [30]
+        assert results == expected
+        assert await store.scan(include_deleted=True) == await reference.scan(include_deleted=True)
+        assert await store.changes() == await reference.changes()
+        assert await store.last_seq() == await reference.last_seq()
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_calls_take_effect_in_issue_order(backend: SqliteBackend) -> None:
+    """Calls issued without waiting for each other take effect in the order they were issued,
+    as with the memory backend: a read sees the applies issued before it, and a reset removes
+    what was applied before it but not what was applied after."""
+    before = backend.apply(record("/before", 1))
+    seen = backend.get("/before")
+    cleared = backend.reset()
+    after = backend.apply(record("/after", 1))
+    listed = backend.scan()
+    first = await before
+    assert first is not None and first.seq == 1
+    assert await seen == first
+    await cleared
+    assert [item.key for item in await listed] == ["/after"]
+    assert (await after).seq == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_unstorable_record_fails_alone(backend: SqliteBackend) -> None:
+    """A record sqlite cannot store (a content type that is not valid Unicode) fails with
+    InvalidRecord before it joins a batch, so the other applies of the same turn succeed."""
+    good = backend.apply(record("/good", 1))
+    bad = backend.apply(Record("/bad", b"x", "text/\udcff", stamp(1)))
+    with pytest.raises(InvalidRecord):
+        await bad
+    assert (await good).seq == 1
+    assert await backend.get("/bad") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_transaction_fails_the_whole_batch(
+    backend: SqliteBackend, tmp_path: Path
+) -> None:
+    """When sqlite fails in the middle of a batch, every apply of the batch fails with a
+    StorageFailure carrying sqlite's message, nothing of the batch is stored and no seq is
+    used up; once the failure is gone, applies work again."""
+    kept = await backend.apply(record("/a", 1))
+    with raw_connection(tmp_path / "store.db") as connection:
+        connection.execute(
+            "CREATE TRIGGER fail_boom BEFORE INSERT ON records WHEN NEW.key = '/boom'"
+            " BEGIN SELECT RAISE(ABORT, 'simulated disk failure'); END"
+        )
+    batch = [backend.apply(record(key, 2)) for key in ("/a", "/b", "/boom", "/c")]
+    for applied in batch:
+        with pytest.raises(StorageFailure, match="simulated disk failure"):
+            await applied
+    assert await backend.scan(include_deleted=True) == [kept]
+    assert await backend.changes() == [kept]
+    assert await backend.last_seq() == 1
+    with raw_connection(tmp_path / "store.db") as connection:
+        connection.execute("DROP TRIGGER fail_boom")
+    assert (await backend.apply(record("/boom", 2))).seq == 2
+
+
+# -- seqs, closing and durability -----------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_seq_continues_after_purge_reset_and_reopen(tmp_path: Path) -> None:
+    """Purging the newest tombstone, resetting and reopening never let a seq be reused; reset
+    keeps meta data."""
+    path = tmp_path / "store.db"
+    store = SqliteBackend(path)
+    await store.apply(record("/a", 1))
+    await store.apply(Record.tombstone("/a", stamp(2)))
+    assert await store.purge_tombstones(3) == 1
+    assert await store.last_seq() == 2
+    assert (await store.apply(record("/b", 1))).seq == 3
+    await store.set_meta("node_id", NODE)
+    await store.close()
+    store = SqliteBackend(path)
+    try:
+        assert await store.last_seq() == 3
+        assert (await store.apply(record("/c", 1))).seq == 4
+        await store.reset()
+        assert await store.scan(include_deleted=True) == []
+        assert (await store.apply(record("/d", 1))).seq == 5
+        assert await store.get_meta("node_id") == NODE
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_finishes_pending_applies(tmp_path: Path) -> None:
+    """close() lets applies already issued commit before it fires; afterwards every call fails
+    with BackendClosed as an errback, and closing again is harmless."""
+    path = tmp_path / "store.db"
+    store = SqliteBackend(path)
+    pending = [store.apply(record(f"/k{index}", 1)) for index in range(5)]
+    await store.close()
+    assert all(applied.called for applied in pending)
+    assert [(await applied).seq for applied in pending] == [1, 2, 3, 4, 5]
+    calls = [
+        store.get("/k1"),
+        store.apply(record("/x", 1)),
+        store.scan(),
+        store.changes(),
+        store.last_seq(),
+        store.purge_tombstones(10),
+        store.reset(),
+        store.get_meta("a"),
+        store.set_meta("a", "b"),
+    ]
+    for call in calls:
+        with pytest.raises(BackendClosed):
+            await call
+    await store.close()
+    reopened = SqliteBackend(path)
+    try:
+        assert await reopened.last_seq() == 5
+    finally:
+        await reopened.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pool_stopped_by_reactor_shutdown(backend: SqliteBackend) -> None:
+    """Once reactor shutdown has stopped the pool (adbapi's own shutdown trigger), calls fail
+    with StorageFailure instead of waiting forever, and close() still fires."""
+    await backend.apply(record("/a", 1))
+    # Fire the pool's "during shutdown" trigger by hand, as the reactor would when stopping.
+    reactor.removeSystemEventTrigger(backend._pool.shutdownID)
+    backend._pool.finalClose()
+    with pytest.raises(StorageFailure, match="shut down"):
+        await backend.apply(record("/b", 1))
+    with pytest.raises(StorageFailure, match="shut down"):
+        await backend.get("/a")
+    await backend.close()
+
+
+KILLED_WRITER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from twisted.internet import defer, reactor
+    from navistore.backend.sqlite import SqliteBackend
+    from navistore.clock import Stamp
+    from navistore.record import Record
+
+    async def write():
+        store = SqliteBackend(sys.argv[1], synchronous=sys.argv[2])
+        stored = await defer.gatherResults([
+            store.apply(Record(f"/k/{i}", b"v", "text/plain", Stamp(1, 0, "0123456789abcdef")))
+            for i in range(50)
+        ])
+        print(max(item.seq for item in stored), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    reactor.callWhenRunning(lambda: defer.ensureDeferred(write()))
+    reactor.run()
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+@pytest.mark.parametrize("synchronous", ["normal", "full"])
+@pytest_twisted.ensureDeferred
+async def test_acknowledged_applies_survive_sigkill(tmp_path: Path, synchronous: str) -> None:
+    """Every apply acknowledged before the process is killed with SIGKILL (no close, no
+    checkpoint) is found when the file is opened again."""
+    path = tmp_path / "store.db"
+    env = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
+    # Through a shell, which reports how the writer ended instead of dying with it.
+    shell = '"$0" -c "$1" "$2" "$3"; echo "exit $?"'
+    out, err, _ = await getProcessOutputAndValue(
+        "/bin/sh", ["-c", shell, sys.executable, KILLED_WRITER, str(path), synchronous], env=env
+    )
+    assert out.split() == [b"50", b"exit", b"137"], err
+    store = SqliteBackend(path)
+    try:
+        assert await store.last_seq() == 50
+        assert len(await store.scan(limit=100)) == 50
+    finally:
+        await store.close()
+
+
+# -- the shipped contract -------------------------------------------------------------------
+
+
+class TestSqliteCompliance(BackendComplianceTests):
+    """The IStorageBackend compliance suite against sqlite with the default synchronous=normal."""
+
+    persistent = True
+
+    @pytest.fixture
+    def make_backend(self, tmp_path: Path) -> SqliteBackend:
+        return SqliteBackend(tmp_path / "store.db")
+
+    @pytest.fixture
+    def reopen_backend(self, tmp_path: Path) -> Callable[[Any], SqliteBackend]:
+        return lambda old: SqliteBackend(tmp_path / "store.db")
+
+
+class TestSqliteFullSyncCompliance(TestSqliteCompliance):
+    """The same suite with synchronous=full, whose commits take another code path (fsync)."""
+
+    @pytest.fixture
+    def make_backend(self, tmp_path: Path) -> SqliteBackend:
+        return SqliteBackend(tmp_path / "store.db", synchronous="full")
+
+    @pytest.fixture
+    def reopen_backend(self, tmp_path: Path) -> Callable[[Any], SqliteBackend]:
+        return lambda old: SqliteBackend(tmp_path / "store.db", synchronous="full")
