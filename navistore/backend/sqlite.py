@@ -274,9 +274,6 @@ class SqliteBackend:
             return fail(BackendClosed("apply"))
         try:
             check_record(record)
-            record.content_type.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            return fail(InvalidRecord(f"content_type is not encodable as UTF-8: {exc}"))
         except InvalidRecord as exc:
             return fail(exc)
         acknowledged: Deferred[Record | None] = Deferred()

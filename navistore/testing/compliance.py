@@ -344,7 +344,6 @@ class BackendComplianceTests:
     ``make_backend`` fixture; pytest then runs every contract test against your backend::
 
         import pytest
-        import pytest_twisted
 
         from navistore.testing import BackendComplianceTests
         from mybackend import MyBackend
@@ -364,6 +363,15 @@ class BackendComplianceTests:
                 # Only for persistent backends: a callable taking the old (already closed)
                 # backend and returning a new one over the same storage, or a Deferred of it.
                 return lambda old: MyBackend(tmp_path / "store")
+
+    A backend that must be opened asynchronously uses a pytest-twisted async fixture; its code
+    after ``yield`` runs once the suite has closed the backend::
+
+            @pytest_twisted.async_yield_fixture
+            async def make_backend(self, database_url):
+                backend = await MyBackend.connect(database_url)
+                yield backend
+                await drop_tables(database_url)
 
     What the suite does with them:
 
