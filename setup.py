@@ -21,6 +21,8 @@ setup(
         "attrs>=22.2.0",
     ],
     extras_require={
+        # What a backend author needs to run navistore.testing.BackendComplianceTests.
+        "testing": ["pytest>=7.4", "pytest-twisted>=1.14.1"],
         "test": [
             "pytest>=7.4",
             "pytest-twisted>=1.14.1",
