@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 import attrs
@@ -26,6 +27,9 @@ class Record:
     :ivar stamp: the version; last writer (greatest stamp) wins.
     :ivar deleted: a tombstone, kept so that the delete replicates and beats older writes.
     :ivar seq: the node-local sequence number at which the backend stored it; ``None`` before.
+    :ivar chain: the ids of the nodes the record passed through before it reached this one,
+        starting with the node that wrote it; empty for a local write. Replication uses it to
+        never send a record back where it came from, so backends store it with the record.
     """
 
     key: str
@@ -34,6 +38,7 @@ class Record:
     stamp: Stamp
     deleted: bool = False
     seq: int | None = None
+    chain: tuple[str, ...] = ()
 
     @classmethod
     def tombstone(cls, key: str, stamp: Stamp) -> Record:
@@ -43,6 +48,9 @@ class Record:
     def with_seq(self, seq: int) -> Record:
         """Return this record as stored at ``seq``."""
         return attrs.evolve(self, seq=seq)
+
+
+_NODE_ID = re.compile(r"[0-9a-f]{16}\Z")
 
 
 def _printable(text: str) -> bool:
@@ -71,6 +79,10 @@ def check_record(record: object) -> Record:
         raise InvalidRecord(f"stamp must be a Stamp, not {type(record.stamp).__name__}")
     if not isinstance(record.deleted, bool):
         raise InvalidRecord("deleted must be a bool")
+    if not isinstance(record.chain, tuple) or not all(
+        isinstance(node, str) and _NODE_ID.match(node) for node in record.chain
+    ):
+        raise InvalidRecord("chain must be a tuple of node ids (16 lowercase hex digits)")
     if record.deleted and (record.value or record.content_type):
         raise InvalidRecord("a tombstone carries no value and no content type")
     return record

@@ -50,6 +50,7 @@ def _record_to_json(record: Record) -> dict[str, Any]:
         "stamp": record.stamp.encode(),
         "deleted": record.deleted,
         "seq": record.seq,
+        "chain": list(record.chain),
     }
 
 
@@ -61,6 +62,7 @@ def _record_from_json(data: dict[str, Any]) -> Record:
         stamp=Stamp.decode(data["stamp"]),
         deleted=data["deleted"],
         seq=data["seq"],
+        chain=tuple(data["chain"]),
     )
 
 

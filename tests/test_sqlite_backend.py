@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Callable
 
+import attrs
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
@@ -188,7 +189,7 @@ def test_bad_synchronous_argument(tmp_path: Path) -> None:
 # -- migrations -----------------------------------------------------------------------------
 
 
-async def make_version_1_file(path: Path) -> None:
+async def make_current_file(path: Path) -> None:
     store = SqliteBackend(path)
     await store.apply(record("/kept", 1))
     await store.close()
@@ -204,24 +205,25 @@ def schema_version(path: Path) -> int:
 
 @pytest_twisted.ensureDeferred
 async def test_migration_step_runs_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Opening a version 1 file with code at version 2 runs MIGRATIONS[1] and stores version 2;
+    """Opening a version N file with code at version N+1 runs MIGRATIONS[N] and stores N+1;
     opening it again does not run the step again, and the data survives."""
     path = tmp_path / "store.db"
-    await make_version_1_file(path)
+    await make_current_file(path)
     runs: list[int] = []
 
     def add_note_column(cursor: sqlite3.Cursor) -> None:
         runs.append(1)
         cursor.execute("ALTER TABLE meta ADD COLUMN note TEXT")
 
-    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(sqlite_module.MIGRATIONS, 1, add_note_column)
+    current = sqlite_module.SCHEMA_VERSION
+    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", current + 1)
+    monkeypatch.setitem(sqlite_module.MIGRATIONS, current, add_note_column)
     for _ in range(2):
         store = SqliteBackend(path)
         assert (await store.get("/kept")) is not None
         await store.close()
     assert runs == [1]
-    assert schema_version(path) == 2
+    assert schema_version(path) == current + 1
     with raw_connection(path) as connection:
         columns = [row[1] for row in connection.execute("PRAGMA table_info(meta)")]
     assert "note" in columns
@@ -234,26 +236,27 @@ async def test_failed_migration_changes_nothing(
     """A migration that fails (or a missing step) is a StorageFailure, and the file keeps its
     old version and schema: the steps run in one transaction."""
     path = tmp_path / "store.db"
-    await make_version_1_file(path)
+    await make_current_file(path)
 
     def half_done(cursor: sqlite3.Cursor) -> None:
         cursor.execute("CREATE TABLE half (x)")
         raise sqlite3.OperationalError("step failed midway")
 
-    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", 2)
+    current = sqlite_module.SCHEMA_VERSION
+    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", current + 1)
     for step, message in [
         (half_done, "step failed midway"),
-        (None, "no migration from schema version 1 to 2"),
+        (None, f"no migration from schema version {current} to {current + 1}"),
     ]:
         if step is None:
-            monkeypatch.delitem(sqlite_module.MIGRATIONS, 1)
+            monkeypatch.delitem(sqlite_module.MIGRATIONS, current, raising=False)
         else:
-            monkeypatch.setitem(sqlite_module.MIGRATIONS, 1, step)
+            monkeypatch.setitem(sqlite_module.MIGRATIONS, current, step)
         store = SqliteBackend(path)
         with pytest.raises(StorageFailure, match=message):
             await store.get("/kept")
         await store.close()
-    assert schema_version(path) == 1
+    assert schema_version(path) == current
     with raw_connection(path) as connection:
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
     assert "half" not in tables
@@ -264,7 +267,7 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
     """A file written by a newer schema version is refused with a StorageFailure naming both
     versions, on every call, and is left untouched."""
     path = tmp_path / "store.db"
-    await make_version_1_file(path)
+    await make_current_file(path)
     with raw_connection(path) as connection:
         connection.execute("UPDATE backend_state SET value = 99 WHERE name = 'schema_version'")
     store = SqliteBackend(path)
@@ -273,7 +276,7 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
             with pytest.raises(StorageFailure) as raised:
                 await call()
             assert "schema version 99" in str(raised.value)
-            assert "up to 1" in str(raised.value)
+            assert f"up to {sqlite_module.SCHEMA_VERSION}" in str(raised.value)
     finally:
         await store.close()
     assert schema_version(path) == 99
@@ -567,3 +570,31 @@ class TestSqliteFullSyncCompliance(TestSqliteCompliance):
     @pytest.fixture
     def reopen_backend(self, tmp_path: Path) -> Callable[[Any], SqliteBackend]:
         return lambda old: SqliteBackend(tmp_path / "store.db", synchronous="full")
+
+
+@pytest_twisted.ensureDeferred
+async def test_version_1_file_migrates_to_chains(tmp_path: Path) -> None:
+    """A file made by schema version 1 (no chain column) is upgraded in place when opened: its
+    records read back with an empty chain, new records keep theirs, and the version is stored."""
+    path = tmp_path / "v1.db"
+    with raw_connection(path) as connection:
+        connection.execute("CREATE TABLE backend_state (name TEXT PRIMARY KEY, value)")
+        for statement in sqlite_module._VERSION_1:
+            connection.execute(statement)
+        connection.execute(
+            "INSERT INTO records (key, seq, stamp, deleted, content_type, value)"
+            " VALUES ('/old', 1, ?, 0, 'text/plain', X'6869')",
+            (record("/old", 1).stamp.encode(),),
+        )
+        connection.execute("UPDATE backend_state SET value = 1 WHERE name = 'last_seq'")
+    store = SqliteBackend(path)
+    try:
+        old = await store.get("/old")
+        assert old is not None and old.value == b"hi" and old.chain == ()
+        relayed = attrs.evolve(record("/new", 2), chain=("00000000000000aa",))
+        stored = await store.apply(relayed)
+        assert stored is not None and stored.seq == 2
+        assert (await store.get("/new")).chain == ("00000000000000aa",)
+    finally:
+        await store.close()
+    assert schema_version(path) == sqlite_module.SCHEMA_VERSION == 2

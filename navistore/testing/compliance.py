@@ -321,6 +321,15 @@ _MALFORMED = [
     pytest.param(_malformed(deleted=True, content_type=""), id="tombstone-with-value"),
     pytest.param(_malformed(deleted=True, value=b""), id="tombstone-with-content-type"),
     pytest.param({"key": "/k", "value": b"v"}, id="not-a-record"),
+    pytest.param(_malformed(chain=["00000000000000aa"]), id="chain-not-a-tuple"),
+    pytest.param(_malformed(chain=("not-a-node-id",)), id="chain-with-bad-node-id"),
+]
+
+#: Chains a record may carry: none (a local write), one hop, several hops.
+_CHAINS = [
+    pytest.param((), id="local"),
+    pytest.param((NODE_A,), id="one-hop"),
+    pytest.param((NODE_A, NODE_B, "0123456789abcdef"), id="three-hops"),
 ]
 
 #: Every call but close, with arguments, for the after-close and returns-a-Deferred tables.
@@ -1044,6 +1053,27 @@ class BackendComplianceTests:
         assert (await backend.get("/typed")).content_type == content_type
         assert (await backend.scan("/"))[0].content_type == content_type
 
+    @pytest.mark.parametrize("chain", _CHAINS)
+    @pytest_twisted.ensureDeferred
+    async def test_chain_round_trips(self, backend: Any, chain: tuple[str, ...]) -> None:
+        """The chain of nodes a record passed through comes back exactly, in order, from get,
+        scan and changes, for live records and tombstones alike (replication relies on it to
+        never send a record back where it came from)."""
+        live = attrs.evolve(make_record("/chained", b"x"), chain=chain)
+        gone = attrs.evolve(make_tombstone("/gone"), chain=chain)
+        await _store(backend, live, gone)
+        assert (await backend.get("/chained")).chain == chain
+        assert (await backend.get("/gone")).chain == chain
+        assert [r.chain for r in await backend.scan("/", include_deleted=True)] == [chain, chain]
+        assert [r.chain for r in await backend.changes(0)] == [chain, chain]
+
+    @pytest_twisted.ensureDeferred
+    async def test_newer_record_replaces_the_chain(self, backend: Any) -> None:
+        """A winning record brings its own chain; the stored one is not merged or kept."""
+        await _store(backend, attrs.evolve(make_record("/k", b"1", 1000), chain=(NODE_A,)))
+        await _store(backend, make_record("/k", b"2", 2000))
+        assert (await backend.get("/k")).chain == ()
+
     # -- reset -------------------------------------------------------------------------------
 
     @pytest_twisted.ensureDeferred
@@ -1263,6 +1293,7 @@ class BackendComplianceTests:
             make_record("/\u00e9/\U0001f600", b"emoji", 1, counter=3, node_id=NODE_B),
             make_record("/b", b"", 7),
             make_record("/a", b"second", 2000),
+            attrs.evolve(make_record("/relayed", b"r", 3), chain=(NODE_B, NODE_A)),
         )
         records, feed, last = await _snapshot(backend)
         reopened = await persistence.reopen(backend)

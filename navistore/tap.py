@@ -1,0 +1,160 @@
+"""``twistd navistore``: the command-line options and the service they make.
+
+Run a node with ``twistd -n navistore --port tcp:8888 --backend sqlite:navistore.db``. ``--port``
+takes any Twisted server endpoint string and may be given several times. The plugin that makes
+``twistd`` find this module is ``twisted/plugins/navistore_plugin.py``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import sys
+from typing import Any, Callable
+
+from twisted.application.service import MultiService
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from .backend import BackendURLError, known_schemes, parse_backend_url
+from .keys import DEFAULT_MAX_KEY_BYTES
+from .service import DEFAULT_BACKEND, DEFAULT_ENDPOINTS, NavistoreService
+from .web import DEFAULT_MAX_VALUE_SIZE
+
+__all__ = ["Options", "check_backend_url", "makeService"]
+
+#: Exit status of a process whose node could not start after twistd began running it.
+STARTUP_FAILED = 1
+
+
+def _positive_int(text: str) -> int:
+    """Coerce an option to an integer of at least 1, or say why not."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+    if number < 1:
+        raise ValueError(f"{number} is not positive")
+    return number
+
+
+_positive_int.coerceDoc = "A whole number of bytes, at least 1."  # type: ignore[attr-defined]
+
+
+def check_backend_url(url: str) -> None:
+    """Refuse a backend URL that cannot name a backend: bad syntax or an unknown scheme.
+
+    This runs while the options are parsed, so a mistyped URL is a usage error reported before
+    anything starts. The backend's own options are checked when it is made, at start.
+
+    :raises usage.UsageError: with the reason and, for an unknown scheme, the known ones.
+    """
+    try:
+        scheme = parse_backend_url(url).scheme
+    except BackendURLError as exc:
+        raise usage.UsageError(f"--backend: {exc}") from None
+    known = known_schemes()
+    if scheme not in known:
+        raise usage.UsageError(
+            f"--backend: no backend for scheme {scheme!r} in {url!r}; known schemes: "
+            + ", ".join(known)
+        )
+
+
+class Options(usage.Options):
+    """The options of ``twistd navistore``."""
+
+    synopsis = "[--port ENDPOINT]... [--backend URL] [options]"
+    longdesc = (
+        "Run a Navistore node: a replicated HTTP key/value store. Endpoints are Twisted "
+        "server endpoint strings (tcp:8888, tcp:8888:interface=127.0.0.1, "
+        "ssl:8443:privateKey=key.pem, unix:/run/navistore.sock). Backends are URLs: "
+        "memory:, sqlite:navistore.db (relative to the working directory), "
+        "sqlite:///var/lib/navistore/store.db, sqlite:store.db?synchronous=full."
+    )
+
+    optParameters = [
+        [
+            "backend",
+            "b",
+            DEFAULT_BACKEND,
+            "Where the data lives, as a backend URL.",
+        ],
+        [
+            "max-value-size",
+            None,
+            DEFAULT_MAX_VALUE_SIZE,
+            "The largest value (request body) accepted, in bytes.",
+            _positive_int,
+        ],
+        [
+            "max-key-bytes",
+            None,
+            DEFAULT_MAX_KEY_BYTES,
+            "The longest key accepted, in bytes of UTF-8.",
+            _positive_int,
+        ],
+    ]
+
+    compData = usage.Completions(optActions={"backend": usage.CompleteFiles("*.db")})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["port"] = []
+
+    def opt_port(self, endpoint: str) -> None:
+        """Listen on this Twisted endpoint string (repeatable; default tcp:8888)."""
+        self["port"].append(endpoint)
+
+    opt_p = opt_port
+
+    def postOptions(self) -> None:
+        """Fill in the default endpoint and refuse a backend URL that names no backend."""
+        if not self["port"]:
+            self["port"] = list(DEFAULT_ENDPOINTS)
+        check_backend_url(self["backend"])
+
+
+def _exit_after_twistd(status: int) -> None:
+    """Make the process exit with ``status`` once twistd has finished its own clean-up.
+
+    A service cannot choose twistd's exit status: once the reactor runs, twistd exits 0 whatever
+    happened. At interpreter exit (after twistd removed its pidfile and stopped its logging),
+    this ends the process with ``status`` instead.
+    """
+
+    def exit_now() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):  # closed or broken: nothing to do
+                stream.flush()
+        os._exit(status)
+
+    atexit.register(exit_now)
+
+
+def _stop_process(reactor: Any) -> Callable[[Failure], None]:
+    """What to do when the node cannot start after twistd began running it: stop, exit 1."""
+
+    def stop(_failure: Failure) -> None:
+        _exit_after_twistd(STARTUP_FAILED)
+        if reactor.running:
+            reactor.stop()
+        else:
+            reactor.callWhenRunning(reactor.stop)
+
+    return stop
+
+
+def makeService(options: Options) -> MultiService:
+    """Make the node the options describe, on the reactor twistd runs."""
+    from twisted.internet import reactor
+
+    return NavistoreService(
+        options["backend"],
+        options["port"],
+        max_value_size=options["max-value-size"],
+        max_key_bytes=options["max-key-bytes"],
+        reactor=reactor,
+        on_startup_failure=_stop_process(reactor),
+    )
