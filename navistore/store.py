@@ -9,10 +9,11 @@ it read, and retries if another write slipped in between. That makes "was this a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Callable
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
 from .clock import (
@@ -366,6 +367,33 @@ class Store:
         if stored is not None:
             self._notify(stored)
         return stored
+
+    async def apply_remote_batch(self, records: Sequence[Record]) -> Sequence[Record | None]:
+        """Apply a batch received from a peer, each record with last-writer-wins.
+
+        Every stamp is checked against the drift limit before anything is applied, so a batch
+        is refused whole (ClockDriftError) rather than half applied. The applies are issued
+        together, so a backend with group commit writes the batch in one transaction.
+        """
+        for record in records:
+            self.clock.check(record.stamp)
+        for record in records:
+            self.clock.observe(record.stamp)
+        pending = [self.backend.apply(record, ANY) for record in records]
+        stored: Sequence[Record | None] = await gatherResults(pending, consumeErrors=True)
+        for outcome in stored:
+            if outcome is not None:
+                self._notify(outcome)
+        return stored
+
+    async def get_meta(self, name: str) -> str | None:
+        """Read node-level meta data (peers, cursors) kept beside the records."""
+        value: str | None = await self.backend.get_meta(name)
+        return value
+
+    async def set_meta(self, name: str, value: str) -> None:
+        """Durably store node-level meta data."""
+        await self.backend.set_meta(name, value)
 
     async def reset(self) -> None:
         """Wipe this node's records (not replicated); keep its id, meta data and seq counter."""

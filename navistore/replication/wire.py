@@ -1,0 +1,173 @@
+"""The replication wire format: batches of records between nodes, as JSON.
+
+A batch (``POST /_replicate`` body, and the answer of ``GET /_replicate?since=``)::
+
+    {"source": "<sender's node id>",
+     "last_seq": 1234,                          # pull answers only: resume from here
+     "records": [{"key": "/app/db/host",
+                  "stamp": "019ab0c1f2e3-000000-3f2a9c0d1e4b5a69",
+                  "deleted": false,
+                  "content_type": "text/plain",
+                  "value": "ZGIxLmxhbg==",      # base64: values are arbitrary bytes
+                  "chain": ["3f2a9c0d1e4b5a69"],  # the nodes it passed through, sender last
+                  "seq": 17}]}                   # the sender's seq, informative
+
+The origin of a record is its stamp's node id; ``chain`` lists every node the record passed
+through, starting with that origin and ending with the sender, so that a receiver never sends it
+back to any of them. The answer to a push is ``{"node_id": "<receiver>", "received": n,
+"applied": m}``. Decoding validates everything first: a malformed batch raises
+:class:`MalformedBatch` and nothing in it may be applied.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+from ..clock import InvalidStamp, Stamp, validate_node_id
+from ..errors import InvalidRecord
+from ..record import Record, check_record
+
+__all__ = [
+    "MEDIA_TYPE",
+    "Batch",
+    "MalformedBatch",
+    "decode_ack",
+    "decode_batch",
+    "encode_ack",
+    "encode_batch",
+    "forwarded_chain",
+    "record_size",
+]
+
+#: The content type of a batch.
+MEDIA_TYPE = "application/json"
+
+
+class MalformedBatch(ValueError):
+    """A batch or an answer does not follow the wire format; the message says where."""
+
+
+@attrs.frozen
+class Batch:
+    """A decoded batch: who sent it, its records (chains as sent), and the pull cursor."""
+
+    source: str
+    records: list[Record]
+    last_seq: int | None = None
+
+
+def forwarded_chain(record: Record, sender: str) -> tuple[str, ...]:
+    """The chain a record carries when ``sender`` sends it on: its own chain plus the sender.
+
+    A local write (empty chain) starts its chain with its writer.
+    """
+    return (*record.chain, sender)
+
+
+def record_size(record: Record) -> int:
+    """Roughly how many bytes a record takes in a batch (to bound batches by size)."""
+    return len(record.value) * 4 // 3 + len(record.key) + 40 * (len(record.chain) + 3)
+
+
+def _record_document(record: Record, sender: str) -> dict[str, Any]:
+    return {
+        "key": record.key,
+        "stamp": record.stamp.encode(),
+        "deleted": record.deleted,
+        "content_type": record.content_type,
+        "value": base64.b64encode(record.value).decode("ascii"),
+        "chain": list(forwarded_chain(record, sender)),
+        "seq": record.seq,
+    }
+
+
+def encode_batch(source: str, records: Iterable[Record], last_seq: int | None = None) -> bytes:
+    """Encode records sent by node ``source`` (each chain gets ``source`` appended)."""
+    document: dict[str, Any] = {
+        "source": source,
+        "records": [_record_document(record, source) for record in records],
+    }
+    if last_seq is not None:
+        document["last_seq"] = last_seq
+    return json.dumps(document, separators=(",", ":")).encode("utf-8")
+
+
+def _field(document: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if name not in document:
+        raise MalformedBatch(f"{where}: missing {name!r}")
+    value = document[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise MalformedBatch(f"{where}: {name!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _decode_record(document: Any, where: str) -> Record:
+    if not isinstance(document, dict):
+        raise MalformedBatch(f"{where}: not an object")
+    try:
+        stamp = Stamp.decode(_field(document, "stamp", str, where))
+        chain = tuple(validate_node_id(node) for node in _field(document, "chain", list, where))
+        value = base64.b64decode(_field(document, "value", str, where), validate=True)
+    except (InvalidStamp, binascii.Error, TypeError) as exc:
+        raise MalformedBatch(f"{where}: {exc}") from None
+    record = Record(
+        _field(document, "key", str, where),
+        value,
+        _field(document, "content_type", str, where),
+        stamp,
+        _field(document, "deleted", bool, where),
+        None,
+        chain,
+    )
+    if not chain or chain[0] != stamp.node_id:
+        raise MalformedBatch(f"{where}: the chain must start with the writer {stamp.node_id}")
+    try:
+        return check_record(record)
+    except InvalidRecord as exc:
+        raise MalformedBatch(f"{where}: {exc}") from None
+
+
+def decode_batch(body: bytes) -> Batch:
+    """Decode and validate a whole batch; raise :class:`MalformedBatch` on any fault."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedBatch(f"the batch is not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise MalformedBatch("the batch is not a JSON object")
+    source = _field(document, "source", str, "batch")
+    try:
+        validate_node_id(source)
+    except InvalidStamp as exc:
+        raise MalformedBatch(f"batch: source: {exc}") from None
+    items = _field(document, "records", list, "batch")
+    records = [_decode_record(item, f"record {index}") for index, item in enumerate(items)]
+    for index, record in enumerate(records):
+        if record.chain[-1] != source:
+            raise MalformedBatch(f"record {index}: the chain must end with the sender {source}")
+    last_seq = document.get("last_seq")
+    if last_seq is not None and (not isinstance(last_seq, int) or isinstance(last_seq, bool)):
+        raise MalformedBatch("batch: 'last_seq' must be an integer")
+    return Batch(source, records, last_seq)
+
+
+def encode_ack(node_id: str, received: int, applied: int) -> bytes:
+    """The receiver's answer to a pushed batch."""
+    document = {"node_id": node_id, "received": received, "applied": applied}
+    return json.dumps(document, separators=(",", ":")).encode("utf-8")
+
+
+def decode_ack(body: bytes) -> tuple[str, int, int]:
+    """Decode a receiver's answer into (node id, received, applied)."""
+    try:
+        document = json.loads(body)
+        node_id = validate_node_id(document["node_id"])
+        return node_id, int(document["received"]), int(document["applied"])
+    except (ValueError, KeyError, TypeError, InvalidStamp) as exc:
+        raise MalformedBatch(f"the answer is not a replication acknowledgement: {exc}") from None
