@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Callable
-from urllib.parse import parse_qs, unquote_to_bytes
+from urllib.parse import unquote_to_bytes
 
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -20,6 +20,7 @@ from ..keys import InvalidKey, classic_form, normalize_key
 from ..record import Record
 from ..store import MATCH_ANY, KeysPage, Store
 from .conditions import condition, etag_of, last_modified
+from .params import flag, int_arg, query, query_arg, wants_json
 from .rendering import (
     ApiError,
     BadRequest,
@@ -30,60 +31,19 @@ from .rendering import (
     render_async,
 )
 
-__all__ = ["ApiResource"]
+__all__ = ["ApiResource", "Endpoints", "Handler"]
 
 _JSON = {b"Content-Type": b"application/json"}
 _TEXT = b"text/plain; charset=utf-8"
 _OK_TEXT = {b"Content-Type": _TEXT}
 _DEFAULT_PAGE = 1000
 _MAX_PAGE = 10_000
-_TRUE = ("", "1", "true", "yes", "on")
 
+#: An endpoint's handler: a coroutine function answering one request.
 Handler = Callable[[Request], Awaitable[Response]]
 
-
-def _wants_json(request: Request) -> bool:
-    accept = request.getHeader(b"Accept") or b""
-    return b"application/json" in accept
-
-
-def _query(request: Request) -> dict[str, list[str]]:
-    """The query parameters, keeping bare flags such as ``?list`` (twisted.web drops them)."""
-    cached: dict[str, list[str]] | None = getattr(request, "_navistore_query", None)
-    if cached is None:
-        _, _, query = request.uri.partition(b"?")
-        try:
-            cached = parse_qs(query.decode("utf-8"), keep_blank_values=True, errors="strict")
-        except UnicodeDecodeError:
-            raise BadRequest("invalid_parameter", "the query string is not UTF-8") from None
-        request._navistore_query = cached  # type: ignore[attr-defined]
-    return cached
-
-
-def _arg(request: Request, name: str) -> str | None:
-    values = _query(request).get(name)
-    return values[-1] if values else None
-
-
-def _flag(request: Request, name: str) -> bool:
-    value = _arg(request, name)
-    return value is not None and value.lower() in _TRUE
-
-
-def _int_arg(request: Request, name: str, default: int, maximum: int | None = None) -> int:
-    text = _arg(request, name)
-    if text is None or text == "":
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise BadRequest(
-            "invalid_parameter", f"parameter {name!r} must be an integer, not {text!r}"
-        ) from None
-    if value < 0 or (maximum is not None and value > maximum):
-        bound = f" and at most {maximum}" if maximum is not None else ""
-        raise BadRequest("invalid_parameter", f"parameter {name!r} must be >= 0{bound}")
-    return value
+#: Endpoints by name (the path without its leading ``/``), then by method.
+Endpoints = dict[str, dict[bytes, Handler]]
 
 
 def _value_entry(record: Record) -> dict[str, Any]:
@@ -110,7 +70,15 @@ class ApiResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, store: Store, *, max_value_size: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_value_size: int,
+        extra_endpoints: Endpoints | None = None,
+    ) -> None:
+        """:param extra_endpoints: more server endpoints (replication adds ``/_replicate``,
+        ``/_peers``, ``/_replication_slaves``); they take precedence over keys."""
         super().__init__()
         self.store = store
         self.max_value_size = max_value_size
@@ -121,6 +89,7 @@ class ApiResource(Resource):
             "_changes": {b"GET": self._changes, b"HEAD": self._changes},
             "listkeys": {b"GET": self._listkeys, b"HEAD": self._listkeys},
             "reset": {b"GET": self._reset},
+            **(extra_endpoints or {}),
         }
 
     # -- dispatch ---------------------------------------------------------------------------
@@ -146,7 +115,7 @@ class ApiResource(Resource):
             return await handler(request)
         if first.startswith("_") and first != "_replication_slaves" and path != "/":
             raise ApiError(404, "unknown_endpoint", f"there is no endpoint {path!r}")
-        if path.endswith("/") or (lookup == b"GET" and "list" in _query(request)):
+        if path.endswith("/") or (lookup == b"GET" and "list" in query(request)):
             return await self._prefix_route(request, path, lookup)
         return await self._key_route(request, path, lookup)
 
@@ -239,7 +208,7 @@ class ApiResource(Resource):
         )
         status = 201 if result.created else 200
         headers = _record_headers(result.record)
-        if _wants_json(request):
+        if wants_json(request):
             document = {
                 "key": key,
                 "version": result.record.stamp.encode(),
@@ -252,7 +221,7 @@ class ApiResource(Resource):
         if_match = await self._resolve_match(request, key)
         none_match = await self._check_none_match_tags(request, key)
         tombstone = await self.store.delete(key, if_match=if_match, if_none_match=none_match)
-        if _wants_json(request):
+        if wants_json(request):
             document = {"key": key, "version": tombstone.stamp.encode(), "deleted": True}
             return Response(200, json_bytes(document), _JSON)
         return Response(200, b"OK", _OK_TEXT)
@@ -264,7 +233,7 @@ class ApiResource(Resource):
         if method == b"GET":
             return await self._list(request, prefix)
         if method == b"DELETE":
-            if not _flag(request, "recursive"):
+            if not flag(request, "recursive"):
                 raise BadRequest(
                     "recursive_required",
                     f"deleting the document {prefix!r} with all sub-documents needs "
@@ -275,32 +244,32 @@ class ApiResource(Resource):
         raise MethodNotAllowed(method.decode("latin-1"), ["GET", "HEAD", "DELETE"])
 
     async def _list(self, request: Request, prefix: str) -> Response:
-        after_text = _arg(request, "after")
+        after_text = query_arg(request, "after")
         after = None
         if after_text:
             after = normalize_key(after_text, max_bytes=None, allow_reserved=True)
-        limit = _int_arg(request, "limit", _DEFAULT_PAGE, _MAX_PAGE)
+        limit = int_arg(request, "limit", _DEFAULT_PAGE, _MAX_PAGE)
         if limit == 0:
             raise BadRequest("invalid_parameter", "parameter 'limit' must be at least 1")
         page = await self.store.list(prefix, after=after, limit=limit)
         keys: list[Any]
-        if _flag(request, "values"):
+        if flag(request, "values"):
             keys = [_value_entry(record) for record in page.records]
         else:
             keys = [record.key for record in page.records]
         return Response(200, json_bytes({"keys": keys, "next": page.next}), _JSON)
 
     async def _keys(self, request: Request) -> Response:
-        return await self._list(request, self.store.prefix(_arg(request, "prefix") or "/"))
+        return await self._list(request, self.store.prefix(query_arg(request, "prefix") or "/"))
 
     # -- server endpoints -------------------------------------------------------------------
 
     async def _changes(self, request: Request) -> Response:
-        since = _int_arg(request, "since", 0)
-        limit = _int_arg(request, "limit", _DEFAULT_PAGE, _MAX_PAGE)
+        since = int_arg(request, "since", 0)
+        limit = int_arg(request, "limit", _DEFAULT_PAGE, _MAX_PAGE)
         if limit == 0:
             raise BadRequest("invalid_parameter", "parameter 'limit' must be at least 1")
-        prefix = self.store.prefix(_arg(request, "prefix") or "/")
+        prefix = self.store.prefix(query_arg(request, "prefix") or "/")
         page = await self.store.changes(since, limit=limit, prefix=prefix)
         results = [
             {
@@ -335,7 +304,7 @@ class ApiResource(Resource):
 
     async def _reset(self, request: Request) -> Response:
         await self.store.reset()
-        if _wants_json(request):
+        if wants_json(request):
             return Response(200, json_bytes({"reset": True}), _JSON)
         return Response(200, b"OK", _OK_TEXT)
 

@@ -1,0 +1,57 @@
+"""Reading a request: query parameters (bare flags included), booleans, bounded integers."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs
+
+from twisted.web.server import Request
+
+from .rendering import BadRequest
+
+__all__ = ["flag", "int_arg", "query", "query_arg", "wants_json"]
+
+_TRUE = ("", "1", "true", "yes", "on")
+
+
+def wants_json(request: Request) -> bool:
+    accept = request.getHeader(b"Accept") or b""
+    return b"application/json" in accept
+
+
+def query(request: Request) -> dict[str, list[str]]:
+    """The query parameters, keeping bare flags such as ``?list`` (twisted.web drops them)."""
+    cached: dict[str, list[str]] | None = getattr(request, "_navistore_query", None)
+    if cached is None:
+        _, _, query = request.uri.partition(b"?")
+        try:
+            cached = parse_qs(query.decode("utf-8"), keep_blank_values=True, errors="strict")
+        except UnicodeDecodeError:
+            raise BadRequest("invalid_parameter", "the query string is not UTF-8") from None
+        request._navistore_query = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def query_arg(request: Request, name: str) -> str | None:
+    values = query(request).get(name)
+    return values[-1] if values else None
+
+
+def flag(request: Request, name: str) -> bool:
+    value = query_arg(request, name)
+    return value is not None and value.lower() in _TRUE
+
+
+def int_arg(request: Request, name: str, default: int, maximum: int | None = None) -> int:
+    text = query_arg(request, name)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadRequest(
+            "invalid_parameter", f"parameter {name!r} must be an integer, not {text!r}"
+        ) from None
+    if value < 0 or (maximum is not None and value > maximum):
+        bound = f" and at most {maximum}" if maximum is not None else ""
+        raise BadRequest("invalid_parameter", f"parameter {name!r} must be >= 0{bound}")
+    return value
