@@ -1,0 +1,422 @@
+"""End to end: real ``twistd navistore`` and ``nhttpserver`` processes on 127.0.0.1.
+
+Every server listens on ``tcp:0:interface=127.0.0.1``; the test reads the port the kernel chose
+from the server's log line ``Navistore listening on tcp:127.0.0.1:PORT``, so no port is guessed
+and no other process can take it in between. Readiness is ``/_health`` answering 200, polled
+against a deadline. Every process is stopped by PID when its test ends (SIGTERM, then SIGKILL).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+NHTTPSERVER = REPOSITORY / "bin" / "nhttpserver"
+LOOPBACK = "tcp:0:interface=127.0.0.1"
+LISTENING = re.compile(rb"Navistore listening on tcp:127\.0\.0\.1:(\d+)")
+
+#: How long a server may take to start or stop (PyPy and loaded CI machines are slow).
+DEADLINE = 60.0
+#: How long one HTTP request may take.
+REQUEST_TIMEOUT = 15.0
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+def twistd_command(bin_dir: Path | None = None) -> list[str]:
+    """The command that runs twistd with ``bin_dir``'s Python (default: the one running tests)."""
+    if bin_dir is not None:
+        return [str(bin_dir / "twistd")]
+    script = Path(sys.executable).parent / "twistd"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def source_env() -> dict[str, str]:
+    """The environment for a server run from this source tree (navistore and its plugin)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPOSITORY), env.get("PYTHONPATH")]))
+    return env
+
+
+def clean_env() -> dict[str, str]:
+    """The environment for an installed copy: nothing points at the source tree."""
+    return {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+
+
+def pid_alive(pid: int) -> bool:
+    """Tell whether a process exists and is not a zombie (a container's PID 1 may not reap)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_until(condition: object, what: str, deadline: float = DEADLINE) -> None:
+    """Poll ``condition()`` every 20 ms until it is true; fail after ``deadline`` seconds."""
+    assert callable(condition)
+    end = time.monotonic() + deadline
+    while not condition():
+        if time.monotonic() > end:
+            pytest.fail(f"timed out after {deadline}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def stop_pid(pid: int, timeout: float = DEADLINE) -> None:
+    """SIGTERM ``pid``, then SIGKILL it if it is still there after ``timeout`` seconds."""
+    if not pid_alive(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    end = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < end:
+        time.sleep(0.02)
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = DEADLINE) -> int:
+    """SIGTERM a child, then SIGKILL it after ``timeout`` seconds; return its exit status."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait(timeout)
+
+
+class Server:
+    """A server process started by a test, where it logs, and where it listens."""
+
+    def __init__(self, process: subprocess.Popen[bytes], log: Path, log_start: int) -> None:
+        self.process = process
+        self.log = log
+        self.log_start = log_start  # earlier runs in the same directory logged before this
+        self.port = 0
+
+    def output(self) -> str:
+        """What this server has logged so far."""
+        with self.log.open("rb") as log:
+            log.seek(self.log_start)
+            return log.read().decode("utf-8", "replace")
+
+    def wait_listening(self) -> None:
+        """Wait for the port in the log, then for ``/_health`` to answer 200."""
+
+        def listening() -> bool:
+            if self.process.poll() is not None:
+                pytest.fail(f"server exited {self.process.returncode}:\n{self.output()}")
+            found = LISTENING.search(self.output().encode())
+            if found:
+                self.port = int(found.group(1))
+            return found is not None
+
+        wait_until(listening, "the server to listen")
+        wait_until(lambda: healthy(self.port), "/_health to answer 200")
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None
+    ) -> tuple[int, bytes, http.client.HTTPResponse]:
+        """One HTTP request on a new connection: status, body and the response."""
+        return request(self.port, method, path, body)
+
+
+def request(
+    port: int, method: str, path: str, body: bytes | None = None
+) -> tuple[int, bytes, http.client.HTTPResponse]:
+    """One HTTP request to 127.0.0.1:``port`` on a new connection."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT)
+    try:
+        connection.request(method, path, body=body)
+        response = connection.getresponse()
+        return response.status, response.read(), response
+    finally:
+        connection.close()
+
+
+def healthy(port: int) -> bool:
+    """Tell whether ``/_health`` answers 200 (False while the server is not ready)."""
+    try:
+        status, _body, _response = request(port, "GET", "/_health")
+    except (OSError, http.client.HTTPException):
+        return False
+    return status == 200
+
+
+@contextmanager
+def running(
+    command: Sequence[str], cwd: Path, env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """Start ``command`` in ``cwd`` with its output in ``cwd/server.out``; stop it at the end."""
+    log = cwd / "server.out"
+    with log.open("ab") as out:
+        log_start = out.tell()
+        process = subprocess.Popen(
+            list(command),
+            cwd=cwd,
+            env=source_env() if env is None else env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(process, log, log_start)
+    try:
+        yield server
+    finally:
+        stop_process(process)
+
+
+def twistd(
+    backend: str, *extra: str, port: str = LOOPBACK, bin_dir: Path | None = None
+) -> list[str]:
+    """``twistd -n navistore`` (on a free loopback port), without a pidfile unless ``extra``
+    gives twistd options."""
+    options = extra or ("--pidfile", "")
+    command = [*twistd_command(bin_dir), "--nodaemon", *options, "navistore"]
+    return [*command, "--port", port, "--backend", backend]
+
+
+def nhttpserver(*arguments: str) -> list[str]:
+    """``bin/nhttpserver`` from this source tree, run with the test's Python."""
+    return [sys.executable, str(NHTTPSERVER), *arguments]
+
+
+def run_to_exit(
+    command: Sequence[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a command that must exit by itself within the deadline; return its result."""
+    return subprocess.run(
+        list(command),
+        cwd=cwd,
+        env=source_env() if env is None else env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
+
+
+# -- the classic client flow --------------------------------------------------------------------
+
+
+def classic_flow(server: Server) -> None:
+    """Save, get, modify, list, has-key, delete and reset, as the classic client does."""
+    assert server.request("PUT", "/1", b"one")[:2] == (201, b"OK")
+    assert server.request("GET", "/1")[:2] == (200, b"one")
+    assert server.request("PUT", "/1", b"uno")[:2] == (200, b"OK")
+    assert server.request("GET", "/1")[:2] == (200, b"uno")
+    assert server.request("PUT", "/2", b"\x00binary\xff")[:2] == (201, b"OK")
+    assert server.request("GET", "/2")[:2] == (200, b"\x00binary\xff")
+    status, body, _ = server.request("GET", "/listkeys")
+    assert status == 200 and json.loads(body) == ["1", "2"]
+    # has-key is a GET: 200 when present, 404 (with a JSON error) when not.
+    assert server.request("GET", "/2")[0] == 200
+    status, body, response = server.request("GET", "/3")
+    assert status == 404
+    assert response.getheader("Content-Type", "").startswith("application/json")
+    assert json.loads(body)["error"] == "not_found"
+    assert server.request("DELETE", "/1")[0] == 200
+    assert server.request("GET", "/1")[0] == 404
+    assert server.request("DELETE", "/1")[0] == 404
+    assert json.loads(server.request("GET", "/listkeys")[1]) == ["2"]
+    assert server.request("GET", "/reset")[0] == 200
+    assert json.loads(server.request("GET", "/listkeys")[1]) == []
+    assert server.request("GET", "/2")[0] == 404
+
+
+def test_classic_flow_on_twistd(tmp_path: Path) -> None:
+    """``twistd -n navistore`` over sqlite serves the classic client flow."""
+    with running(twistd("sqlite:navistore.db"), tmp_path) as server:
+        server.wait_listening()
+        classic_flow(server)
+        health = json.loads(server.request("GET", "/_health")[1])
+        assert health["backend"] == "sqlite" and health["state"] == "ok"
+    assert (tmp_path / "navistore.db").exists()
+
+
+def test_classic_flow_on_nhttpserver(tmp_path: Path) -> None:
+    """``bin/nhttpserver -P ... -s PATH`` serves the classic client flow from the sqlite file."""
+    command = nhttpserver("-P", LOOPBACK, "-s", "classic.db")
+    with running(command, tmp_path, env=clean_env()) as server:
+        server.wait_listening()
+        classic_flow(server)
+    assert (tmp_path / "classic.db").exists()
+    assert not (tmp_path / "twistd.pid").exists()
+
+
+def test_size_options_reach_the_node(tmp_path: Path) -> None:
+    """``--max-value-size`` and ``--max-key-bytes`` given to twistd are the limits the node
+    enforces: a value one byte over is refused with 413, a key well over with a 4xx error."""
+    command = twistd("memory:", port=LOOPBACK)
+    command += ["--max-value-size", "16", "--max-key-bytes", "8"]
+    with running(command, tmp_path) as server:
+        server.wait_listening()
+        assert server.request("PUT", "/v", b"x" * 16)[0] == 201
+        assert server.request("PUT", "/v", b"x" * 17)[0] == 413
+        assert server.request("PUT", "/abc", b"short key")[0] == 201
+        status, body, _ = server.request("PUT", "/abcdefghijkl", b"long key")
+        assert status in (400, 414) and "error" in json.loads(body)
+
+
+# -- durability and shutdown --------------------------------------------------------------------
+
+
+def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
+    """Every PUT acknowledged by a sqlite-backed node is there after the node is SIGKILLed and
+    started again on the same file."""
+    command = twistd("sqlite:durable.db")
+    with running(command, tmp_path) as server:
+        server.wait_listening()
+        for number in range(200):
+            status, body, _ = server.request("PUT", f"/k{number}", f"value {number}".encode())
+            assert (status, body) == (201, b"OK")
+        server.process.send_signal(signal.SIGKILL)
+        assert server.process.wait(DEADLINE) == -signal.SIGKILL
+    with running(command, tmp_path) as server:
+        server.wait_listening()
+        for number in range(200):
+            assert server.request("GET", f"/k{number}")[:2] == (200, f"value {number}".encode())
+        keys = json.loads(server.request("GET", "/listkeys")[1])
+        assert sorted(keys) == sorted(f"k{number}" for number in range(200))
+
+
+def test_sigterm_stops_cleanly_and_keeps_the_data(tmp_path: Path) -> None:
+    """SIGTERM makes twistd shut down cleanly: the store is closed, twistd removes its pidfile,
+    the database and everything else in the directory stay, and the data is there on the next
+    start. twistd then ends itself with the signal it received (Twisted's convention, which
+    shells and systemd count as a clean stop), so the exit status says "terminated by SIGTERM"
+    rather than 0."""
+    (tmp_path / "unrelated.txt").write_text("keep me")
+    command = twistd("sqlite:kept.db", "--pidfile", "node.pid")
+    with running(command, tmp_path) as server:
+        server.wait_listening()
+        assert (tmp_path / "node.pid").read_text().strip() == str(server.process.pid)
+        assert server.request("PUT", "/kept", b"yes")[0] == 201
+        assert stop_process(server.process) == -signal.SIGTERM
+        assert "Navistore stopped" in server.output()
+        assert "Server Shut Down" in server.output()
+        assert "Traceback" not in server.output()
+    assert not (tmp_path / "node.pid").exists()
+    assert (tmp_path / "unrelated.txt").read_text() == "keep me"
+    assert (tmp_path / "kept.db").exists()
+    with running(twistd("sqlite:kept.db"), tmp_path) as server:
+        server.wait_listening()
+        assert server.request("GET", "/kept")[:2] == (200, b"yes")
+
+
+def test_nhttpserver_daemonizes_with_pidfile_and_logfile(tmp_path: Path) -> None:
+    """``nhttpserver -b -p PIDFILE -l LOGFILE`` returns at once, leaving a daemon that wrote both
+    files, serves, and stops (removing its pidfile) on SIGTERM sent to the pid in the file."""
+    pidfile, logfile = tmp_path / "server.pid", tmp_path / "server.log"
+    command = nhttpserver(
+        "-b", "-p", str(pidfile), "-l", str(logfile), "-P", LOOPBACK, "-s", "daemon.db"
+    )
+    launcher = run_to_exit(command, tmp_path, env=clean_env())
+    pid = int(pidfile.read_text().strip()) if pidfile.exists() else None
+    try:
+        assert launcher.returncode == 0, launcher.stdout + launcher.stderr
+        assert pid is not None and pid_alive(pid)
+        found: list[int] = []
+
+        def listening() -> bool:
+            match = LISTENING.search(logfile.read_bytes()) if logfile.exists() else None
+            if match:
+                found.append(int(match.group(1)))
+            return match is not None
+
+        wait_until(listening, "the daemon to log its port")
+        wait_until(lambda: healthy(found[0]), "the daemon to answer /_health")
+        assert request(found[0], "PUT", "/d", b"daemon")[:2] == (201, b"OK")
+        assert request(found[0], "GET", "/d")[:2] == (200, b"daemon")
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not pid_alive(pid), "the daemon to exit")
+        assert not pidfile.exists()
+        assert "Server Shut Down" in logfile.read_text()
+        assert (tmp_path / "daemon.db").exists()
+    finally:
+        if pid is not None:
+            stop_pid(pid)
+
+
+# -- failing to start ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("launcher", ["twistd", "nhttpserver"])
+def test_bad_backend_url_exits_at_once(tmp_path: Path, launcher: str) -> None:
+    """An unknown backend scheme is a usage error: non-zero exit, quickly, saying why."""
+    if launcher == "twistd":
+        command = twistd("nosuch:somewhere")
+    else:
+        command = nhttpserver("-P", LOOPBACK, "--backend", "nosuch:somewhere")
+    started = time.monotonic()
+    result = run_to_exit(command, tmp_path)
+    assert result.returncode != 0
+    assert "no backend for scheme 'nosuch'" in result.stdout + result.stderr
+    assert time.monotonic() - started < DEADLINE
+
+
+def test_busy_port_exits_non_zero(tmp_path: Path) -> None:
+    """A port that cannot be bound stops the start: non-zero exit with the reason."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_to_exit(twistd("memory:", port=f"tcp:{port}:interface=127.0.0.1"), tmp_path)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "Navistore cannot start" in output and "Address already in use" in output
+
+
+def test_unopenable_storage_exits_non_zero(tmp_path: Path) -> None:
+    """A sqlite file that cannot be opened (its directory does not exist) fails the start once
+    the reactor runs: the process logs why and exits non-zero instead of serving or hanging."""
+    missing = tmp_path / "no" / "such" / "dir" / "store.db"
+    result = run_to_exit(twistd(f"sqlite://{missing}"), tmp_path)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "Navistore cannot start" in output and "unable to open database" in output
+
+
+# -- an installed copy --------------------------------------------------------------------------
+
+
+def test_installed_twistd_finds_the_plugin(installed_venv: Path, tmp_path: Path) -> None:
+    """From ``pip install .`` (not editable), run outside the source tree, ``twistd --help``
+    lists navistore, ``twistd -n navistore`` serves, and the nhttpserver script is installed."""
+    assert not tmp_path.resolve().is_relative_to(REPOSITORY)
+    listing = run_to_exit([*twistd_command(installed_venv), "--help"], tmp_path, clean_env())
+    assert listing.returncode == 0, listing.stderr
+    assert re.search(r"^\s+navistore\s", listing.stdout, re.MULTILINE), listing.stdout
+    command = twistd("memory:", bin_dir=installed_venv)
+    with running(command, tmp_path, env=clean_env()) as server:
+        server.wait_listening()
+        health = json.loads(server.request("GET", "/_health")[1])
+        assert health["backend"] == "memory" and health["state"] == "ok"
+        assert server.request("PUT", "/installed", b"yes")[0] == 201
+    help_text = run_to_exit([str(installed_venv / "nhttpserver"), "--help"], tmp_path, clean_env())
+    assert help_text.returncode == 0 and "--storage-path" in help_text.stdout
