@@ -1,20 +1,22 @@
 """Packaging for Navistore: a replicated HTTP key/value store on Twisted."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="navistore",
     version="0.1.0.dev0",
     description="A replicated HTTP key/value store for configuration data, on Twisted",
-    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description=(Path(__file__).parent / "README.rst").read_text(encoding="utf-8"),
     long_description_content_type="text/x-rst",
     license="GPL-2.0-or-later",
     python_requires=">=3.9",
-    packages=find_packages(include=["navistore", "navistore.*"]) + ["twisted.plugins"],
+    packages=[*find_packages(include=["navistore", "navistore.*"]), "twisted.plugins"],
     package_data={"navistore": ["py.typed"]},
     scripts=["bin/nhttpserver"],
     install_requires=[
-        # Floors chosen so that both CPython 3.11 and PyPy 3.9 (whose newest Twisted is 26.4) install.
+        # Floors that install on CPython 3.11 and on PyPy 3.9 (whose newest Twisted is 26.4).
         "twisted>=23.10.0",
         "treq>=23.11.0",
         "zope.interface>=6.0",
