@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+REPOSITORY = HERE.parent
 KEYS = 10_000
 VALUE = b"v" * 100
 
@@ -172,6 +173,8 @@ def main() -> None:
     port = free_port()
     servers["navistore memory"] = (port, twistd_command(port, "memory:"), "/_health")
 
+    # The checkout's navistore (and its twisted plugin) comes first, installed or not.
+    environment = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
     processes: list[subprocess.Popen[bytes]] = []
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     try:
@@ -179,7 +182,9 @@ def main() -> None:
             log_path = workdir / f"{name.replace(' ', '_')}.log"
             with open(log_path, "wb") as log:
                 processes.append(
-                    subprocess.Popen(command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+                    subprocess.Popen(
+                        command, cwd=workdir, env=environment, stdout=log, stderr=subprocess.STDOUT
+                    )
                 )
             wait_ready(port, ready_path)
             if name.startswith("navistore"):
