@@ -225,6 +225,9 @@ class Store:
         that a client resuming from it never re-reads what was skipped. At most ``limit``
         records are returned; when the page is full ``last_seq`` is the seq of its last record.
         """
+        # Read the newest seq first: every change up to it is committed, so a client resuming
+        # from it after a short page can miss nothing written meanwhile.
+        newest = await self.backend.last_seq()
         found: list[Record] = []
         cursor = since
         batch = max(limit, 100)
@@ -239,8 +242,7 @@ class Store:
                 cursor = record.seq
             if len(page) < batch:
                 break
-        last = max(cursor, await self.backend.last_seq())
-        return ChangesPage(found, last)
+        return ChangesPage(found, max(cursor, newest))
 
     async def last_seq(self) -> int:
         """The node's newest seq."""

@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from navistore.backend.memory import MemoryBackend
 from navistore.store import Store
 from navistore.web import make_site
+from navistore.web.limits import replication_body_limit
 
 LIMIT = 1024
 HUGE = 65 * 1024 * 1024  # 68157440: far more than anyone should buffer
@@ -274,3 +275,27 @@ async def test_server_keeps_serving_after_a_refusal(server: Server) -> None:
     )
     status, _headers, _body = parse_response(await until_closed(server, client))
     assert status == 201
+
+
+@pytest_twisted.ensureDeferred
+async def test_replication_batches_may_exceed_the_value_limit(server: Server) -> None:
+    """``POST /_replicate`` carries values in base64 plus metadata, so it gets a larger limit:
+    a body over ``max_value_size`` but within the replication limit is read, not refused with
+    413 (this node has no replication endpoint, so it then answers 404); beyond that limit it
+    is refused like any other body."""
+    within = replication_body_limit(LIMIT)
+    client = await connect(server)
+    body = b"x" * 2000
+    client.send(
+        b"POST /_replicate HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    status, _headers, _ = parse_response(await until_closed(server, client))
+    assert status == 404
+    client = await connect(server)
+    client.send(
+        b"POST /_replicate HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (within + 1)
+    )
+    status, _headers, refusal = parse_response(await until_closed(server, client))
+    assert status == 413
+    assert json.loads(refusal)["detail"] == {"max_value_size": within}

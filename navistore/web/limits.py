@@ -16,10 +16,15 @@ from twisted.web.server import Request, Site
 
 from .rendering import TooLarge, error_body
 
-__all__ = ["DEFAULT_MAX_VALUE_SIZE", "LimitedRequest", "NavistoreSite"]
+__all__ = ["DEFAULT_MAX_VALUE_SIZE", "LimitedRequest", "NavistoreSite", "replication_body_limit"]
 
 #: The largest request body (a value) accepted by default: 16 MiB.
 DEFAULT_MAX_VALUE_SIZE = 16 * 1024 * 1024
+
+
+def replication_body_limit(max_value_size: int) -> int:
+    """The largest ``POST /_replicate`` body accepted when values may be ``max_value_size``."""
+    return max_value_size * 4 // 3 + 1024 * 1024
 
 
 class NavistoreSite(Site):
@@ -53,7 +58,17 @@ class LimitedRequest(Request):
 
     def _limit(self) -> int | None:
         site = getattr(self.channel, "site", None)
-        return getattr(site, "max_value_size", None)
+        limit: int | None = getattr(site, "max_value_size", None)
+        if limit is not None and self._is_replication():
+            # A batch carries whole values in base64 (4/3 larger) plus their metadata: a value
+            # the node accepted must always fit in a batch on its way to a peer.
+            limit = replication_body_limit(limit)
+        return limit
+
+    def _is_replication(self) -> bool:
+        # The body arrives before ``self.path`` is set; the channel has parsed the request line.
+        path = getattr(self.channel, "_path", b"") or b""
+        return bool(path.split(b"?", 1)[0] == b"/_replicate")
 
     def gotLength(self, length: int | None) -> None:
         limit = self._limit()

@@ -1,0 +1,156 @@
+"""Cloning: pulling a source node's whole state, then keeping in step with it.
+
+The puller pages through ``GET <source>/_replicate?since=<cursor>`` (the source's change feed with
+values, in the push wire format) and applies each page with last-writer-wins, the chains as
+received, so this node never sends those records back to the source. The cursor (the source's
+seq) is persisted after each page, so a restarted clone resumes where it stopped. After the first
+short page the clone has everything the source had when that page was read; from then on it pulls
+again every ``interval`` seconds.
+
+The node serves while it clones: until :attr:`Puller.state` (``clone_status()["state"]``) is
+``"caught_up"`` for the first time, reads may miss keys the source holds. The same pull repairs
+a node that lost its data: point ``clone_from`` at a healthy peer.
+"""
+
+from __future__ import annotations
+
+from random import Random
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from ..store import Store
+from .peers import pull_cursor_meta, pull_node_meta
+from .wire import MalformedBatch, decode_batch
+from .worker import PeerRefused, Worker
+
+__all__ = ["Puller"]
+
+log = Logger()
+
+
+class Puller(Worker):
+    """Pulls everything from the source at ``url`` into ``store``; call :meth:`load` first.
+
+    States: ``cloning`` (the first pass is under way), ``caught_up`` (the last page was short),
+    ``pulling`` (caught up once, now reading full pages again), ``backoff``, ``self`` (the source
+    is this node), ``stopped``.
+
+    :param page_records: records asked for per page.
+    :param interval: seconds between pulls once caught up.
+    """
+
+    quiet_states = ("caught_up", "self", "stopped")
+
+    def __init__(
+        self,
+        store: Store,
+        url: str,
+        *,
+        http_client: Any,
+        clock: IReactorTime,
+        random: Random,
+        page_records: int = 500,
+        interval: float = 1.0,
+        max_backoff: float = 30.0,
+        request_timeout: float = 30.0,
+    ) -> None:
+        super().__init__(
+            store,
+            url,
+            http_client=http_client,
+            clock=clock,
+            random=random,
+            max_backoff=max_backoff,
+            request_timeout=request_timeout,
+        )
+        if page_records < 1:
+            raise ValueError("page_records must be at least 1")
+        self.cursor = 0
+        self.node_id: str | None = None
+        self.pulled = 0
+        self._page_records = page_records
+        self._interval = interval
+        self._caught_up_once = False
+
+    async def load(self) -> None:
+        """Read the persisted pull cursor and the source's node id."""
+        cursor = await self._store.get_meta(pull_cursor_meta(self.url))
+        self.cursor = int(cursor) if cursor else 0
+        self.node_id = await self._store.get_meta(pull_node_meta(self.url)) or None
+
+    def status(self) -> dict[str, Any]:
+        """What ``clone_status()`` and ``GET /_peers`` show for the clone source."""
+        return {
+            **self._common_status(),
+            "role": "pull",
+            "node_id": self.node_id,
+            "cursor": self.cursor,
+            "pulled": self.pulled,
+        }
+
+    async def _run(self) -> None:
+        self.state = "cloning"
+        while not self._stopping:
+            self._busy = True
+            try:
+                short = await self._pull_once()
+            except Exception as error:
+                if self._stopping:
+                    return
+                await self._back_off(error)
+                continue
+            if self.state == "self":
+                return
+            if not short:
+                self.state = "pulling" if self._caught_up_once else "cloning"
+                continue
+            if not self._caught_up_once:
+                log.info("clone of {url} caught up at its seq {seq}", url=self.url, seq=self.cursor)
+            self._caught_up_once = True
+            self.state = "caught_up"
+            self._busy = False
+            self._became_quiet()
+            await self._pause(self._interval)
+
+    async def _pull_once(self) -> bool:
+        """Pull and apply one page; return whether it was the last one for now (short)."""
+        url = f"{self.url}/_replicate?since={self.cursor}&limit={self._page_records}"
+        status, content = await self._request(url)
+        if not 200 <= status < 300:
+            raise PeerRefused(status, content)
+        batch = decode_batch(content)
+        if batch.last_seq is None:
+            raise MalformedBatch("a pulled page carries no 'last_seq'")
+        if batch.source == self._store.node_id:
+            log.warn("clone source {url} is this node itself; not pulling", url=self.url)
+            self.node_id = batch.source
+            self.state = "self"
+            return True
+        if self.node_id is None:
+            self.node_id = batch.source
+            await self._store.set_meta(pull_node_meta(self.url), batch.source)
+        elif batch.source != self.node_id or batch.last_seq < self.cursor:
+            log.warn(
+                "clone source {url} is now node {node_id} at seq {seq} "
+                "(was {previous} at {cursor}); pulling everything again",
+                url=self.url,
+                node_id=batch.source,
+                seq=batch.last_seq,
+                previous=self.node_id,
+                cursor=self.cursor,
+            )
+            self.node_id = batch.source
+            await self._store.set_meta(pull_node_meta(self.url), batch.source)
+            await self._move(0)
+            return False
+        await self._store.apply_remote_batch(batch.records)
+        self._succeeded()
+        self.pulled += len(batch.records)
+        await self._move(batch.last_seq)
+        return len(batch.records) < self._page_records
+
+    async def _move(self, cursor: int) -> None:
+        self.cursor = cursor
+        await self._store.set_meta(pull_cursor_meta(self.url), str(cursor))

@@ -1,0 +1,275 @@
+"""Pushing this node's changes to one peer, with a persisted cursor (CouchDB's checkpoint).
+
+The cursor is the highest local seq the peer has acknowledged. The pusher reads the change feed
+after it, a bounded batch at a time, sends the batch to ``<peer>/_replicate`` and moves the cursor
+only once the peer has acknowledged it. So the change log is the queue: nothing is held in memory
+beyond one batch, a restart resumes from the persisted cursor, and a peer that was unreachable for
+an hour gets every change it missed (each key at its latest version) when it answers again.
+
+Records the peer already has are not sent: those it wrote (their stamp's node id) and those that
+passed through it (their chain), once the peer's node id is known: from its first
+acknowledgement (then persisted), or from the clone puller of the same URL. Until then the first
+batch may echo some records back; applying them again changes nothing there. Skipped records
+still count as read, so a batch holding only such records advances the cursor without a request.
+A refused batch (4xx, e.g. clock drift) is retried with backoff like any failure: skipping it
+would lose writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from random import Random
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from ..record import Record
+from ..store import Store
+from .peers import cursor_meta, node_meta
+from .wire import MalformedBatch, decode_ack, encode_batch, record_size
+from .worker import PeerRefused, Worker
+
+__all__ = ["Pusher", "cut_batch"]
+
+log = Logger()
+
+
+def cut_batch(records: Sequence[Record], batch_bytes: int) -> list[Record]:
+    """The longest head of ``records`` within ``batch_bytes`` (by :func:`record_size`).
+
+    A first record bigger than the limit is still returned alone, so that it is ever sent.
+    """
+    batch: list[Record] = []
+    size = 0
+    for record in records:
+        size += record_size(record)
+        if batch and size > batch_bytes:
+            break
+        batch.append(record)
+    return batch
+
+
+class Pusher(Worker):
+    """Sends every change of ``store`` to the peer at ``url``; call :meth:`load` first.
+
+    :param batch_records: at most this many records per batch (and per read).
+    :param batch_bytes: at most about this many bytes per batch (see :func:`record_size`).
+    :param node_hint: says the peer's node id if known elsewhere (the clone of the same URL).
+    """
+
+    quiet_states = ("idle", "self", "stopped")
+
+    def __init__(
+        self,
+        store: Store,
+        url: str,
+        *,
+        http_client: Any,
+        clock: IReactorTime,
+        random: Random,
+        batch_records: int = 500,
+        batch_bytes: int = 1_048_576,
+        max_backoff: float = 30.0,
+        request_timeout: float = 30.0,
+        node_hint: Callable[[], str | None] | None = None,
+    ) -> None:
+        super().__init__(
+            store,
+            url,
+            http_client=http_client,
+            clock=clock,
+            random=random,
+            max_backoff=max_backoff,
+            request_timeout=request_timeout,
+        )
+        if batch_records < 1 or batch_bytes < 1:
+            raise ValueError("batch_records and batch_bytes must be at least 1")
+        self.cursor = 0
+        self.node_id: str | None = None
+        self._node_hint = node_hint
+        self._batch_records = batch_records
+        self._batch_bytes = batch_bytes
+        self._last_seq = 0
+        self._changed = False
+        self._wake: Deferred[None] | None = None
+        self._wake_call: IDelayedCall | None = None
+        self._oldest_wall_ms: int | None = None
+
+    async def load(self) -> None:
+        """Read the persisted cursor and peer node id, and the node's newest seq."""
+        cursor = await self._store.get_meta(cursor_meta(self.url))
+        self.cursor = int(cursor) if cursor else 0
+        self.node_id = await self._store.get_meta(node_meta(self.url)) or None
+        self._last_seq = await self._store.last_seq()
+
+    def start(self) -> None:
+        """Listen to the Store's changes and start pushing."""
+        if not self.running:
+            self._store.subscribe(self._on_change)
+        super().start()
+
+    def stop(self) -> Deferred[None]:
+        """Stop pushing; fire once the batch in flight is done or cancelled."""
+        self._store.unsubscribe(self._on_change)
+        return super().stop()
+
+    def _ended(self) -> None:
+        self._store.unsubscribe(self._on_change)
+        if self._wake_call is not None and self._wake_call.active():
+            self._wake_call.cancel()
+        self._wake_call = None
+        self._changed = False
+
+    # -- status -------------------------------------------------------------------------------
+
+    def is_idle(self) -> bool:
+        return super().is_idle() and not self._changed
+
+    @property
+    def lag_changes(self) -> int:
+        """How many seqs the peer has not acknowledged (records it already has count too)."""
+        return max(0, self._last_seq - self.cursor)
+
+    def status(self) -> dict[str, Any]:
+        """What ``GET /_peers`` shows for this peer."""
+        lag_seconds = 0.0
+        if self.lag_changes and self._oldest_wall_ms is not None:
+            lag_seconds = max(0.0, round(self._now() - self._oldest_wall_ms / 1000, 3))
+        return {
+            **self._common_status(),
+            "role": "push",
+            "node_id": self.node_id,
+            "cursor": self.cursor,
+            "lag_changes": self.lag_changes,
+            "lag_seconds": lag_seconds,
+        }
+
+    # -- waking -------------------------------------------------------------------------------
+
+    def _on_change(self, record: Record) -> None:
+        """A record was stored (written here or received): push it, from the reactor's turn."""
+        if record.seq is not None:
+            self._last_seq = max(self._last_seq, record.seq)
+        if self._oldest_wall_ms is None:
+            self._oldest_wall_ms = record.stamp.wall_ms
+        self._changed = True
+        if self._wake is not None and self._wake_call is None:
+            # Not synchronously: the writer (maybe a peer's batch) finishes first, and chains of
+            # nodes in one process do not recurse through each other's stacks.
+            self._wake_call = self._clock.callLater(0, self._fire_wake)
+
+    def _fire_wake(self) -> None:
+        self._wake_call = None
+        wake, self._wake = self._wake, None
+        if wake is not None and not wake.called:
+            wake.callback(None)
+
+    def _wait_for_change(self) -> Deferred[None]:
+        if self._changed:
+            return succeed(None)
+
+        def forget(_: Deferred[None]) -> None:
+            self._wake = None
+
+        self._wake = Deferred(forget)
+        return self._wake
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            if self.node_id is not None and self.node_id == self._store.node_id:
+                self.state = "self"
+                log.warn("peer {url} is this node itself; not pushing to it", url=self.url)
+                return
+            self._busy = True
+            try:
+                progressed = await self._push_once()
+            except Exception as error:
+                if self._stopping:
+                    return
+                await self._back_off(error)
+                continue
+            if progressed:
+                continue
+            self._busy = False
+            self.state = "idle"
+            self._oldest_wall_ms = None
+            if not self._changed:
+                self._became_quiet()
+            await self._interruptibly(self._wait_for_change())
+
+    async def _push_once(self) -> bool:
+        """Read one batch after the cursor and deliver it; return whether there was any."""
+        self._changed = False
+        newest = await self._store.last_seq()
+        self._last_seq = max(self._last_seq, newest)
+        page = await self._store.changes(self.cursor, limit=self._batch_records)
+        read = cut_batch(page.records, self._batch_bytes)
+        target = read[-1].seq if read else self.cursor
+        assert target is not None
+        if len(read) == len(page.records) < self._batch_records:
+            # Everything up to ``newest`` was in this (short) page: gaps left by reset or by
+            # rewritten keys need no acknowledgement.
+            target = max(target, newest)
+        if target <= self.cursor:
+            return False
+        self.state = "sending"
+        if read:
+            self._oldest_wall_ms = read[0].stamp.wall_ms
+        hinted = self._node_hint() if self.node_id is None and self._node_hint else None
+        if hinted is not None and await self._learn(hinted):
+            return True  # the peer is this node
+        wanted = [record for record in read if not self._peer_has(record)]
+        if wanted and await self._deliver(wanted):
+            return True  # the peer's identity changed: start again from the new cursor
+        await self._advance(target)
+        return True
+
+    def _peer_has(self, record: Record) -> bool:
+        peer = self.node_id
+        return peer is not None and (record.stamp.node_id == peer or peer in record.chain)
+
+    async def _deliver(self, records: list[Record]) -> bool:
+        """Send a batch and check the acknowledgement; return True if the peer is a new node.
+
+        :raises PeerRefused: a non-2xx answer.
+        :raises MalformedBatch: the answer is not an acknowledgement of this batch.
+        """
+        body = encode_batch(self._store.node_id, records)
+        status, content = await self._request(self.url + "/_replicate", body)
+        if not 200 <= status < 300:
+            raise PeerRefused(status, content)
+        node_id, received, _applied = decode_ack(content)
+        if received != len(records):
+            raise MalformedBatch(f"the peer acknowledged {received} of {len(records)} records")
+        self._succeeded()
+        return await self._learn(node_id)
+
+    async def _learn(self, node_id: str) -> bool:
+        """Remember the peer's node id; a different node behind the URL restarts from seq 0."""
+        previous = self.node_id
+        if node_id == previous:
+            return False
+        self.node_id = node_id
+        await self._store.set_meta(node_meta(self.url), node_id)
+        if node_id == self._store.node_id:
+            return True
+        if previous is None:
+            log.info("peer {url} is node {node_id}", url=self.url, node_id=node_id)
+            return False
+        log.warn(
+            "peer {url} is now node {node_id} (was {previous}); sending it everything again",
+            url=self.url,
+            node_id=node_id,
+            previous=previous,
+        )
+        self.cursor = 0
+        await self._store.set_meta(cursor_meta(self.url), "0")
+        return True
+
+    async def _advance(self, target: int) -> None:
+        self.cursor = target
+        await self._store.set_meta(cursor_meta(self.url), str(target))

@@ -1,0 +1,180 @@
+"""The HTTP endpoints of replication: receiving batches, serving pulls, managing peers.
+
+- ``POST /_replicate``: a batch (see :mod:`navistore.replication.wire`) applied with
+  last-writer-wins; answers ``{"node_id", "received", "applied"}``. A malformed batch is 400
+  ``malformed_batch``, a stamp beyond the drift limit 400 ``clock_drift``; either applies nothing.
+- ``GET /_replicate?since=N&limit=L``: the change feed after seq N with values, as a batch with
+  ``last_seq`` to resume from (what a clone pulls).
+- ``GET /_peers``: the status of every peer (and of the clone source); ``PUT /_peers`` with a URL
+  (or ``{"url": ...}``) adds one (201, or 200 if present); ``DELETE /_peers?url=`` removes one.
+- The classic ``/_replication_slaves``: ``PUT`` a comma-separated list to replace the set (empty:
+  none), ``GET`` it back as text, ``DELETE`` to empty it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from twisted.web.server import Request
+
+from ..replication.peers import InvalidPeer, normalize_peer_url, parse_peer_list
+from ..replication.wire import MEDIA_TYPE, MalformedBatch, decode_batch, encode_ack, encode_batch
+from .params import int_arg, query_arg
+from .rendering import ApiError, BadRequest, Response, json_bytes
+from .routes import Endpoints
+
+if TYPE_CHECKING:
+    from ..replication.service import ReplicationService
+
+__all__ = ["ReplicationEndpoints", "replication_endpoints"]
+
+_JSON = {b"Content-Type": b"application/json"}
+_TEXT = {b"Content-Type": b"text/plain; charset=utf-8"}
+_DEFAULT_PAGE = 1000
+_MAX_PAGE = 10_000
+
+
+def _body(request: Request) -> bytes:
+    """The request body, as the Site read it (bodies over its limit never get here)."""
+    content = request.content
+    if content is None:
+        return b""
+    content.seek(0)
+    body: bytes = content.read()
+    return body
+
+
+def _text(request: Request) -> str:
+    try:
+        return _body(request).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("invalid_peer", "the body is not UTF-8 text") from None
+
+
+def _invalid_peer(error: InvalidPeer) -> BadRequest:
+    return BadRequest("invalid_peer", str(error))
+
+
+class ReplicationEndpoints:
+    """The handlers, over one :class:`ReplicationService` (and its Store)."""
+
+    def __init__(self, service: ReplicationService) -> None:
+        self.service = service
+        self.store = service.store
+
+    def endpoints(self) -> Endpoints:
+        """The endpoints by name and method, for ``make_site(..., extra_endpoints=...)``."""
+        return {
+            "_replicate": {b"POST": self.receive, b"GET": self.pull, b"HEAD": self.pull},
+            "_peers": {
+                b"GET": self.list_peers,
+                b"HEAD": self.list_peers,
+                b"PUT": self.add_peer,
+                b"DELETE": self.remove_peer,
+            },
+            "_replication_slaves": {
+                b"GET": self.get_slaves,
+                b"HEAD": self.get_slaves,
+                b"PUT": self.put_slaves,
+                b"DELETE": self.delete_slaves,
+            },
+        }
+
+    # -- replicating --------------------------------------------------------------------------
+
+    async def receive(self, request: Request) -> Response:
+        """Apply a pushed batch (all or nothing on validation and drift) and acknowledge it."""
+        try:
+            batch = decode_batch(_body(request))
+        except MalformedBatch as exc:
+            raise BadRequest("malformed_batch", str(exc)) from None
+        # ClockDriftError (raised before anything is applied) is answered 400 clock_drift.
+        outcomes = await self.store.apply_remote_batch(batch.records)
+        applied = sum(1 for outcome in outcomes if outcome is not None)
+        ack = encode_ack(self.store.node_id, len(batch.records), applied)
+        return Response(200, ack, _JSON)
+
+    async def pull(self, request: Request) -> Response:
+        """One page of the change feed with values, in the batch format."""
+        since = int_arg(request, "since", 0)
+        limit = int_arg(request, "limit", _DEFAULT_PAGE, _MAX_PAGE)
+        if limit == 0:
+            raise BadRequest("invalid_parameter", "parameter 'limit' must be at least 1")
+        # Read before the page: when the page is short, everything up to ``newest`` is in it,
+        # while a seq read after it could belong to a write the page missed.
+        newest = await self.store.last_seq()
+        page = await self.store.changes(since, limit=limit)
+        records = page.records
+        last = records[-1].seq if records else since
+        assert last is not None
+        if len(records) < limit:
+            last = max(last, newest, since)
+        body = encode_batch(self.store.node_id, records, last_seq=last)
+        return Response(200, body, {b"Content-Type": MEDIA_TYPE.encode("ascii")})
+
+    # -- /_peers ------------------------------------------------------------------------------
+
+    def _statuses(self) -> list[dict[str, Any]]:
+        statuses = self.service.peers()
+        clone = self.service.clone_status()
+        return statuses if clone is None else [*statuses, clone]
+
+    async def list_peers(self, request: Request) -> Response:
+        """Every peer's status: node id, cursor, lag, state, last error and success."""
+        return Response(200, json_bytes(self._statuses()), _JSON)
+
+    async def add_peer(self, request: Request) -> Response:
+        """Add the peer whose URL is the body (text, or JSON ``{"url": ...}``)."""
+        text = _text(request).strip()
+        url: Any = text
+        if text.startswith("{"):
+            try:
+                url = json.loads(text).get("url")
+            except (ValueError, AttributeError):
+                raise BadRequest("invalid_peer", 'the body must be a URL or {"url": URL}') from None
+        try:
+            normal = self.service.check_peer(url)
+            added = await self.service.add_peer(normal)
+        except InvalidPeer as exc:
+            raise _invalid_peer(exc) from None
+        status = next(each for each in self.service.peers() if each["url"] == normal)
+        return Response(201 if added else 200, json_bytes(status), _JSON)
+
+    async def remove_peer(self, request: Request) -> Response:
+        """Remove the peer ``?url=``: stop pushing to it and forget its cursor."""
+        url = query_arg(request, "url")
+        if not url:
+            raise BadRequest("invalid_parameter", "say which peer to remove with ?url=")
+        try:
+            normal = normalize_peer_url(url)
+            removed = await self.service.remove_peer(normal)
+        except InvalidPeer as exc:
+            raise _invalid_peer(exc) from None
+        if not removed:
+            raise ApiError(404, "unknown_peer", f"{normal} is not a peer", {"url": normal})
+        return Response(200, json_bytes({"url": normal, "removed": True}), _JSON)
+
+    # -- classic /_replication_slaves ---------------------------------------------------------
+
+    async def get_slaves(self, request: Request) -> Response:
+        """The peer set as the classic comma-separated list."""
+        return Response(200, ",".join(self.service.peer_urls()).encode("utf-8"), _TEXT)
+
+    async def put_slaves(self, request: Request) -> Response:
+        """Replace the peer set with the body's comma-separated URLs (empty: no peers)."""
+        try:
+            await self.service.set_peers(parse_peer_list(_text(request)))
+        except InvalidPeer as exc:
+            raise _invalid_peer(exc) from None
+        return Response(200, b"OK", _TEXT)
+
+    async def delete_slaves(self, request: Request) -> Response:
+        """Remove every peer."""
+        await self.service.set_peers([])
+        return Response(200, b"OK", _TEXT)
+
+
+def replication_endpoints(service: ReplicationService) -> Endpoints:
+    """The replication endpoints of ``service``, ready for ``extra_endpoints``."""
+    return ReplicationEndpoints(service).endpoints()
