@@ -63,6 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-p", "--pidfile", metavar="FILE", help="write the process id to FILE (default: none)"
     )
+    parser.add_argument(
+        "--peer",
+        metavar="URL",
+        action="append",
+        default=[],
+        help="replicate every write to the node at URL (repeatable)",
+    )
+    parser.add_argument(
+        "--clone-from", metavar="URL", help="pull the state of the node at URL, then follow it"
+    )
     return parser
 
 
@@ -108,6 +118,10 @@ def twistd_argv(argv: Sequence[str]) -> list[str]:
         arguments += ["--logfile", options.log_path]
     arguments += ["--pidfile", options.pidfile or ""]
     arguments += ["navistore", "--port", _endpoint(options.port, parser), "--backend", backend]
+    for peer in options.peer:
+        arguments += ["--peer", peer]
+    if options.clone_from:
+        arguments += ["--clone-from", options.clone_from]
     return arguments
 
 

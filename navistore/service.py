@@ -21,7 +21,8 @@ Lifecycle:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import socket
+from collections.abc import Iterable, Sequence
 from typing import Any, Callable, cast
 
 from twisted.application.service import MultiService, Service
@@ -47,6 +48,7 @@ from .backend import BackendURLError, open_backend
 from .errors import BackendError
 from .interfaces import IStorageBackend
 from .keys import DEFAULT_MAX_KEY_BYTES
+from .replication.service import ReplicationService
 from .store import Store
 from .web import DEFAULT_MAX_VALUE_SIZE, make_site
 
@@ -71,6 +73,35 @@ DEFAULT_DRAIN_TIMEOUT = 10.0
 
 #: Startup errors whose message says it all; anything else is logged with its traceback.
 _EXPECTED_STARTUP_ERRORS = (BackendURLError, BackendError, CannotListenError, OSError, ValueError)
+
+
+def self_urls(addresses: Iterable[IAddress]) -> list[str]:
+    """The URLs under which peers could reach this node, so that it never peers with itself.
+
+    A port bound to every interface is reachable as localhost, the loopback addresses and this
+    host's names; replication also recognises itself by node id at run time.
+    """
+    names = {"127.0.0.1", "localhost", "::1", socket.gethostname(), socket.getfqdn()}
+    urls: list[str] = []
+    for address in addresses:
+        host = getattr(address, "host", None)
+        port = getattr(address, "port", None)
+        if host is None or port is None:
+            continue
+        hosts = names | {"0.0.0.0", "::"} if host in ("0.0.0.0", "::") else {host}
+        for name in sorted(hosts):
+            literal = f"[{name}]" if ":" in name else name
+            urls.append(f"http://{literal}:{port}")
+    return urls
+
+
+def default_http_client(reactor: Any) -> Any:
+    """treq over a persistent connection pool, with a connect timeout, for talking to peers."""
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    return HTTPClient(Agent(reactor, connectTimeout=5, pool=pool))
 
 
 def describe_address(address: IAddress) -> str:
@@ -229,6 +260,10 @@ class NavistoreService(MultiService):
         logged, and the ports and backend released, before it is called.
     :param drain_timeout: how long shutdown waits for requests, and then for connections.
     :param backend_factory: makes the backend from ``backend_url`` (tests hand in their own).
+    :param peers: peer URLs to replicate to, added to those the node already keeps.
+    :param clone_from: a node whose whole state to pull, and then follow.
+    :param http_client: the treq-like client replication talks to peers with (default: treq
+        over a persistent connection pool with connect timeouts).
     """
 
     def __init__(
@@ -242,6 +277,9 @@ class NavistoreService(MultiService):
         on_startup_failure: Callable[[Failure], object] | None = None,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         backend_factory: Callable[[str], IStorageBackend] = open_backend,
+        peers: Sequence[str] = (),
+        clone_from: str | None = None,
+        http_client: Any = None,
     ) -> None:
         super().__init__()
         if not endpoints:
@@ -254,6 +292,11 @@ class NavistoreService(MultiService):
         self._reactor = reactor
         self._on_startup_failure = on_startup_failure
         self._backend_factory = backend_factory
+        self.peers = tuple(peers)
+        self.clone_from = clone_from
+        self._http_client = http_client
+        #: The replication service, once the Store is open.
+        self.replication: ReplicationService | None = None
         self._connections = _Connections()
         self._binding: list[Deferred[None]] | None = None
         self._bind_failures: list[Failure] = []
@@ -337,7 +380,21 @@ class NavistoreService(MultiService):
         if self._bind_failures:
             self._bind_failures[0].raiseException()
         self.store = await Store.open(self._backend, max_key_bytes=self.max_key_bytes)
-        site = make_site(self.store, max_value_size=self.max_value_size, reactor=self._reactor)
+        self.replication = ReplicationService(
+            self.store,
+            http_client=self._http_client or default_http_client(self._reactor),
+            clock=self._reactor,
+            self_urls=self_urls(port.getHost() for port in self._ports),
+            initial_peers=self.peers,
+            clone_from=self.clone_from,
+        )
+        self.replication.setServiceParent(self)
+        site = make_site(
+            self.store,
+            max_value_size=self.max_value_size,
+            extra_endpoints=self.replication.endpoints(),
+            reactor=self._reactor,
+        )
         self._tracker = _RequestTracker(site.requestFactory)
         # HTTP channels only call it with (channel, queued) for a Request: a callable will do.
         site.requestFactory = cast("type[Request]", self._tracker)
@@ -430,6 +487,9 @@ class NavistoreService(MultiService):
             self._children_started = False
             children = [maybeDeferred(child.stopService) for child in reversed(list(self))]
             await DeferredList(children, consumeErrors=True)
+        if self.replication is not None:
+            self.replication.disownServiceParent()
+            self.replication = None
         if self.site is not None and self._connections.wrappedFactory is self.site:
             self.site.doStop()
         backend, self._backend = self._backend, None

@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 
 from .backend import BackendURLError, known_schemes, parse_backend_url
 from .keys import DEFAULT_MAX_KEY_BYTES
+from .replication.peers import InvalidPeer, normalize_peer_url
 from .service import DEFAULT_BACKEND, DEFAULT_ENDPOINTS, NavistoreService
 from .web import DEFAULT_MAX_VALUE_SIZE
 
@@ -65,7 +66,7 @@ def check_backend_url(url: str) -> None:
 class Options(usage.Options):
     """The options of ``twistd navistore``."""
 
-    synopsis = "[--port ENDPOINT]... [--backend URL] [options]"
+    synopsis = "[--port ENDPOINT]... [--backend URL] [--peer URL]... [options]"
     longdesc = (
         "Run a Navistore node: a replicated HTTP key/value store. Endpoints are Twisted "
         "server endpoint strings (tcp:8888, tcp:8888:interface=127.0.0.1, "
@@ -102,6 +103,7 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["port"] = []
+        self["peer"] = []
 
     def opt_port(self, endpoint: str) -> None:
         """Listen on this Twisted endpoint string (repeatable; default tcp:8888)."""
@@ -109,10 +111,26 @@ class Options(usage.Options):
 
     opt_p = opt_port
 
+    def opt_peer(self, url: str) -> None:
+        """Replicate every write to the node at this URL, e.g. http://10.0.0.2:8888
+        (repeatable; added to the peers this node already keeps)."""
+        try:
+            self["peer"].append(normalize_peer_url(url))
+        except InvalidPeer as exc:
+            raise usage.UsageError(f"--peer: {exc}") from None
+
+    def opt_clone_from(self, url: str) -> None:
+        """Pull the whole state of the node at this URL, then keep in step with it."""
+        try:
+            self["clone-from"] = normalize_peer_url(url)
+        except InvalidPeer as exc:
+            raise usage.UsageError(f"--clone-from: {exc}") from None
+
     def postOptions(self) -> None:
         """Fill in the default endpoint and refuse a backend URL that names no backend."""
         if not self["port"]:
             self["port"] = list(DEFAULT_ENDPOINTS)
+        self.setdefault("clone-from", None)
         check_backend_url(self["backend"])
 
 
@@ -155,6 +173,8 @@ def makeService(options: Options) -> MultiService:
         options["port"],
         max_value_size=options["max-value-size"],
         max_key_bytes=options["max-key-bytes"],
+        peers=options["peer"],
+        clone_from=options.get("clone-from"),
         reactor=reactor,
         on_startup_failure=_stop_process(reactor),
     )
