@@ -415,3 +415,49 @@ async def test_late_startup_failure_is_handed_over_after_cleaning_up() -> None:
     assert await refused(url)
     assert not service.running
     await service.stopService()
+
+
+# -- replication options ------------------------------------------------------------------------
+
+
+def test_peers_and_clone_source_are_parsed() -> None:
+    """``--peer`` is repeatable and normalised; ``--clone-from`` names one node; neither is set
+    by default."""
+    options = parse(
+        "--peer",
+        "HTTP://10.0.0.2:8888/",
+        "--peer",
+        "http://node-c:9000",
+        "--clone-from",
+        "http://10.0.0.9:8888",
+    )
+    assert options["peer"] == ["http://10.0.0.2:8888", "http://node-c:9000"]
+    assert options["clone-from"] == "http://10.0.0.9:8888"
+    defaults = parse()
+    assert defaults["peer"] == [] and defaults["clone-from"] is None
+
+
+@pytest.mark.parametrize("option", ["--peer", "--clone-from"])
+@pytest.mark.parametrize("url", ["ftp://x:1", "not a url", "http://host-without-port"])
+def test_bad_peer_urls_are_usage_errors(option: str, url: str) -> None:
+    """A peer or clone source that is not an http(s) URL with a port is a usage error that
+    names the option."""
+    with pytest.raises(usage.UsageError, match=option):
+        parse(option, url)
+
+
+def test_nhttpserver_passes_peers_through() -> None:
+    """The classic command line accepts ``--peer`` (repeatable) and ``--clone-from`` and hands
+    them to the navistore plugin."""
+    argv = twistd_argv(
+        ["--peer", "http://a:1", "--peer", "http://b:2", "--clone-from", "http://c:3"]
+    )
+    tail = argv[argv.index("navistore") :]
+    assert tail[-6:] == [
+        "--peer",
+        "http://a:1",
+        "--peer",
+        "http://b:2",
+        "--clone-from",
+        "http://c:3",
+    ]
