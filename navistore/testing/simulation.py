@@ -58,7 +58,7 @@ def replay_hint(seed: int, steps: int) -> str:
 
 def run_schedule(
     seed: int,
-    steps: int = 80,
+    steps: int = 100,
     *,
     verbose: bool = False,
     service_factory: Callable[..., Any] | None = None,
