@@ -5,10 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 from ..store import Store
+from .hooks import MissResolver, ReplicaReport, ReplicaWaiter, WriteForwarder
 from .limits import DEFAULT_MAX_VALUE_SIZE, NavistoreSite
 from .routes import ApiResource, Endpoints, Handler
 
-__all__ = ["DEFAULT_MAX_VALUE_SIZE", "ApiResource", "Endpoints", "Handler", "make_site"]
+__all__ = [
+    "DEFAULT_MAX_VALUE_SIZE",
+    "ApiResource",
+    "Endpoints",
+    "Handler",
+    "MissResolver",
+    "ReplicaReport",
+    "ReplicaWaiter",
+    "WriteForwarder",
+    "make_site",
+]
 
 
 def make_site(
@@ -17,6 +28,9 @@ def make_site(
     max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
     access_log: bool = False,
     extra_endpoints: Endpoints | None = None,
+    miss_resolver: MissResolver | None = None,
+    write_forwarder: WriteForwarder | None = None,
+    replica_waiter: ReplicaWaiter | None = None,
     reactor: Any = None,
 ) -> NavistoreSite:
     """Build the Site serving the API of ``store``.
@@ -25,6 +39,9 @@ def make_site(
         before they are read.
     :param access_log: log one line per request through twisted.logger.
     :param extra_endpoints: more server endpoints by name and method (replication's).
+    :param miss_resolver: finds keys this node lacks (cache node, read fallback).
+    :param write_forwarder: forwards writes instead of applying them (cache node).
+    :param replica_waiter: makes ``?replicas=`` writes wait for peers.
     :param reactor: the reactor the Site uses for its clock (default: the global one).
     """
     resource = ApiResource(store, max_value_size=max_value_size, extra_endpoints=extra_endpoints)

@@ -20,6 +20,7 @@ from ..keys import InvalidKey, classic_form, normalize_key
 from ..record import Record
 from ..store import MATCH_ANY, KeysPage, Store
 from .conditions import condition, etag_of, last_modified
+from .hooks import ALL_REPLICAS, MissResolver, ReplicaWaiter, WriteForwarder
 from .params import flag, int_arg, query, query_arg, wants_json
 from .rendering import (
     ApiError,
@@ -31,12 +32,19 @@ from .rendering import (
     render_async,
 )
 
-__all__ = ["ApiResource", "Endpoints", "Handler"]
+__all__ = ["SOURCE_HEADER", "STALE_HEADER", "ApiResource", "Endpoints", "Handler"]
 
 _JSON = {b"Content-Type": b"application/json"}
 _TEXT = b"text/plain; charset=utf-8"
 _OK_TEXT = {b"Content-Type": _TEXT}
 _DEFAULT_PAGE = 1000
+_DEFAULT_REPLICA_TIMEOUT = 5
+_MAX_REPLICA_TIMEOUT = 300
+
+#: Says which node answered a read this node could not (read fallback, cache fill).
+SOURCE_HEADER = b"X-Navistore-Source"
+#: Seconds since a cache node last heard from its upstream: how stale its answer may be.
+STALE_HEADER = b"X-Navistore-Stale-Seconds"
 _MAX_PAGE = 10_000
 
 #: An endpoint's handler: a coroutine function answering one request.
@@ -76,12 +84,23 @@ class ApiResource(Resource):
         *,
         max_value_size: int,
         extra_endpoints: Endpoints | None = None,
+        miss_resolver: MissResolver | None = None,
+        write_forwarder: WriteForwarder | None = None,
+        replica_waiter: ReplicaWaiter | None = None,
     ) -> None:
         """:param extra_endpoints: more server endpoints (replication adds ``/_replicate``,
-        ``/_peers``, ``/_replication_slaves``); they take precedence over keys."""
+            ``/_peers``, ``/_replication_slaves``); they take precedence over keys.
+        :param miss_resolver: asked for a key this node does not hold before answering 404.
+        :param write_forwarder: when set, writes are not applied here but forwarded (a cache
+            node forwards them to its upstream) and answered with the forwarder's answer.
+        :param replica_waiter: makes ``?replicas=N|all`` writes wait for peers' acknowledgements.
+        """
         super().__init__()
         self.store = store
         self.max_value_size = max_value_size
+        self.miss_resolver = miss_resolver
+        self.write_forwarder = write_forwarder
+        self.replica_waiter = replica_waiter
         # HEAD is listed explicitly: it must never reach an endpoint with effects (/reset).
         self._endpoints: dict[str, dict[bytes, Handler]] = {
             "_health": {b"GET": self._health, b"HEAD": self._health},
@@ -115,6 +134,8 @@ class ApiResource(Resource):
             return await handler(request)
         if first.startswith("_") and first != "_replication_slaves" and path != "/":
             raise ApiError(404, "unknown_endpoint", f"there is no endpoint {path!r}")
+        if self.write_forwarder is not None and method in (b"PUT", b"POST", b"DELETE"):
+            return await self.write_forwarder.forward(request, self._body(request))
         if path.endswith("/") or (lookup == b"GET" and "list" in query(request)):
             return await self._prefix_route(request, path, lookup)
         return await self._key_route(request, path, lookup)
@@ -152,9 +173,19 @@ class ApiResource(Resource):
 
     async def _get(self, request: Request, key: str) -> Response:
         record = await self.store.get(key)
+        headers: dict[bytes, bytes] = {}
+        if self.miss_resolver is not None:
+            stale = self.miss_resolver.staleness()
+            if stale is not None:
+                headers[STALE_HEADER] = b"%d" % int(stale)
+            if record is None:
+                found = await self.miss_resolver.resolve(key)
+                if found is not None:
+                    record, source = found
+                    headers[SOURCE_HEADER] = source.encode("utf-8")
         if record is None:
-            raise ApiError(404, "not_found", f"no key {key!r}", {"key": key})
-        headers = _record_headers(record)
+            raise ApiError(404, "not_found", f"no key {key!r}", {"key": key}, headers)
+        headers.update(_record_headers(record))
         unless = condition(request, b"If-None-Match")
         if unless is not None and unless.matches(record):
             return Response(304, headers=headers)
@@ -206,6 +237,7 @@ class ApiResource(Resource):
             if_none_match=none_match,
             create_only=create_only,
         )
+        await self._wait_for_replicas(request, result.record)
         status = 201 if result.created else 200
         headers = _record_headers(result.record)
         if wants_json(request):
@@ -221,10 +253,45 @@ class ApiResource(Resource):
         if_match = await self._resolve_match(request, key)
         none_match = await self._check_none_match_tags(request, key)
         tombstone = await self.store.delete(key, if_match=if_match, if_none_match=none_match)
+        await self._wait_for_replicas(request, tombstone)
         if wants_json(request):
             document = {"key": key, "version": tombstone.stamp.encode(), "deleted": True}
             return Response(200, json_bytes(document), _JSON)
         return Response(200, b"OK", _OK_TEXT)
+
+    async def _wait_for_replicas(self, request: Request, record: Record) -> None:
+        """Honour ``?replicas=N|all&timeout=S`` on a write that is already stored here.
+
+        The write stays durable locally either way; past the timeout the answer is 504 naming
+        the peers that have it and those that do not.
+        """
+        wanted_text = query_arg(request, "replicas")
+        if wanted_text is None:
+            return
+        wanted: int | str = ALL_REPLICAS
+        if wanted_text != ALL_REPLICAS:
+            wanted = int_arg(request, "replicas", 0)
+        timeout = float(int_arg(request, "timeout", _DEFAULT_REPLICA_TIMEOUT, _MAX_REPLICA_TIMEOUT))
+        if wanted == 0:
+            return
+        if self.replica_waiter is None:
+            raise ApiError(
+                504, "replicas_unavailable", "this node does not replicate", {"reached": []}
+            )
+        report = await self.replica_waiter.wait(record, wanted, timeout)
+        if not report.satisfies(wanted):
+            raise ApiError(
+                504,
+                "replicas_timeout",
+                f"{len(report.reached)} peer(s) acknowledged the write within {timeout:g} s, "
+                f"{wanted} wanted; it is stored on this node and will still reach the others",
+                {
+                    "key": record.key,
+                    "version": record.stamp.encode(),
+                    "reached": list(report.reached),
+                    "missing": list(report.missing),
+                },
+            )
 
     # -- prefixes (documents) ---------------------------------------------------------------
 
