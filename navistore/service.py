@@ -393,6 +393,7 @@ class NavistoreService(MultiService):
             self.store,
             max_value_size=self.max_value_size,
             extra_endpoints=self.replication.endpoints(),
+            replica_waiter=self.replication.replica_waiter(),
             reactor=self._reactor,
         )
         self._tracker = _RequestTracker(site.requestFactory)

@@ -13,6 +13,11 @@ batch may echo some records back; applying them again changes nothing there. Ski
 still count as read, so a batch holding only such records advances the cursor without a request.
 A refused batch (4xx, e.g. clock drift) is retried with backoff like any failure: skipping it
 would lose writes.
+
+Writes that wait for replicas (``?replicas=``, :mod:`navistore.replication.replicas`) watch the
+cursor through ``on_progress`` and ask :meth:`Pusher.expedite` to retry a failing peer within
+:data:`URGENT_RETRY` seconds rather than after a backoff of up to ``max_backoff``: the peer that
+comes back then gets the write while the client still waits for it.
 """
 
 from __future__ import annotations
@@ -31,9 +36,12 @@ from .peers import cursor_meta, node_meta
 from .wire import MalformedBatch, decode_ack, encode_batch, record_size
 from .worker import PeerRefused, Worker
 
-__all__ = ["Pusher", "cut_batch"]
+__all__ = ["URGENT_RETRY", "Pusher", "cut_batch"]
 
 log = Logger()
+
+#: While a write waits for this peer, a failing peer is retried at least this often (seconds).
+URGENT_RETRY = 1.0
 
 
 def cut_batch(records: Sequence[Record], batch_bytes: int) -> list[Record]:
@@ -57,6 +65,8 @@ class Pusher(Worker):
     :param batch_records: at most this many records per batch (and per read).
     :param batch_bytes: at most about this many bytes per batch (see :func:`record_size`).
     :param node_hint: says the peer's node id if known elsewhere (the clone of the same URL).
+    :param on_progress: called (without arguments) whenever what the peer holds may have
+        changed: the cursor moved or the peer's node id was learnt (see :meth:`holds`).
     """
 
     quiet_states = ("idle", "self", "stopped")
@@ -74,6 +84,7 @@ class Pusher(Worker):
         max_backoff: float = 30.0,
         request_timeout: float = 30.0,
         node_hint: Callable[[], str | None] | None = None,
+        on_progress: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(
             store,
@@ -96,6 +107,10 @@ class Pusher(Worker):
         self._wake: Deferred[None] | None = None
         self._wake_call: IDelayedCall | None = None
         self._oldest_wall_ms: int | None = None
+        self._on_progress = on_progress
+        self._urgent = 0
+        self._pause_call: IDelayedCall | None = None
+        self._paused_at = 0.0
 
     async def load(self) -> None:
         """Read the persisted cursor and peer node id, and the node's newest seq."""
@@ -145,6 +160,78 @@ class Pusher(Worker):
             "lag_changes": self.lag_changes,
             "lag_seconds": lag_seconds,
         }
+
+    # -- what the peer holds ------------------------------------------------------------------
+
+    def holds(self, record: Record) -> bool:
+        """Whether the peer has ``record`` (a stored one, with its seq).
+
+        It has it once it acknowledged the record's seq, and also when it wrote the record or
+        passed it on: those are never sent to it, so it holds them before the cursor says so.
+        """
+        acknowledged = record.seq is not None and self.cursor >= record.seq
+        return acknowledged or self._peer_has(record)
+
+    @property
+    def expedited(self) -> bool:
+        """Whether a waiting write has capped the backoff (see :meth:`expedite`)."""
+        return self._urgent > 0
+
+    def expedite(self) -> Callable[[], None]:
+        """Retry a failing peer within :data:`URGENT_RETRY` s until the returned call is made.
+
+        A write waiting for this peer must not sit out a backoff of up to ``max_backoff``
+        (longer than its own timeout) after the peer came back; the cap still keeps a dead peer
+        from being called more than about once a second. Releasing twice is harmless.
+        """
+        self._urgent += 1
+        self._shorten_pause()
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._urgent -= 1
+
+        return release
+
+    def _progressed(self) -> None:
+        if self._on_progress is None:
+            return
+        try:
+            self._on_progress()
+        except Exception:
+            # A listener's fault must never look like the peer's and put the loop in backoff.
+            log.failure("progress listener of {url} failed", url=self.url)
+
+    def _shorten_pause(self) -> None:
+        call = self._pause_call
+        if not self._urgent or call is None or not call.active():
+            return
+        soonest = self._paused_at + URGENT_RETRY
+        if call.getTime() > soonest:
+            now = self._now()
+            call.reset(max(0.0, soonest - now))
+            self._retry_at = max(now, soonest)
+
+    async def _pause(self, seconds: float) -> None:
+        """A backoff pause that :meth:`expedite` may cut short (and :meth:`stop` cancel)."""
+        if self._urgent and seconds > URGENT_RETRY:
+            seconds = URGENT_RETRY
+            self._retry_at = self._now() + seconds
+
+        def cancel(_: Deferred[None]) -> None:
+            if call.active():
+                call.cancel()
+
+        over: Deferred[None] = Deferred(cancel)
+        call = self._clock.callLater(seconds, over.callback, None)
+        self._pause_call, self._paused_at = call, self._now()
+        try:
+            await self._interruptibly(over)
+        finally:
+            self._pause_call = None
 
     # -- waking -------------------------------------------------------------------------------
 
@@ -255,6 +342,7 @@ class Pusher(Worker):
             return False
         self.node_id = node_id
         await self._store.set_meta(node_meta(self.url), node_id)
+        self._progressed()
         if node_id == self._store.node_id:
             return True
         if previous is None:
@@ -268,8 +356,10 @@ class Pusher(Worker):
         )
         self.cursor = 0
         await self._store.set_meta(cursor_meta(self.url), "0")
+        self._progressed()
         return True
 
     async def _advance(self, target: int) -> None:
         self.cursor = target
         await self._store.set_meta(cursor_meta(self.url), str(target))
+        self._progressed()

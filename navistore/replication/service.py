@@ -3,6 +3,9 @@
 Peers come from ``initial_peers`` (``--peer``), from ``PUT /_replication_slaves`` and from
 ``/_peers``; the set is persisted in the Store's meta data, so it survives restarts, and every
 change to it goes through one lock, so concurrent requests cannot interleave their updates.
+
+:meth:`ReplicationService.replica_waiter` is what ``?replicas=`` writes wait on: it hears of every
+cursor move and every change to the peer set.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from .peers import (
 )
 from .puller import Puller
 from .pusher import Pusher
+from .replicas import ReplicaTracker
 
 if TYPE_CHECKING:
     from ..web.routes import Endpoints
@@ -92,6 +96,8 @@ class ReplicationService(Service):
         self._puller: Puller | None = None
         self._started: Deferred[None] | None = None
         self._loaded = False
+        self._replicas: ReplicaTracker | None = None
+        self._peers_known = False
 
     # -- peer URLs ----------------------------------------------------------------------------
 
@@ -141,6 +147,8 @@ class ReplicationService(Service):
                 await save_peers(self.store, self._urls)
             for pusher in self.pushers():
                 pusher.start()
+            self._peers_known = True
+            self._progressed()
             if self._clone_from is not None and self._puller is not None:
                 self._puller.start()
             elif self._clone_from is not None:
@@ -187,6 +195,9 @@ class ReplicationService(Service):
             await gatherResults([worker.stop() for worker in workers], consumeErrors=True)
         finally:
             self._lock.release()
+        if self._replicas is not None:
+            # Stopped pushers make no more progress: answer the waiting writes now.
+            self._replicas.answer_all()
 
     # -- the peer set -------------------------------------------------------------------------
 
@@ -206,6 +217,7 @@ class ReplicationService(Service):
                     await self._add_pusher(url)
             self._urls = wanted
             await save_peers(self.store, wanted)
+            self._progressed()
             return list(wanted)
         finally:
             self._lock.release()
@@ -221,6 +233,7 @@ class ReplicationService(Service):
             await self._add_pusher(normal)
             self._urls = [*self._urls, normal]
             await save_peers(self.store, self._urls)
+            self._progressed()
             return True
         finally:
             self._lock.release()
@@ -239,6 +252,7 @@ class ReplicationService(Service):
             await self._drop_pusher(normal)
             self._urls = [each for each in self._urls if each != normal]
             await save_peers(self.store, self._urls)
+            self._progressed()
             return True
         finally:
             self._lock.release()
@@ -255,6 +269,7 @@ class ReplicationService(Service):
             max_backoff=self._max_backoff,
             request_timeout=self._request_timeout,
             node_hint=lambda: self._source_node_id(url),
+            on_progress=self._progressed,
         )
         await pusher.load()
         self._pushers[url] = pusher
@@ -272,6 +287,28 @@ class ReplicationService(Service):
             await pusher.stop()
         await self.store.set_meta(cursor_meta(url), "0")
         await self.store.set_meta(node_meta(url), "")
+
+    # -- replicated writes --------------------------------------------------------------------
+
+    def replica_waiter(self) -> ReplicaTracker:
+        """What ``?replicas=N|all`` writes wait on, for ``make_site(..., replica_waiter=...)``.
+
+        One tracker per service, told of every cursor move and peer set change.
+        """
+        if self._replicas is None:
+            self._replicas = ReplicaTracker(self, clock=self._clock)
+        return self._replicas
+
+    @property
+    def peers_known(self) -> bool:
+        """Whether the service has started with its whole peer set (stored and ``--peer``):
+        before that, "every peer" would wrongly mean none."""
+        return self._peers_known
+
+    def _progressed(self) -> None:
+        """What peers hold, or who the peers are, may have changed: re-check waiting writes."""
+        if self._replicas is not None:
+            self._replicas.refresh()
 
     # -- status -------------------------------------------------------------------------------
 

@@ -44,7 +44,14 @@ def make_site(
     :param replica_waiter: makes ``?replicas=`` writes wait for peers.
     :param reactor: the reactor the Site uses for its clock (default: the global one).
     """
-    resource = ApiResource(store, max_value_size=max_value_size, extra_endpoints=extra_endpoints)
+    resource = ApiResource(
+        store,
+        max_value_size=max_value_size,
+        extra_endpoints=extra_endpoints,
+        miss_resolver=miss_resolver,
+        write_forwarder=write_forwarder,
+        replica_waiter=replica_waiter,
+    )
     site = NavistoreSite(resource, max_value_size=max_value_size, access_log=access_log)
     if reactor is not None:
         site.reactor = reactor

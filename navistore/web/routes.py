@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Callable
 from urllib.parse import unquote_to_bytes
 
+from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
@@ -227,6 +228,7 @@ class ApiResource(Resource):
         value = self._body(request)
         raw_type = request.getHeader(b"Content-Type")
         content_type = raw_type.decode("latin-1") if raw_type else None
+        replicas = self._replicas_wanted(request)
         if_match = await self._resolve_match(request, key)
         none_match = await self._check_none_match_tags(request, key)
         result = await self.store.put(
@@ -237,7 +239,7 @@ class ApiResource(Resource):
             if_none_match=none_match,
             create_only=create_only,
         )
-        await self._wait_for_replicas(request, result.record)
+        await self._wait_for_replicas(request, result.record, replicas)
         status = 201 if result.created else 200
         headers = _record_headers(result.record)
         if wants_json(request):
@@ -250,41 +252,52 @@ class ApiResource(Resource):
         return Response(status, b"OK", {**headers, **_OK_TEXT})
 
     async def _delete(self, request: Request, key: str) -> Response:
+        replicas = self._replicas_wanted(request)
         if_match = await self._resolve_match(request, key)
         none_match = await self._check_none_match_tags(request, key)
         tombstone = await self.store.delete(key, if_match=if_match, if_none_match=none_match)
-        await self._wait_for_replicas(request, tombstone)
+        await self._wait_for_replicas(request, tombstone, replicas)
         if wants_json(request):
             document = {"key": key, "version": tombstone.stamp.encode(), "deleted": True}
             return Response(200, json_bytes(document), _JSON)
         return Response(200, b"OK", _OK_TEXT)
 
-    async def _wait_for_replicas(self, request: Request, record: Record) -> None:
-        """Honour ``?replicas=N|all&timeout=S`` on a write that is already stored here.
-
-        The write stays durable locally either way; past the timeout the answer is 504 naming
-        the peers that have it and those that do not.
-        """
+    def _replicas_wanted(self, request: Request) -> tuple[int | str, float] | None:
+        """Parse ``?replicas=N|all&timeout=S`` before anything is written (a 400 changes
+        nothing); None when the write need not wait."""
         wanted_text = query_arg(request, "replicas")
         if wanted_text is None:
-            return
+            return None
         wanted: int | str = ALL_REPLICAS
         if wanted_text != ALL_REPLICAS:
             wanted = int_arg(request, "replicas", 0)
         timeout = float(int_arg(request, "timeout", _DEFAULT_REPLICA_TIMEOUT, _MAX_REPLICA_TIMEOUT))
-        if wanted == 0:
+        return None if wanted == 0 else (wanted, timeout)
+
+    async def _wait_for_replicas(
+        self, request: Request, record: Record, wanted: tuple[int | str, float] | None
+    ) -> None:
+        """Wait for ``wanted`` peers to hold a write that is already stored here.
+
+        The write stays durable locally either way; past the timeout the answer is 504 naming
+        the peers that have it and those that do not. A client going away ends the wait.
+        """
+        if wanted is None:
             return
+        count, timeout = wanted
         if self.replica_waiter is None:
             raise ApiError(
                 504, "replicas_unavailable", "this node does not replicate", {"reached": []}
             )
-        report = await self.replica_waiter.wait(record, wanted, timeout)
-        if not report.satisfies(wanted):
+        waiting = Deferred.fromCoroutine(self.replica_waiter.wait(record, count, timeout))
+        request.notifyFinish().addErrback(lambda _failure: waiting.cancel())
+        report = await waiting
+        if not report.satisfies(count):
             raise ApiError(
                 504,
                 "replicas_timeout",
-                f"{len(report.reached)} peer(s) acknowledged the write within {timeout:g} s, "
-                f"{wanted} wanted; it is stored on this node and will still reach the others",
+                f"{len(report.reached)} peer(s) hold the write, {count} wanted (waited at most "
+                f"{timeout:g} s); it is stored on this node and will still reach the others",
                 {
                     "key": record.key,
                     "version": record.stamp.encode(),
