@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--clone-from", metavar="URL", help="pull the state of the node at URL, then follow it"
     )
+    parser.add_argument(
+        "--upstream", metavar="URL", help="be a read-through cache of the node at URL"
+    )
+    parser.add_argument(
+        "--read-fallback", action="store_true", help="ask the peers for a key before a 404"
+    )
     return parser
 
 
@@ -122,6 +128,10 @@ def twistd_argv(argv: Sequence[str]) -> list[str]:
         arguments += ["--peer", peer]
     if options.clone_from:
         arguments += ["--clone-from", options.clone_from]
+    if options.upstream:
+        arguments += ["--upstream", options.upstream]
+    if options.read_fallback:
+        arguments.append("--read-fallback")
     return arguments
 
 

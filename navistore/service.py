@@ -48,9 +48,11 @@ from .backend import BackendURLError, open_backend
 from .errors import BackendError
 from .interfaces import IStorageBackend
 from .keys import DEFAULT_MAX_KEY_BYTES
+from .replication.cache import UpstreamCache
+from .replication.fallback import ReadFallback
 from .replication.service import ReplicationService
 from .store import Store
-from .web import DEFAULT_MAX_VALUE_SIZE, make_site
+from .web import DEFAULT_MAX_VALUE_SIZE, MissResolver, WriteForwarder, make_site
 
 __all__ = [
     "DEFAULT_BACKEND",
@@ -262,6 +264,8 @@ class NavistoreService(MultiService):
     :param backend_factory: makes the backend from ``backend_url`` (tests hand in their own).
     :param peers: peer URLs to replicate to, added to those the node already keeps.
     :param clone_from: a node whose whole state to pull, and then follow.
+    :param upstream: make this node a read-through cache of the node at this URL.
+    :param read_fallback: ask the peers for a key this node misses before answering 404.
     :param http_client: the treq-like client replication talks to peers with (default: treq
         over a persistent connection pool with connect timeouts).
     """
@@ -279,6 +283,8 @@ class NavistoreService(MultiService):
         backend_factory: Callable[[str], IStorageBackend] = open_backend,
         peers: Sequence[str] = (),
         clone_from: str | None = None,
+        upstream: str | None = None,
+        read_fallback: bool = False,
         http_client: Any = None,
     ) -> None:
         super().__init__()
@@ -294,6 +300,10 @@ class NavistoreService(MultiService):
         self._backend_factory = backend_factory
         self.peers = tuple(peers)
         self.clone_from = clone_from
+        self.upstream = upstream
+        self.read_fallback = read_fallback
+        #: The cache of the upstream, on a cache node.
+        self.cache: UpstreamCache | None = None
         self._http_client = http_client
         #: The replication service, once the Store is open.
         self.replication: ReplicationService | None = None
@@ -380,19 +390,37 @@ class NavistoreService(MultiService):
         if self._bind_failures:
             self._bind_failures[0].raiseException()
         self.store = await Store.open(self._backend, max_key_bytes=self.max_key_bytes)
+        http_client = self._http_client or default_http_client(self._reactor)
         self.replication = ReplicationService(
             self.store,
-            http_client=self._http_client or default_http_client(self._reactor),
+            http_client=http_client,
             clock=self._reactor,
             self_urls=self_urls(port.getHost() for port in self._ports),
             initial_peers=self.peers,
             clone_from=self.clone_from,
         )
         self.replication.setServiceParent(self)
+        miss_resolver: MissResolver | None = None
+        write_forwarder: WriteForwarder | None = None
+        if self.upstream is not None:
+            self.cache = UpstreamCache(
+                self.store,
+                http_client=http_client,
+                clock=self._reactor,
+                upstream=self.replication.check_peer(self.upstream),
+            )
+            self.cache.setServiceParent(self)
+            miss_resolver = write_forwarder = self.cache
+        elif self.read_fallback:
+            miss_resolver = ReadFallback(
+                http_client=http_client, clock=self._reactor, peers=self.replication.peer_urls
+            )
         site = make_site(
             self.store,
             max_value_size=self.max_value_size,
             extra_endpoints=self.replication.endpoints(),
+            miss_resolver=miss_resolver,
+            write_forwarder=write_forwarder,
             replica_waiter=self.replication.replica_waiter(),
             reactor=self._reactor,
         )
@@ -404,7 +432,8 @@ class NavistoreService(MultiService):
             return  # stopped while the Store was opening; _stop closes it
         self._connections.serve(site)
         for child in self:
-            child.startService()
+            if not child.running:  # addService already started those added while running
+                child.startService()
         self._children_started = True
         log.info(
             "Navistore {version} node {node_id} ready (backend {backend})",
@@ -488,9 +517,11 @@ class NavistoreService(MultiService):
             self._children_started = False
             children = [maybeDeferred(child.stopService) for child in reversed(list(self))]
             await DeferredList(children, consumeErrors=True)
-        if self.replication is not None:
-            self.replication.disownServiceParent()
-            self.replication = None
+        for child in (self.cache, self.replication):
+            if child is not None:
+                child.disownServiceParent()
+        self.cache = None
+        self.replication = None
         if self.site is not None and self._connections.wrappedFactory is self.site:
             self.site.doStop()
         backend, self._backend = self._backend, None

@@ -98,6 +98,10 @@ class Options(usage.Options):
         ],
     ]
 
+    optFlags = [
+        ["read-fallback", None, "Before answering 404, ask the peers for the key."],
+    ]
+
     compData = usage.Completions(optActions={"backend": usage.CompleteFiles("*.db")})
 
     def __init__(self) -> None:
@@ -119,6 +123,14 @@ class Options(usage.Options):
         except InvalidPeer as exc:
             raise usage.UsageError(f"--peer: {exc}") from None
 
+    def opt_upstream(self, url: str) -> None:
+        """Be a read-through cache of the node at this URL: reads are served from local
+        copies or fetched from it, writes are forwarded to it."""
+        try:
+            self["upstream"] = normalize_peer_url(url)
+        except InvalidPeer as exc:
+            raise usage.UsageError(f"--upstream: {exc}") from None
+
     def opt_clone_from(self, url: str) -> None:
         """Pull the whole state of the node at this URL, then keep in step with it."""
         try:
@@ -131,6 +143,14 @@ class Options(usage.Options):
         if not self["port"]:
             self["port"] = list(DEFAULT_ENDPOINTS)
         self.setdefault("clone-from", None)
+        self.setdefault("upstream", None)
+        if self["upstream"] is not None and (
+            self["peer"] or self["clone-from"] or self["read-fallback"]
+        ):
+            raise usage.UsageError(
+                "--upstream makes a cache node, which has no peers of its own: it cannot be "
+                "combined with --peer, --clone-from or --read-fallback"
+            )
         check_backend_url(self["backend"])
 
 
@@ -175,6 +195,8 @@ def makeService(options: Options) -> MultiService:
         max_key_bytes=options["max-key-bytes"],
         peers=options["peer"],
         clone_from=options.get("clone-from"),
+        upstream=options.get("upstream"),
+        read_fallback=bool(options["read-fallback"]),
         reactor=reactor,
         on_startup_failure=_stop_process(reactor),
     )

@@ -461,3 +461,23 @@ def test_nhttpserver_passes_peers_through() -> None:
         "--clone-from",
         "http://c:3",
     ]
+
+
+def test_upstream_and_read_fallback_options() -> None:
+    """``--upstream`` names one node (normalised) and ``--read-fallback`` is a flag; neither is
+    on by default."""
+    options = parse("--upstream", "HTTP://origin:8888/")
+    assert options["upstream"] == "http://origin:8888"
+    assert parse("--read-fallback")["read-fallback"]
+    defaults = parse()
+    assert defaults["upstream"] is None and not defaults["read-fallback"]
+
+
+@pytest.mark.parametrize(
+    "extra", [("--peer", "http://b:1"), ("--clone-from", "http://c:2"), ("--read-fallback",)]
+)
+def test_a_cache_node_has_no_peers(extra: tuple[str, ...]) -> None:
+    """A cache node (``--upstream``) cannot also push to peers, clone or fall back to peers:
+    that is a usage error saying why."""
+    with pytest.raises(usage.UsageError, match="cache node"):
+        parse("--upstream", "http://origin:8888", *extra)

@@ -1,27 +1,17 @@
 """A cache node (``--upstream URL``): a read-through copy of another node, kept fresh by its feed.
 
-Reads are served from local copies; a miss is fetched from the upstream (``GET <upstream>/<key>``)
-and kept as a record with the upstream's stamp, so versions and ETags are the upstream's. Writes
-are not applied here: they are forwarded and answered with the upstream's answer; after one that
-changed something, the local copy is brought to the new state so that this node never serves
-what the writer just replaced.
-
-Copies are kept fresh by following the upstream's change feed. Every ``poll_interval`` the node
-reads ``GET /_health`` (node id and newest seq): when the seq is the cursor, nothing changed and
-nothing more is asked. Otherwise it pages ``GET /_changes?since=<cursor>``, which carries keys and
-stamps but no values, so keys this node never held are skipped at the cost of one local lookup
-and no transfer; held keys that changed are fetched again, deleted ones get the upstream's
-tombstone. (``/_replicate`` would send every changed value, most of them for keys a cache does
-not hold; a node that wants everything is a clone, ``--clone-from``.) The cursor and the
-upstream's node id are kept in meta data. A fill or write in flight counts as held, so a change
-that overtakes it is never skipped; last-writer-wins orders the rest.
-
-If the node id behind the URL changes, or its seq goes back (a wiped or restored upstream), every
-copy is dropped (a cache holds nothing of its own) and the feed is followed again. While the
-upstream cannot be reached the node serves what it has and answers writes and misses with 503
-``upstream_unavailable``. ``X-Navistore-Stale-Seconds`` is always sent on a cache node's reads:
-the seconds since the last moment the copies were known to match the upstream (0 or 1 while in
-contact, given the one-second poll), an upper bound on how stale an answer may be.
+A miss is fetched from the upstream (``GET <upstream>/<key>``) and kept with the upstream's stamp,
+so versions and ETags are the upstream's. Writes are forwarded and answered with the upstream's
+answer, after which the local copy is brought to the new state. Every ``poll_interval`` the node
+reads the upstream's ``/_health`` (node id, newest seq); only when the seq moved does it page
+``/_changes?since=<cursor>``: keys and stamps, no values, so a key never held is skipped for one
+local lookup and no transfer (``/_replicate`` would ship every changed value; a node wanting
+everything is a clone). Held keys that changed are fetched again, deleted ones get the upstream's
+tombstone. A fill or write in flight counts as held, so a change that overtakes it is not
+skipped; last-writer-wins orders the rest. A new node id behind the URL, or a seq that went back,
+drops every copy (a cache holds nothing of its own). While the upstream is unreachable, copies
+are served and writes and misses answered 503 ``upstream_unavailable``. ``staleness()`` is never
+None: seconds since the copies last matched the upstream (0 or 1 while in contact).
 """
 
 from __future__ import annotations
@@ -74,9 +64,7 @@ def parse_etag(values: Sequence[bytes] | None) -> Stamp:
     """The stamp a Navistore ETag (``"<stamp>"``) names; raise MalformedBatch otherwise."""
     text = values[0].decode("latin-1").strip() if values else ""
     try:
-        if len(text) < 2 or not (text.startswith('"') and text.endswith('"')):
-            raise InvalidStamp(f"not a strong ETag: {text!r}")
-        return Stamp.decode(text[1:-1])
+        return Stamp.decode(text[1:-1] if text[:1] == text[-1:] == '"' else text)
     except InvalidStamp as exc:
         raise MalformedBatch(f"the upstream's answer has no usable ETag: {exc}") from None
 
@@ -145,8 +133,10 @@ class UpstreamCache(Service):
     # -- lifecycle ----------------------------------------------------------------------------
 
     def startService(self) -> None:
-        """Load the cursor and start following the upstream's feed."""
+        """Load the cursor and start following the upstream's feed (once, if called twice)."""
         Service.startService(self)
+        if self._loop is not None:
+            return
         self._started_at = self._now()
         self._loop = Deferred.fromCoroutine(self._follow())
         self._loop.addErrback(self._loop_failed)
@@ -243,8 +233,15 @@ class UpstreamCache(Service):
         attempt.addTimeout(self._timeout, self._clock)
         return await attempt
 
-    def _key_url(self, key: str) -> str:
-        return self.upstream + quote(key.encode("utf-8"), safe="/")
+    async def _get_json(self, path: str) -> Any:
+        """GET a JSON document from the upstream; raise unless it answers 200 with JSON."""
+        status, _headers, body = await self._exchange("GET", self.upstream + path)
+        if status != 200:
+            raise PeerRefused(status, body)
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise MalformedBatch(f"the upstream's {path} is not JSON: {exc}") from None
 
     def _chain(self, stamp: Stamp) -> tuple[str, ...]:
         """The chain of a copy: its writer, then the upstream it came through."""
@@ -253,7 +250,8 @@ class UpstreamCache(Service):
 
     async def _fetch(self, key: str) -> Record | None:
         """The upstream's live record of ``key`` (None on 404); raise if it cannot say."""
-        status, headers, body = await self._exchange("GET", self._key_url(key))
+        url = self.upstream + quote(key.encode("utf-8"), safe="/")
+        status, headers, body = await self._exchange("GET", url)
         if status == 404:
             return None
         if status != 200:
@@ -416,11 +414,8 @@ class UpstreamCache(Service):
 
     async def _sync_locked(self) -> None:
         asked_at = self._now()
-        status, _headers, body = await self._exchange("GET", self.upstream + "/_health")
-        if status != 200:
-            raise PeerRefused(status, body)
+        health = await self._get_json("/_health")
         try:
-            health = json.loads(body)
             node_id = validate_node_id(health["node_id"])
             last_seq = int(health["last_seq"])
         except (ValueError, KeyError, TypeError) as exc:
@@ -451,13 +446,13 @@ class UpstreamCache(Service):
         previous = self.upstream_node_id
         if previous is not None:
             log.warn(
-                "the upstream {url} is now node {node_id} at seq {seq} (was {previous} at "
-                "{cursor}); dropping every copy and following it afresh",
+                "the upstream {url} is now node {node_id} (was {previous}) or went back "
+                "from seq {cursor} to {seq}; dropping every copy",
                 url=self.upstream,
                 node_id=node_id,
-                seq=last_seq,
                 previous=previous,
                 cursor=self.cursor,
+                seq=last_seq,
             )
             await self.store.reset()
         empty = quiet and not (await self.store.list("/", limit=1)).records
@@ -466,12 +461,8 @@ class UpstreamCache(Service):
         await self._move(last_seq if empty else 0)
 
     async def _changes_page(self) -> tuple[int, list[tuple[str, Stamp, bool]]]:
-        url = f"{self.upstream}/_changes?since={self.cursor}&limit={self._page_records}"
-        status, _headers, body = await self._exchange("GET", url)
-        if status != 200:
-            raise PeerRefused(status, body)
+        document = await self._get_json(f"/_changes?since={self.cursor}&limit={self._page_records}")
         try:
-            document = json.loads(body)
             changes = [
                 (str(item["key"]), Stamp.decode(item["stamp"]), bool(item["deleted"]))
                 for item in document["results"]
