@@ -35,6 +35,7 @@ setup(
         ],
     },
     entry_points={
+        "console_scripts": ["navistore = navistore.client:main"],
         "navistore.backends": [],
     },
     classifiers=[

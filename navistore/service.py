@@ -53,6 +53,7 @@ from .replication.fallback import ReadFallback
 from .replication.service import ReplicationService
 from .store import Store
 from .web import DEFAULT_MAX_VALUE_SIZE, MissResolver, WriteForwarder, make_site
+from .web.backend_rpc import backend_rpc_endpoints
 
 __all__ = [
     "DEFAULT_BACKEND",
@@ -266,6 +267,8 @@ class NavistoreService(MultiService):
     :param clone_from: a node whose whole state to pull, and then follow.
     :param upstream: make this node a read-through cache of the node at this URL.
     :param read_fallback: ask the peers for a key this node misses before answering 404.
+    :param serve_backend: serve this node's storage as the ``http://`` backend of one other
+        process (a dedicated node: that process's ``reset`` wipes it).
     :param http_client: the treq-like client replication talks to peers with (default: treq
         over a persistent connection pool with connect timeouts).
     """
@@ -285,6 +288,7 @@ class NavistoreService(MultiService):
         clone_from: str | None = None,
         upstream: str | None = None,
         read_fallback: bool = False,
+        serve_backend: bool = False,
         http_client: Any = None,
     ) -> None:
         super().__init__()
@@ -302,6 +306,7 @@ class NavistoreService(MultiService):
         self.clone_from = clone_from
         self.upstream = upstream
         self.read_fallback = read_fallback
+        self.serve_backend = serve_backend
         #: The cache of the upstream, on a cache node.
         self.cache: UpstreamCache | None = None
         self._http_client = http_client
@@ -415,10 +420,13 @@ class NavistoreService(MultiService):
             miss_resolver = ReadFallback(
                 http_client=http_client, clock=self._reactor, peers=self.replication.peer_urls
             )
+        endpoints = dict(self.replication.endpoints())
+        if self.serve_backend:
+            endpoints.update(backend_rpc_endpoints(self.store))
         site = make_site(
             self.store,
             max_value_size=self.max_value_size,
-            extra_endpoints=self.replication.endpoints(),
+            extra_endpoints=endpoints,
             miss_resolver=miss_resolver,
             write_forwarder=write_forwarder,
             replica_waiter=self.replication.replica_waiter(),

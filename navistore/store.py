@@ -31,6 +31,7 @@ from .record import DEFAULT_CONTENT_TYPE, Record
 
 __all__ = [
     "MATCH_ANY",
+    "PURGED_BEFORE_META",
     "ChangeListener",
     "ChangesPage",
     "Conflict",
@@ -46,6 +47,9 @@ log = Logger()
 
 #: The node id lives in the backend's meta data under this name.
 NODE_ID_META = "node_id"
+
+#: The purge horizon (see :meth:`Store.purged_before`) lives in meta data under this name.
+PURGED_BEFORE_META = "tombstones.purged_before"
 
 #: ``If-Match: *``: the key must exist, whatever its version.
 MATCH_ANY = "*"
@@ -144,6 +148,7 @@ class Store:
         self.clock = clock
         self.max_key_bytes = max_key_bytes
         self._listeners: list[ChangeListener] = []
+        self._purged_before: int | None = None
 
     @classmethod
     async def open(
@@ -224,6 +229,7 @@ class Store:
         With a prefix, changes elsewhere are skipped; ``last_seq`` still advances past them so
         that a client resuming from it never re-reads what was skipped. At most ``limit``
         records are returned; when the page is full ``last_seq`` is the seq of its last record.
+        A ``since`` beyond the newest seq answers the newest seq, so the client sees it is ahead.
         """
         # Read the newest seq first: every change up to it is committed, so a client resuming
         # from it after a short page can miss nothing written meanwhile.
@@ -242,7 +248,9 @@ class Store:
                 cursor = record.seq
             if len(page) < batch:
                 break
-        return ChangesPage(found, max(cursor, newest))
+        # Nothing after ``since`` may mean the client is ahead of this node (restored, or
+        # another node behind the same URL): answer the node's own newest seq, never an echo.
+        return ChangesPage(found, max(cursor, newest) if cursor > since else newest)
 
     async def last_seq(self) -> int:
         """The node's newest seq."""
@@ -400,6 +408,35 @@ class Store:
     async def reset(self) -> None:
         """Wipe this node's records (not replicated); keep its id, meta data and seq counter."""
         await self.backend.reset()
+
+    # -- tombstone purge ----------------------------------------------------------------------
+
+    async def purged_before(self) -> int:
+        """The purge horizon: tombstones with a seq below it may be gone (0: none ever purged).
+
+        A reader of the change feed that resumes after seq ``since`` misses no delete as long as
+        ``since >= purged_before() - 1``; below that it must re-read the state (resync). The
+        value is kept in memory once read: this Store is the only one purging its backend.
+        """
+        if self._purged_before is None:
+            text = await self.backend.get_meta(PURGED_BEFORE_META)
+            if self._purged_before is None:  # a purge meanwhile knows better
+                self._purged_before = int(text) if text else 0
+        return self._purged_before
+
+    async def purge_tombstones(self, before_seq: int) -> int:
+        """Remove tombstones whose seq is below ``before_seq``; return how many were removed.
+
+        The horizon is raised (in memory, then durably) before anything is removed, so a feed
+        reader that checks it after reading can never take a purged gap for "nothing changed",
+        and a crash in between only makes the horizon cautious, never wrong.
+        """
+        horizon = max(await self.purged_before(), before_seq)
+        if horizon != self._purged_before:
+            self._purged_before = horizon
+            await self.backend.set_meta(PURGED_BEFORE_META, str(horizon))
+        purged: int = await self.backend.purge_tombstones(before_seq)
+        return purged
 
     @staticmethod
     def _advance_clock(clock: HybridClock, stamp: Stamp) -> None:

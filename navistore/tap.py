@@ -100,6 +100,12 @@ class Options(usage.Options):
 
     optFlags = [
         ["read-fallback", None, "Before answering 404, ask the peers for the key."],
+        [
+            "serve-backend",
+            None,
+            "Serve this node's storage as the http:// backend of one other process "
+            "(a dedicated node: that process's reset wipes it).",
+        ],
     ]
 
     compData = usage.Completions(optActions={"backend": usage.CompleteFiles("*.db")})
@@ -197,6 +203,7 @@ def makeService(options: Options) -> MultiService:
         clone_from=options.get("clone-from"),
         upstream=options.get("upstream"),
         read_fallback=bool(options["read-fallback"]),
+        serve_backend=bool(options["serve-backend"]),
         reactor=reactor,
         on_startup_failure=_stop_process(reactor),
     )

@@ -567,3 +567,16 @@ async def test_a_failing_listener_does_not_fail_the_write(store: Store) -> None:
     result = await store.put("/k", b"1")
     assert result.created
     assert seen == ["/k"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_changes_past_the_end_answer_the_newest_seq() -> None:
+    """A ``since`` beyond the node's newest seq answers the node's newest seq (not an echo of
+    ``since``), so a client whose cursor is ahead of the node can tell."""
+    store = await Store.open(MemoryBackend())
+    await store.put("/a", b"1")
+    await store.put("/b", b"2")
+    page = await store.changes(999_999)
+    assert page.records == [] and page.last_seq == 2
+    caught_up = await store.changes(2)
+    assert caught_up.records == [] and caught_up.last_seq == 2

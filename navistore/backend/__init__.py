@@ -34,6 +34,8 @@ ENTRY_POINT_GROUP = "navistore.backends"
 _BUILTIN: dict[str, str] = {
     "memory": "navistore.backend.memory:open_memory",
     "sqlite": "navistore.backend.sqlite:open_sqlite",
+    "http": "navistore.backend.http:open_http",
+    "https": "navistore.backend.http:open_http",
 }
 
 BackendFactory = Callable[["BackendURL"], Any]

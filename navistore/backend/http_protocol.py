@@ -1,0 +1,161 @@
+"""The protocol between the ``http://`` backend and the backend RPC a node serves.
+
+One definition for both ends: :mod:`navistore.backend.http` (the client) and
+:mod:`navistore.web.backend_rpc` (the server, which documents the endpoints). Records cross as
+JSON with every field and the value in base64 (:func:`record_document`, :func:`decode_record`),
+the chain exactly as stored (unlike replication batches, which extend it). An ``apply`` sends the
+value as the raw request body and the other fields as query parameters (:func:`apply_params`,
+:func:`record_from_params`): base64 would make a value the client accepted a third larger than
+the serving node's body limit.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from typing import Any
+
+from ..clock import InvalidStamp, Stamp, validate_node_id
+from ..errors import InvalidRecord
+from ..interfaces import ABSENT, ANY, Expectation
+from ..record import Record
+
+__all__ = [
+    "RPC_PATHS",
+    "MalformedRecord",
+    "apply_params",
+    "decode_expectation",
+    "decode_record",
+    "encode_expectation",
+    "record_document",
+    "record_from_params",
+]
+
+#: The endpoint (path without ``/``) of each operation on the serving node.
+RPC_PATHS = {
+    "get": "_backend_get",
+    "apply": "_backend_apply",
+    "scan": "_backend_scan",
+    "changes": "_backend_changes",
+    "last_seq": "_backend_last_seq",
+    "purge_tombstones": "_backend_purge",
+    "reset": "_backend_reset",
+    "meta": "_backend_meta",
+}
+
+
+class MalformedRecord(ValueError):
+    """A record on the wire does not follow the protocol; the message says which field."""
+
+
+# -- the protocol -----------------------------------------------------------------------------
+
+
+def record_document(record: Record) -> dict[str, Any]:
+    """A stored record as JSON: every field, the value in base64, the chain exactly as stored."""
+    return {
+        "key": record.key,
+        "value": base64.b64encode(record.value).decode("ascii"),
+        "content_type": record.content_type,
+        "stamp": record.stamp.encode(),
+        "deleted": record.deleted,
+        "chain": list(record.chain),
+        "seq": record.seq,
+    }
+
+
+def _typed(document: Mapping[str, Any], name: str, kind: type) -> Any:
+    value = document.get(name)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise MalformedRecord(f"field {name!r} is missing or not a {kind.__name__}")
+    return value
+
+
+def decode_record(document: Any) -> Record:
+    """The record :func:`record_document` made; raise :class:`MalformedRecord` otherwise."""
+    if not isinstance(document, dict):
+        raise MalformedRecord("a record must be a JSON object")
+    try:
+        value = base64.b64decode(_typed(document, "value", str), validate=True)
+        stamp = Stamp.decode(_typed(document, "stamp", str))
+        chain = tuple(validate_node_id(node) for node in _typed(document, "chain", list))
+    except (binascii.Error, InvalidStamp, TypeError) as exc:
+        raise MalformedRecord(str(exc)) from None
+    seq = document.get("seq")
+    if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
+        raise MalformedRecord("field 'seq' must be an integer or null")
+    return Record(
+        _typed(document, "key", str),
+        value,
+        _typed(document, "content_type", str),
+        stamp,
+        _typed(document, "deleted", bool),
+        seq,
+        chain,
+    )
+
+
+def encode_expectation(expect: Expectation) -> str:
+    """``any``, ``absent``, or the stamp's text."""
+    if expect is ANY:
+        return "any"
+    if expect is ABSENT:
+        return "absent"
+    if isinstance(expect, Stamp):
+        return expect.encode()
+    raise InvalidRecord(f"expect must be ANY, ABSENT or a Stamp, not {expect!r}")
+
+
+def decode_expectation(text: str) -> Expectation:
+    """The expectation :func:`encode_expectation` wrote; raise :class:`MalformedRecord`."""
+    if text == "any":
+        return ANY
+    if text == "absent":
+        return ABSENT
+    try:
+        return Stamp.decode(text)
+    except InvalidStamp as exc:
+        raise MalformedRecord(f"expect: {exc}") from None
+
+
+def apply_params(record: Record, expect: Expectation) -> dict[str, str]:
+    """The query parameters of an apply: every field of the record but its value (the body)."""
+    return {
+        "key": record.key,
+        "content_type": record.content_type,
+        "stamp": record.stamp.encode(),
+        "deleted": "true" if record.deleted else "false",
+        "chain": ",".join(record.chain),
+        "expect": encode_expectation(expect),
+    }
+
+
+def record_from_params(params: Mapping[str, str], value: bytes) -> tuple[Record, Expectation]:
+    """The record and expectation :func:`apply_params` described, with ``value`` as the body.
+
+    :raises MalformedRecord: a parameter is missing or unreadable (the record itself is still
+        to be checked with :func:`~navistore.record.check_record`).
+    """
+    missing = [name for name in ("key", "stamp", "deleted", "expect") if name not in params]
+    if missing:
+        raise MalformedRecord(f"missing parameter(s): {', '.join(missing)}")
+    deleted = params["deleted"]
+    if deleted not in ("true", "false"):
+        raise MalformedRecord("deleted must be 'true' or 'false'")
+    chain_text = params.get("chain", "")
+    try:
+        stamp = Stamp.decode(params["stamp"])
+        chain = tuple(chain_text.split(",")) if chain_text else ()
+    except InvalidStamp as exc:
+        raise MalformedRecord(str(exc)) from None
+    record = Record(
+        params["key"],
+        value,
+        params.get("content_type", ""),
+        stamp,
+        deleted == "true",
+        None,
+        chain,
+    )
+    return record, decode_expectation(params["expect"])
