@@ -52,6 +52,7 @@ from .replication.cache import UpstreamCache
 from .replication.fallback import ReadFallback
 from .replication.service import ReplicationService
 from .store import Store
+from .waiters import Waiters
 from .web import DEFAULT_MAX_VALUE_SIZE, MissResolver, WriteForwarder, make_site
 from .web.backend_rpc import backend_rpc_endpoints
 
@@ -122,23 +123,6 @@ def describe_address(address: IAddress) -> str:
     return repr(address)
 
 
-class _Waiters:
-    """Deferreds to fire all at once when something becomes true (idle, empty)."""
-
-    def __init__(self) -> None:
-        self._waiting: list[Deferred[None]] = []
-
-    def wait(self) -> Deferred[None]:
-        waiting: Deferred[None] = Deferred()
-        self._waiting.append(waiting)
-        return waiting
-
-    def fire(self) -> None:
-        waiting, self._waiting = self._waiting, []
-        for each in waiting:
-            each.callback(None)
-
-
 class _RequestTracker:
     """Stands in for a Site's request factory, to know which requests are being served.
 
@@ -150,7 +134,7 @@ class _RequestTracker:
     def __init__(self, request_factory: Callable[..., Request]) -> None:
         self._request_factory = request_factory
         self._serving: set[Request] = set()
-        self._idle = _Waiters()
+        self._idle = Waiters()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Request:
         request = self._request_factory(*args, **kwargs)
@@ -195,7 +179,7 @@ class _Connections(WrappingFactory):
     def __init__(self) -> None:
         super().__init__(None)
         self._refusing = True
-        self._empty = _Waiters()
+        self._empty = Waiters()
 
     def logPrefix(self) -> str:
         return "Navistore"
@@ -323,7 +307,7 @@ class NavistoreService(MultiService):
         self._raise_from_start: Failure | None = None
         self._children_started = False
         self._stopping: Deferred[None] | None = None
-        self._stopped = _Waiters()
+        self._stopped = Waiters()
         #: The node's Store, once open.
         self.store: Store | None = None
         #: The Site answering HTTP, once the Store is open.

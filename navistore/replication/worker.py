@@ -18,13 +18,13 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from ..store import Store
+from ..waiters import Waiters
 from .wire import MEDIA_TYPE
 
 __all__ = [
     "BACKOFF_BASE",
     "BACKOFF_FACTOR",
     "PeerRefused",
-    "Waiters",
     "Worker",
     "backoff_delay",
     "iso_time",
@@ -89,23 +89,6 @@ def describe(error: BaseException, timeout: float) -> str:
         return str(error)
     text = str(error) or repr(error)
     return f"{type(error).__name__}: {text}"
-
-
-class Waiters:
-    """Deferreds fired all at once when something becomes true."""
-
-    def __init__(self) -> None:
-        self._waiting: list[Deferred[None]] = []
-
-    def wait(self) -> Deferred[None]:
-        waiting: Deferred[None] = Deferred()
-        self._waiting.append(waiting)
-        return waiting
-
-    def fire(self) -> None:
-        waiting, self._waiting = self._waiting, []
-        for each in waiting:
-            each.callback(None)
 
 
 class Worker:
