@@ -50,9 +50,11 @@ from .interfaces import IStorageBackend
 from .keys import DEFAULT_MAX_KEY_BYTES
 from .replication.cache import UpstreamCache
 from .replication.fallback import ReadFallback
+from .replication.gc import DEFAULT_RETENTION, TombstoneCollector, replication_cursors
 from .replication.service import ReplicationService
 from .store import Store
 from .waiters import Waiters
+from .watch import DEFAULT_MAX_WATCHERS, WatchHub
 from .web import DEFAULT_MAX_VALUE_SIZE, MissResolver, WriteForwarder, make_site
 from .web.backend_rpc import backend_rpc_endpoints
 
@@ -274,6 +276,8 @@ class NavistoreService(MultiService):
         read_fallback: bool = False,
         serve_backend: bool = False,
         http_client: Any = None,
+        max_watchers: int = DEFAULT_MAX_WATCHERS,
+        tombstone_retention: float = DEFAULT_RETENTION,
     ) -> None:
         super().__init__()
         if not endpoints:
@@ -294,6 +298,12 @@ class NavistoreService(MultiService):
         #: The cache of the upstream, on a cache node.
         self.cache: UpstreamCache | None = None
         self._http_client = http_client
+        self.max_watchers = max_watchers
+        self.tombstone_retention = tombstone_retention
+        #: Every watch of the node (long-polls, event streams, ``?wait``), once the Store is open.
+        self.watch_hub: WatchHub | None = None
+        #: Purges tombstones every peer has, once the Store is open.
+        self.collector: TombstoneCollector | None = None
         #: The replication service, once the Store is open.
         self.replication: ReplicationService | None = None
         self._connections = _Connections()
@@ -389,6 +399,14 @@ class NavistoreService(MultiService):
             clone_from=self.clone_from,
         )
         self.replication.setServiceParent(self)
+        self.collector = TombstoneCollector(
+            self.store,
+            cursors=replication_cursors(self.replication),
+            clock=self._reactor,
+            retention=self.tombstone_retention,
+        )
+        self.collector.setServiceParent(self)
+        self.watch_hub = WatchHub(self.store, clock=self._reactor, max_watchers=self.max_watchers)
         miss_resolver: MissResolver | None = None
         write_forwarder: WriteForwarder | None = None
         if self.upstream is not None:
@@ -414,6 +432,7 @@ class NavistoreService(MultiService):
             miss_resolver=miss_resolver,
             write_forwarder=write_forwarder,
             replica_waiter=self.replication.replica_waiter(),
+            watch_hub=self.watch_hub,
             reactor=self._reactor,
         )
         self._tracker = _RequestTracker(site.requestFactory)
@@ -490,6 +509,8 @@ class NavistoreService(MultiService):
             await self._starting  # a failure was reported and cleaned up when it happened
         self._connections.refuse()
         await self._release_ports()
+        if self.watch_hub is not None:
+            self.watch_hub.close()  # long-polls answer, event streams end: nothing to drain
         tracker = self._tracker
         if tracker is not None and tracker.serving:
             log.info("Navistore stopping: {count} request(s) to finish", count=tracker.serving)
@@ -509,9 +530,10 @@ class NavistoreService(MultiService):
             self._children_started = False
             children = [maybeDeferred(child.stopService) for child in reversed(list(self))]
             await DeferredList(children, consumeErrors=True)
-        for child in (self.cache, self.replication):
+        for child in (self.collector, self.cache, self.replication):
             if child is not None:
                 child.disownServiceParent()
+        self.collector = None
         self.cache = None
         self.replication = None
         if self.site is not None and self._connections.wrappedFactory is self.site:

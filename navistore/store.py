@@ -406,7 +406,13 @@ class Store:
         await self.backend.set_meta(name, value)
 
     async def reset(self) -> None:
-        """Wipe this node's records (not replicated); keep its id, meta data and seq counter."""
+        """Wipe this node's records (not replicated); keep its id, meta data and seq counter.
+
+        Records vanish without tombstones, so the purge horizon moves past every seq so far: a
+        feed reader resuming from before the reset is told to resync instead of keeping keys
+        that are gone.
+        """
+        await self._raise_horizon(await self.backend.last_seq() + 1)
         await self.backend.reset()
 
     # -- tombstone purge ----------------------------------------------------------------------
@@ -431,12 +437,16 @@ class Store:
         reader that checks it after reading can never take a purged gap for "nothing changed",
         and a crash in between only makes the horizon cautious, never wrong.
         """
+        await self._raise_horizon(before_seq)
+        purged: int = await self.backend.purge_tombstones(before_seq)
+        return purged
+
+    async def _raise_horizon(self, before_seq: int) -> None:
+        """Move the purge horizon up to ``before_seq`` (in memory, then durably); never down."""
         horizon = max(await self.purged_before(), before_seq)
         if horizon != self._purged_before:
             self._purged_before = horizon
             await self.backend.set_meta(PURGED_BEFORE_META, str(horizon))
-        purged: int = await self.backend.purge_tombstones(before_seq)
-        return purged
 
     @staticmethod
     def _advance_clock(clock: HybridClock, stamp: Stamp) -> None:

@@ -19,8 +19,10 @@ from twisted.python.failure import Failure
 
 from .backend import BackendURLError, known_schemes, parse_backend_url
 from .keys import DEFAULT_MAX_KEY_BYTES
+from .replication.gc import DEFAULT_RETENTION
 from .replication.peers import InvalidPeer, normalize_peer_url
 from .service import DEFAULT_BACKEND, DEFAULT_ENDPOINTS, NavistoreService
+from .watch import DEFAULT_MAX_WATCHERS
 from .web import DEFAULT_MAX_VALUE_SIZE
 
 __all__ = ["Options", "check_backend_url", "makeService"]
@@ -41,6 +43,20 @@ def _positive_int(text: str) -> int:
 
 
 _positive_int.coerceDoc = "A whole number of bytes, at least 1."  # type: ignore[attr-defined]
+
+
+def _seconds(text: str) -> float:
+    """Coerce an option to a number of seconds, at least 0."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of seconds") from None
+    if not seconds >= 0:
+        raise ValueError(f"{text} is not a number of seconds >= 0")
+    return seconds
+
+
+_seconds.coerceDoc = "A number of seconds, at least 0."  # type: ignore[attr-defined]
 
 
 def check_backend_url(url: str) -> None:
@@ -95,6 +111,20 @@ class Options(usage.Options):
             DEFAULT_MAX_KEY_BYTES,
             "The longest key accepted, in bytes of UTF-8.",
             _positive_int,
+        ],
+        [
+            "max-watchers",
+            None,
+            DEFAULT_MAX_WATCHERS,
+            "The most concurrent watches (long-polls, event streams, ?wait); more get 503.",
+            _positive_int,
+        ],
+        [
+            "tombstone-retention",
+            None,
+            DEFAULT_RETENTION,
+            "Seconds a delete's tombstone is kept at least (and until every peer has it).",
+            _seconds,
         ],
     ]
 
@@ -201,6 +231,8 @@ def makeService(options: Options) -> MultiService:
         max_key_bytes=options["max-key-bytes"],
         peers=options["peer"],
         clone_from=options.get("clone-from"),
+        max_watchers=options["max-watchers"],
+        tombstone_retention=options["tombstone-retention"],
         upstream=options.get("upstream"),
         read_fallback=bool(options["read-fallback"]),
         serve_backend=bool(options["serve-backend"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..store import Store
+from ..watch import WatchHub
 from .hooks import MissResolver, ReplicaReport, ReplicaWaiter, WriteForwarder
 from .limits import DEFAULT_MAX_VALUE_SIZE, NavistoreSite
 from .routes import ApiResource, Endpoints, Handler
@@ -31,6 +32,7 @@ def make_site(
     miss_resolver: MissResolver | None = None,
     write_forwarder: WriteForwarder | None = None,
     replica_waiter: ReplicaWaiter | None = None,
+    watch_hub: WatchHub | None = None,
     reactor: Any = None,
 ) -> NavistoreSite:
     """Build the Site serving the API of ``store``.
@@ -42,6 +44,8 @@ def make_site(
     :param miss_resolver: finds keys this node lacks (cache node, read fallback).
     :param write_forwarder: forwards writes instead of applying them (cache node).
     :param replica_waiter: makes ``?replicas=`` writes wait for peers.
+    :param watch_hub: serves the watches (long-poll, event stream, ``?wait``); the caller
+        closes it at shutdown (default: one made on first use, never closed).
     :param reactor: the reactor the Site uses for its clock (default: the global one).
     """
     resource = ApiResource(
@@ -51,6 +55,7 @@ def make_site(
         miss_resolver=miss_resolver,
         write_forwarder=write_forwarder,
         replica_waiter=replica_waiter,
+        watch_hub=watch_hub,
     )
     site = NavistoreSite(resource, max_value_size=max_value_size, access_log=access_log)
     if reactor is not None:

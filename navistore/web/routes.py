@@ -20,6 +20,7 @@ from .. import __version__
 from ..keys import InvalidKey, classic_form, normalize_key
 from ..record import Record
 from ..store import MATCH_ANY, KeysPage, Store
+from ..watch import WatchHub
 from .conditions import condition, etag_of, last_modified
 from .hooks import ALL_REPLICAS, MissResolver, ReplicaWaiter, WriteForwarder
 from .params import flag, int_arg, query, query_arg, wants_json
@@ -32,6 +33,7 @@ from .rendering import (
     json_bytes,
     render_async,
 )
+from .watches import changes_answer, wait_for_key, wait_for_prefix
 
 __all__ = ["SOURCE_HEADER", "STALE_HEADER", "ApiResource", "Endpoints", "Handler"]
 
@@ -88,6 +90,7 @@ class ApiResource(Resource):
         miss_resolver: MissResolver | None = None,
         write_forwarder: WriteForwarder | None = None,
         replica_waiter: ReplicaWaiter | None = None,
+        watch_hub: WatchHub | None = None,
     ) -> None:
         """:param extra_endpoints: more server endpoints (replication adds ``/_replicate``,
             ``/_peers``, ``/_replication_slaves``); they take precedence over keys.
@@ -95,6 +98,8 @@ class ApiResource(Resource):
         :param write_forwarder: when set, writes are not applied here but forwarded (a cache
             node forwards them to its upstream) and answered with the forwarder's answer.
         :param replica_waiter: makes ``?replicas=N|all`` writes wait for peers' acknowledgements.
+        :param watch_hub: serves long-poll and event-stream feeds and ``?wait=true`` reads; the
+            node closes it at shutdown. Without one, a hub with the defaults is made on first use.
         """
         super().__init__()
         self.store = store
@@ -102,6 +107,7 @@ class ApiResource(Resource):
         self.miss_resolver = miss_resolver
         self.write_forwarder = write_forwarder
         self.replica_waiter = replica_waiter
+        self._watch_hub = watch_hub
         # HEAD is listed explicitly: it must never reach an endpoint with effects (/reset).
         self._endpoints: dict[str, dict[bytes, Handler]] = {
             "_health": {b"GET": self._health, b"HEAD": self._health},
@@ -161,7 +167,23 @@ class ApiResource(Resource):
 
     # -- keys -------------------------------------------------------------------------------
 
+    @property
+    def watch_hub(self) -> WatchHub:
+        """The hub of this resource's watches (made with the defaults if none was given)."""
+        if self._watch_hub is None:
+            self._watch_hub = WatchHub(self.store)
+        return self._watch_hub
+
     async def _key_route(self, request: Request, path: str, method: bytes) -> Response:
+        if method == b"GET" and flag(request, "wait"):
+            return await wait_for_key(
+                request,
+                self.store,
+                self.watch_hub,
+                self.store.key(path),
+                plain_get=self._get,
+                answer_record=self._answer_record,
+            )
         if method == b"GET":
             return await self._get(request, self.store.key(path))
         if method == b"PUT":
@@ -186,7 +208,13 @@ class ApiResource(Resource):
                     headers[SOURCE_HEADER] = source.encode("utf-8")
         if record is None:
             raise ApiError(404, "not_found", f"no key {key!r}", {"key": key}, headers)
-        headers.update(_record_headers(record))
+        return self._answer_record(request, record, headers)
+
+    def _answer_record(
+        self, request: Request, record: Record, headers: dict[bytes, bytes]
+    ) -> Response:
+        """A GET's answer for a live record (200, or 304 for ``If-None-Match``)."""
+        headers = {**headers, **_record_headers(record)}
         unless = condition(request, b"If-None-Match")
         if unless is not None and unless.matches(record):
             return Response(304, headers=headers)
@@ -310,6 +338,14 @@ class ApiResource(Resource):
 
     async def _prefix_route(self, request: Request, path: str, method: bytes) -> Response:
         prefix = self.store.prefix(path if path.endswith("/") else path + "/")
+        if method == b"GET" and flag(request, "wait"):
+            return await wait_for_prefix(
+                request,
+                self.store,
+                self.watch_hub,
+                prefix,
+                listing=lambda: self._list(request, prefix),
+            )
         if method == b"GET":
             return await self._list(request, prefix)
         if method == b"DELETE":
@@ -350,17 +386,14 @@ class ApiResource(Resource):
         if limit == 0:
             raise BadRequest("invalid_parameter", "parameter 'limit' must be at least 1")
         prefix = self.store.prefix(query_arg(request, "prefix") or "/")
-        page = await self.store.changes(since, limit=limit, prefix=prefix)
-        results = [
-            {
-                "seq": record.seq,
-                "key": record.key,
-                "stamp": record.stamp.encode(),
-                "deleted": record.deleted,
-            }
-            for record in page.records
-        ]
-        return Response(200, json_bytes({"last_seq": page.last_seq, "results": results}), _JSON)
+        return await changes_answer(
+            request,
+            self.store,
+            lambda: self.watch_hub,
+            since=since,
+            limit=limit,
+            prefix=prefix,
+        )
 
     async def _listkeys(self, request: Request) -> Response:
         # The first page is read before the 200 goes out, so a failing backend is a 503 rather

@@ -1,0 +1,366 @@
+"""The HTTP side of watches: the ``/_changes`` feeds and ``GET /<key>?wait=true``.
+
+- ``feed=normal`` (the default) answers what changed after ``since`` at once.
+- ``feed=longpoll`` answers at once if something under ``prefix`` changed after ``since``, else
+  as soon as something does, else at ``timeout`` seconds with no results and the current
+  ``last_seq``: the same body as the normal feed, so a client loops on ``since=last_seq``.
+- ``feed=eventsource`` streams Server-Sent Events: one ``change`` event per change, its ``id``
+  the seq, first the backlog after ``since`` (or the ``Last-Event-ID`` header), then live, with
+  ``: heartbeat`` comments while idle; it ends when the node shuts down.
+- ``GET /<key>?wait=true&index=N`` answers like a GET once the key changed after seq N (default:
+  the current last seq), with ``X-Navistore-Seq`` saying the seq to wait after next time. A path
+  ending in ``/`` waits for any change under that prefix and answers with the listing.
+
+A reader whose position is older than the tombstone purge horizon gets ``410 resync_required``
+(an event stream that falls behind it gets a ``resync`` event and ends); a node at its watcher cap
+or shutting down answers ``503``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, Callable
+
+import attrs
+from twisted.web.server import Request
+
+from ..record import Record
+from ..store import ChangesPage, Store
+from ..watch import (
+    ResyncRequired,
+    Watcher,
+    WatchHub,
+    WatchRefused,
+    check_horizon,
+    read_changes,
+)
+from .params import query_arg
+from .rendering import ApiError, BadRequest, MethodNotAllowed, Response, json_bytes
+
+__all__ = [
+    "DEFAULT_WAIT",
+    "FEEDS",
+    "MAX_WAIT",
+    "SEQ_HEADER",
+    "changes_answer",
+    "changes_body",
+    "wait_for_key",
+    "wait_for_prefix",
+]
+
+#: The values of ``/_changes?feed=``.
+FEEDS = ("normal", "longpoll", "eventsource")
+#: The seq a ``?wait=true`` answer is current at: wait after it next time.
+SEQ_HEADER = b"X-Navistore-Seq"
+#: Seconds a long-poll or ``?wait=true`` waits unless ``timeout`` says otherwise, and the most.
+DEFAULT_WAIT = 60.0
+MAX_WAIT = 300.0
+
+_JSON = {b"Content-Type": b"application/json"}
+_EVENT_STREAM = {
+    b"Content-Type": b"text/event-stream",
+    b"Cache-Control": b"no-cache",
+    b"X-Accel-Buffering": b"no",
+}
+#: Records read per page while an event stream replays its backlog.
+_STREAM_PAGE = 500
+
+#: How a GET answers a stored record (routes' rendering of a key), given extra headers.
+RecordAnswer = Callable[[Request, Record, "dict[bytes, bytes]"], Response]
+
+
+def change_entry(record: Record) -> dict[str, Any]:
+    """One change as every feed shows it."""
+    return {
+        "seq": record.seq,
+        "key": record.key,
+        "stamp": record.stamp.encode(),
+        "deleted": record.deleted,
+    }
+
+
+def changes_body(page: ChangesPage) -> bytes:
+    """The JSON body of the normal and long-poll feeds."""
+    results = [change_entry(record) for record in page.records]
+    return json_bytes({"last_seq": page.last_seq, "results": results})
+
+
+def timeout_arg(request: Request) -> float:
+    """``?timeout=`` in seconds (fractions allowed), at most :data:`MAX_WAIT`."""
+    text = query_arg(request, "timeout")
+    if text is None or text == "":
+        return DEFAULT_WAIT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds <= MAX_WAIT:  # also refuses nan
+        raise BadRequest(
+            "invalid_parameter",
+            f"parameter 'timeout' must be a number of seconds from 0 to {MAX_WAIT:g}, not {text!r}",
+        )
+    return seconds
+
+
+def _seq_value(name: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise BadRequest(
+            "invalid_parameter", f"{name} must be a seq (an integer >= 0), not {text!r}"
+        )
+    return value
+
+
+async def _index_arg(request: Request, store: Store) -> int:
+    text = query_arg(request, "index")
+    if text is None or text == "":
+        return await store.last_seq()
+    return _seq_value("parameter 'index'", text)
+
+
+def resync_error(exc: ResyncRequired) -> ApiError:
+    detail = {"last_seq": exc.last_seq, "purged_before": exc.purged_before}
+    return ApiError(410, "resync_required", str(exc), detail)
+
+
+def _refused_error(exc: WatchRefused) -> ApiError:
+    detail = {"max_watchers": exc.max_watchers} if hasattr(exc, "max_watchers") else None
+    return ApiError(503, exc.code, str(exc), detail, {b"Retry-After": b"1"})
+
+
+def _with_seq(response: Response, seq: int) -> Response:
+    return attrs.evolve(response, headers={**response.headers, SEQ_HEADER: b"%d" % seq})
+
+
+# -- /_changes ------------------------------------------------------------------------------------
+
+
+async def changes_answer(
+    request: Request,
+    store: Store,
+    hub: Callable[[], WatchHub],
+    *,
+    since: int,
+    limit: int,
+    prefix: str,
+) -> Response:
+    """Answer ``/_changes`` in the feed the request asks for (``hub`` is made on first use)."""
+    feed = query_arg(request, "feed") or "normal"
+    if feed not in FEEDS:
+        raise BadRequest(
+            "invalid_parameter", f"parameter 'feed' must be one of {', '.join(FEEDS)}, not {feed!r}"
+        )
+    if feed != "normal" and request.method == b"HEAD":
+        raise MethodNotAllowed("HEAD", ["GET"])
+    try:
+        if feed == "eventsource":
+            return await _event_stream(request, store, hub(), since=since, prefix=prefix)
+        if feed == "longpoll":
+            return await _long_poll(request, store, hub(), since=since, limit=limit, prefix=prefix)
+        page = await read_changes(store, since, limit=limit, prefix=prefix)
+    except ResyncRequired as exc:
+        raise resync_error(exc) from None
+    except WatchRefused as exc:
+        raise _refused_error(exc) from None
+    return Response(200, changes_body(page), _JSON)
+
+
+async def _long_poll(
+    request: Request, store: Store, hub: WatchHub, *, since: int, limit: int, prefix: str
+) -> Response:
+    timeout = timeout_arg(request)
+    await check_horizon(store, since)
+    watcher = hub.watch(prefix, since=since)  # before reading: a change in between is kept
+    try:
+        deadline = hub.clock.seconds() + timeout
+        cursor = since
+        last_look = False
+        while True:
+            page = await read_changes(store, cursor, limit=limit, prefix=prefix)
+            remaining = deadline - hub.clock.seconds()
+            if page.records or last_look or remaining <= 0 or watcher.closed:
+                return Response(200, changes_body(page), _JSON)
+            # Nothing under the prefix up to last_seq: later reads start there.
+            cursor = page.last_seq
+            watcher.skip_through(cursor)
+            woken = await watcher.next(remaining)
+            if watcher.overflowed:
+                watcher.recovered()
+            elif not woken:
+                last_look = True  # timeout or shutdown: answer with the current last_seq
+    finally:
+        watcher.release()
+
+
+async def _event_stream(
+    request: Request, store: Store, hub: WatchHub, *, since: int, prefix: str
+) -> Response:
+    resume = request.getHeader(b"Last-Event-ID")
+    if resume is not None and resume.strip():
+        since = _seq_value("header Last-Event-ID", resume.decode("latin-1").strip())
+    await check_horizon(store, since)
+    watcher = hub.watch(prefix, since=since)
+    # However the answer ends (finished, client gone mid-write), the watcher goes with it.
+    request.notifyFinish().addBoth(lambda _: watcher.release())
+    stream = _events(store, watcher, since=since, prefix=prefix, heartbeat=hub.heartbeat)
+    return Response(200, headers=dict(_EVENT_STREAM), stream=stream)
+
+
+def _event(record: Record) -> bytes:
+    data = json_bytes(change_entry(record))
+    return b"id: %d\nevent: change\ndata: %s\n\n" % (record.seq or 0, data)
+
+
+def _resync_event(exc: ResyncRequired) -> bytes:
+    error = resync_error(exc)
+    data = json_bytes({"error": error.code, "message": error.message, "detail": error.detail})
+    return b"event: resync\ndata: %s\n\n" % data
+
+
+async def _events(
+    store: Store, watcher: Watcher, *, since: int, prefix: str, heartbeat: float
+) -> AsyncIterator[bytes]:
+    """The event stream: the backlog page by page, then each live change as it comes."""
+    try:
+        # Sent at once, so the client has the headers before the first change.
+        yield b": navistore change feed\n\n"
+        delivered = since
+        catching_up = True  # reading the feed: the backlog, or again after an overflow
+        while True:
+            if catching_up:
+                watcher.recovered()  # before reading: what arrives meanwhile is kept
+                while True:
+                    try:
+                        page = await read_changes(
+                            store, delivered, limit=_STREAM_PAGE, prefix=prefix
+                        )
+                    except ResyncRequired as exc:
+                        yield _resync_event(exc)
+                        return
+                    if page.records:
+                        yield b"".join(_event(record) for record in page.records)
+                    delivered = page.last_seq
+                    watcher.skip_through(delivered)
+                    if len(page.records) < _STREAM_PAGE:
+                        break
+                catching_up = False
+            batch = await watcher.next(heartbeat)
+            if batch is None:
+                return  # shutdown, or the client went away
+            if watcher.overflowed:
+                catching_up = True
+                continue
+            fresh = [record for record in batch if (record.seq or 0) > delivered]
+            if fresh:
+                yield b"".join(_event(record) for record in fresh)
+                delivered = fresh[-1].seq or delivered
+            elif not batch:
+                yield b": heartbeat\n\n"
+    finally:
+        watcher.release()
+
+
+# -- ?wait=true ---------------------------------------------------------------------------------
+
+
+async def wait_for_key(
+    request: Request,
+    store: Store,
+    hub: WatchHub,
+    key: str,
+    *,
+    plain_get: Callable[[Request, str], Awaitable[Response]],
+    answer_record: RecordAnswer,
+) -> Response:
+    """``GET /<key>?wait=true&index=N&timeout=S``: answer like a GET once ``key`` changed
+    after seq N, with ``X-Navistore-Seq`` the seq of that change (a delete answers 404).
+
+    At the timeout (or shutdown) the answer is a plain GET of the current state (200, or 404)
+    whose ``X-Navistore-Seq`` is the last seq read before it: waiting after it misses nothing.
+    """
+    timeout = timeout_arg(request)
+    index = await _index_arg(request, store)
+    try:
+        # An index of 0 gets no pass here: a purged delete of this very key would be missed.
+        await check_horizon(store, index, full_read=False)
+        watcher = hub.watch(key, since=index, exact=True)
+    except ResyncRequired as exc:
+        raise resync_error(exc) from None
+    except WatchRefused as exc:
+        raise _refused_error(exc) from None
+
+    def changed(record: Record) -> Response:
+        headers = {SEQ_HEADER: b"%d" % (record.seq or 0)}
+        if record.deleted:
+            raise ApiError(404, "not_found", f"no key {key!r}", {"key": key}, headers)
+        return answer_record(request, record, headers)
+
+    try:
+        deadline = hub.clock.seconds() + timeout
+        current = await store.backend.get(key)  # tombstones included: a delete is a change
+        while True:
+            if current is not None and (current.seq or 0) > index:
+                return changed(current)
+            remaining = deadline - hub.clock.seconds()
+            if remaining <= 0 or watcher.closed:
+                break
+            batch = await watcher.next(remaining)
+            if watcher.overflowed:
+                watcher.recovered()
+                current = await store.backend.get(key)
+                continue
+            if not batch:
+                break
+            current = batch[-1]
+    finally:
+        watcher.release()
+    last = await store.last_seq()
+    try:
+        response = await plain_get(request, key)
+    except ApiError as exc:
+        exc.headers[SEQ_HEADER] = b"%d" % last
+        raise
+    return _with_seq(response, last)
+
+
+async def wait_for_prefix(
+    request: Request,
+    store: Store,
+    hub: WatchHub,
+    prefix: str,
+    *,
+    listing: Callable[[], Awaitable[Response]],
+) -> Response:
+    """``GET /<prefix>/?wait=true&index=N``: once anything under the prefix changed after seq
+    N (or at the timeout), answer with the listing; ``X-Navistore-Seq`` is the last seq read
+    before the listing, so waiting after it misses nothing."""
+    timeout = timeout_arg(request)
+    index = await _index_arg(request, store)
+    try:
+        await check_horizon(store, index, full_read=False)
+        watcher = hub.watch(prefix, since=index)
+        try:
+            page = await read_changes(store, index, limit=1, prefix=prefix)
+            deadline = hub.clock.seconds() + timeout
+            watcher.skip_through(page.last_seq)
+            while not page.records and not watcher.closed:
+                remaining = deadline - hub.clock.seconds()
+                if remaining <= 0:
+                    break
+                batch = await watcher.next(remaining)
+                if not batch and not watcher.overflowed:
+                    break
+                watcher.recovered()
+                page = await read_changes(store, index, limit=1, prefix=prefix)
+        finally:
+            watcher.release()
+    except ResyncRequired as exc:
+        raise resync_error(exc) from None
+    except WatchRefused as exc:
+        raise _refused_error(exc) from None
+    last = await store.last_seq()
+    return _with_seq(await listing(), last)

@@ -1,0 +1,682 @@
+"""Watches (navistore.watch, navistore.web.watches): long-poll and event-stream feeds, ``?wait``.
+
+Each test runs one node over a memory backend (whose calls complete at once) behind the real
+resource tree through ``treq.testing.StubTreq``, with a ``task.Clock`` for timeouts and
+heartbeats. Nothing waits on a real reactor: a test writes, moves the clock, pumps the in-memory
+connections, and looks at what the client has received so far.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Coroutine, Iterable, Iterator, Mapping
+from typing import Any, Callable, TypeVar
+
+import pytest
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.web.iweb import IResponse
+
+from navistore.backend.memory import MemoryBackend
+from navistore.clock import Stamp
+from navistore.record import Record
+from navistore.store import PURGED_BEFORE_META, Store
+from navistore.watch import (
+    ResyncRequired,
+    TooManyWatchers,
+    WatchesClosed,
+    WatchHub,
+    needs_resync,
+    read_changes,
+)
+from navistore.web import ApiResource
+
+T = TypeVar("T")
+ORIGIN = "http://navistore.test"
+
+
+def fired(result: Deferred[T] | Coroutine[Any, Any, T]) -> T:
+    """The result of a Deferred (or coroutine) that must have fired already."""
+    outcome: list[Any] = []
+    ensureDeferred(result).addBoth(outcome.append)
+    assert outcome, "the operation has not finished"
+    if isinstance(outcome[0], Failure):
+        outcome[0].raiseException()
+    value: T = outcome[0]
+    return value
+
+
+class Pending:
+    """A request in flight: its response once it came, else None."""
+
+    def __init__(self, node: Node, sent: Deferred[IResponse]) -> None:
+        self.node = node
+        self.sent = sent
+        self.outcome: list[Any] = []
+        sent.addBoth(self.outcome.append)
+
+    @property
+    def answered(self) -> bool:
+        """Whether the response (its headers) arrived."""
+        self.node.pump()
+        return bool(self.outcome)
+
+    def answer(self) -> Answer:
+        """The complete answer, which must have arrived."""
+        assert self.answered, "no answer yet"
+        response = self.outcome[0]
+        if isinstance(response, Failure):
+            response.raiseException()
+        body = response.content()
+        self.node.pump()
+        return Answer(response, fired(body))
+
+
+class Answer:
+    """Status, headers and body of a complete answer."""
+
+    def __init__(self, response: IResponse, body: bytes) -> None:
+        self.status = response.code
+        self.headers = response.headers
+        self.body = body
+
+    def header(self, name: str) -> str | None:
+        """The last value of a header, or None."""
+        values = self.headers.getRawHeaders(name)
+        return values[-1] if values else None
+
+    def json(self) -> Any:
+        """The body as JSON."""
+        assert self.header("Content-Type") == "application/json", self.body
+        return json.loads(self.body)
+
+
+class Events(Protocol):
+    """Collects a streamed body as it arrives."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.ended = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.ended = True
+
+    def blocks(self) -> list[str]:
+        """Every complete block (event or comment) received so far."""
+        return [block for block in self.data.decode().split("\n\n")[:-1] if block]
+
+    def changes(self) -> list[dict[str, Any]]:
+        """The data of every ``change`` event received so far, checking each event's form."""
+        found = []
+        for block in self.blocks():
+            if block.startswith(":"):
+                continue
+            lines = block.split("\n")
+            assert lines[1] == "event: change", block
+            data = json.loads(lines[2].removeprefix("data: "))
+            assert lines == [f"id: {data['seq']}", "event: change", f"data: {lines[2][6:]}"]
+            assert set(data) == {"seq", "key", "stamp", "deleted"}
+            found.append(data)
+        return found
+
+
+class Node:
+    """A node's API over StubTreq, its Store, WatchHub and clock."""
+
+    def __init__(self, **hub_options: Any) -> None:
+        self.clock = Clock()
+        self.store = fired(Store.open(MemoryBackend()))
+        self.hub = WatchHub(self.store, clock=self.clock, **hub_options)
+        self.stub = StubTreq(ApiResource(self.store, max_value_size=4096, watch_hub=self.hub))
+
+    def pump(self) -> None:
+        """Run what is due now (woken watchers) and move every byte across the connections."""
+        for _ in range(3):
+            self.clock.advance(0)
+            self.stub.flush()
+
+    def send(
+        self,
+        path: str,
+        params: Iterable[tuple[str, str]] = (),
+        headers: Mapping[str, str] | None = None,
+        method: str = "GET",
+    ) -> Pending:
+        """Send a request without waiting for its answer."""
+        sent = self.stub.request(
+            method, ORIGIN + path, params=list(params), headers=dict(headers or {})
+        )
+        pending = Pending(self, sent)
+        self.pump()
+        return pending
+
+    def get(self, path: str, params: Iterable[tuple[str, str]] = (), **kwargs: Any) -> Answer:
+        """A request that must be answered at once."""
+        return self.send(path, params, **kwargs).answer()
+
+    def put(self, key: str, value: bytes = b"v") -> Record:
+        """Write a key through the Store; the stored record."""
+        return fired(self.store.put(key, value)).record
+
+    def delete(self, key: str) -> Record:
+        """Delete a key through the Store; its tombstone."""
+        return fired(self.store.delete(key))
+
+    def stream(
+        self, params: Iterable[tuple[str, str]], headers: Mapping[str, str] | None = None
+    ) -> tuple[IResponse, Events]:
+        """Open ``feed=eventsource``; the response and the collector of its body."""
+        pending = self.send("/_changes", [("feed", "eventsource"), *params], headers)
+        assert pending.answered
+        response = pending.outcome[0]
+        assert response.code == 200
+        assert response.headers.getRawHeaders("Content-Type") == ["text/event-stream"]
+        events = Events()
+        response.deliverBody(events)
+        self.pump()
+        return response, events
+
+
+@pytest.fixture
+def make_node() -> Iterator[Callable[..., Node]]:
+    """Makes nodes with the given hub options; at the end, closes their hubs so that no
+    request is left suspended (a dropped coroutine would be finalized mid-wait)."""
+    made: list[Node] = []
+
+    def make(**hub_options: Any) -> Node:
+        made.append(Node(**hub_options))
+        return made[-1]
+
+    yield make
+    for each in made:
+        each.hub.close()
+        each.pump()
+
+
+@pytest.fixture
+def node(make_node: Callable[..., Node]) -> Node:
+    """A fresh node with the default hub options (heartbeat 15 s, 1000 watchers)."""
+    return make_node()
+
+
+def longpoll(prefix: str, since: int, **extra: str) -> list[tuple[str, str]]:
+    """The parameters of a long-poll."""
+    return [("feed", "longpoll"), ("prefix", prefix), ("since", str(since)), *extra.items()]
+
+
+def keys_of(document: Any) -> list[tuple[int, str, bool]]:
+    """(seq, key, deleted) of each result of a feed answer."""
+    return [(item["seq"], item["key"], item["deleted"]) for item in document["results"]]
+
+
+# -- long-poll ------------------------------------------------------------------------------------
+
+
+def test_longpoll_answers_at_once_when_something_changed(node: Node) -> None:
+    """A long-poll whose prefix changed after ``since`` answers at once, like the normal feed."""
+    first = node.put("/app/a")
+    node.put("/other")
+    answer = node.get("/_changes", longpoll("/app/", 0))
+    assert answer.status == 200
+    assert keys_of(answer.json()) == [(first.seq, "/app/a", False)]
+    assert answer.json()["last_seq"] == 2
+    assert node.hub.watching == 0
+
+
+def test_longpoll_wakes_only_for_its_prefix(node: Node) -> None:
+    """Changes outside the prefix (even a key that merely starts with the same letters) never
+    wake a long-poll; the first change under it answers with every change after ``since``."""
+    node.put("/app/old")
+    reads: list[int] = []
+    original = node.store.changes
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        reads.append(1)
+        return await original(*args, **kwargs)
+
+    node.store.changes = counting  # type: ignore[method-assign]
+    pending = node.send("/_changes", longpoll("/app/", 1))
+    assert not pending.answered and node.hub.watching == 1
+    woken_before = len(reads)
+    for key in ("/other/x", "/apple", "/ap", "/app"):
+        node.put(key)
+        node.pump()
+    assert not pending.answered
+    assert len(reads) == woken_before, "a change outside the prefix woke the watcher"
+    change = node.put("/app/new")
+    answer = pending.answer()
+    assert keys_of(answer.json()) == [(change.seq, "/app/new", False)]
+    assert answer.json()["last_seq"] == change.seq
+    assert node.hub.watching == 0
+
+
+def test_longpoll_answers_empty_at_its_timeout(node: Node) -> None:
+    """At the timeout a long-poll answers no results and the current last_seq to resume from."""
+    node.put("/app/a")
+    pending = node.send("/_changes", longpoll("/app/", 1, timeout="2.5"))
+    node.put("/elsewhere")
+    node.clock.advance(2.4)
+    assert not pending.answered
+    node.clock.advance(0.1)
+    assert pending.answer().json() == {"last_seq": 2, "results": []}
+    assert node.hub.watching == 0
+
+
+def test_longpoll_returns_every_change_after_since_up_to_limit(node: Node) -> None:
+    """Woken by one change, the answer holds every change under the prefix after ``since``,
+    up to ``limit``, with ``last_seq`` the last one returned when the page is full."""
+    pending = node.send("/_changes", longpoll("/a/", 0, limit="2"))
+    records = [node.put(f"/a/{index}") for index in range(3)]  # all in one reactor turn
+    answer = pending.answer().json()
+    assert keys_of(answer) == [(r.seq, r.key, False) for r in records[:2]]
+    assert answer["last_seq"] == records[1].seq
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        [("feed", "sometimes")],
+        [("feed", "longpoll"), ("timeout", "301")],
+        [("feed", "longpoll"), ("timeout", "-1")],
+        [("feed", "longpoll"), ("timeout", "soon")],
+        [("feed", "longpoll"), ("timeout", "nan")],
+    ],
+)
+def test_bad_feed_parameters_are_400(node: Node, params: list[tuple[str, str]]) -> None:
+    """An unknown feed, or a timeout that is not 0..300 seconds, is a 400 JSON error."""
+    answer = node.get("/_changes", params)
+    assert answer.status == 400
+    assert answer.json()["error"] == "invalid_parameter"
+    assert node.hub.watching == 0
+
+
+def test_head_of_a_waiting_feed_is_refused(node: Node) -> None:
+    """HEAD works for the normal feed but not for feeds that wait (405, GET allowed)."""
+    assert node.get("/_changes", method="HEAD").status == 200
+    answer = node.get("/_changes", [("feed", "longpoll")], method="HEAD")
+    assert answer.status == 405 and answer.header("Allow") == "GET"
+
+
+# -- event stream ---------------------------------------------------------------------------------
+
+
+def test_eventsource_sends_the_backlog_then_live_changes(node: Node) -> None:
+    """The stream starts with every change under the prefix after ``since`` (one ``change``
+    event each, ``id`` = seq), then sends each new change under it, and nothing else."""
+    node.put("/app/a")
+    second = node.put("/app/b")
+    node.put("/other")
+    _response, events = node.stream([("prefix", "/app/"), ("since", "1")])
+    assert [change["key"] for change in events.changes()] == ["/app/b"]
+    assert events.changes()[0] == {
+        "seq": second.seq,
+        "key": "/app/b",
+        "stamp": second.stamp.encode(),
+        "deleted": False,
+    }
+    node.put("/other")
+    node.put("/apple")
+    gone = node.delete("/app/a")
+    node.pump()
+    assert [(c["seq"], c["key"], c["deleted"]) for c in events.changes()] == [
+        (second.seq, "/app/b", False),
+        (gone.seq, "/app/a", True),
+    ]
+    assert not events.ended
+
+
+def test_eventsource_resumes_from_last_event_id(node: Node) -> None:
+    """``Last-Event-ID`` overrides ``since``: a reconnecting client gets exactly what followed
+    the last event it saw, nothing twice."""
+    records = [node.put(f"/k/{index}") for index in range(4)]
+    headers = {"Last-Event-ID": str(records[1].seq)}
+    _response, events = node.stream([("prefix", "/k/"), ("since", "0")], headers)
+    assert [change["seq"] for change in events.changes()] == [r.seq for r in records[2:]]
+    answer = node.get("/_changes", [("feed", "eventsource")], headers={"Last-Event-ID": "x"})
+    assert answer.status == 400
+
+
+def test_eventsource_sends_heartbeats_while_idle(make_node: Callable[..., Node]) -> None:
+    """An idle stream gets a ``: heartbeat`` comment every heartbeat interval, and only then."""
+    node = make_node(heartbeat=5.0)
+    _response, events = node.stream([("since", "0")])
+    assert events.blocks() == [": navistore change feed"]
+    node.clock.advance(4.9)
+    node.pump()
+    assert events.blocks() == [": navistore change feed"]
+    node.clock.advance(0.1)
+    node.pump()
+    node.clock.advance(5.0)
+    node.pump()
+    assert events.blocks() == [": navistore change feed", ": heartbeat", ": heartbeat"]
+
+
+def test_eventsource_that_falls_behind_rereads_the_feed(make_node: Callable[..., Node]) -> None:
+    """A stream holding more undelivered records than allowed drops them and re-reads the
+    feed: the client still gets every change once, in seq order."""
+    node = make_node(max_pending=2)
+    _response, events = node.stream([("since", "0")])
+    records = [node.put(f"/burst/{index}") for index in range(6)]  # one turn: overflows
+    node.pump()
+    assert [change["seq"] for change in events.changes()] == [r.seq for r in records]
+
+
+def test_eventsource_ends_when_the_client_goes_away(node: Node) -> None:
+    """A client that disconnects leaves no watcher behind, and the hub subscribed only once."""
+    subscriptions = list(node.store._listeners)
+    _response, events = node.stream([("prefix", "/a/")])
+    assert node.hub.watching == 1
+    assert events.transport is not None
+    events.transport.stopProducing()
+    node.pump()
+    assert node.hub.watching == 0
+    node.put("/a/after")
+    node.pump()
+    assert node.store._listeners == subscriptions
+
+
+def test_longpoll_cancelled_by_its_client_leaves_no_watcher(node: Node) -> None:
+    """A long-poll whose client gives up is cancelled on the server and its watcher released."""
+    pending = node.send("/_changes", longpoll("/a/", 0))
+    assert node.hub.watching == 1
+    pending.sent.cancel()  # the client aborts the connection
+    node.pump()
+    assert node.hub.watching == 0
+    assert pending.answered and isinstance(pending.outcome[0], Failure)
+
+
+# -- ?wait=true ---------------------------------------------------------------------------------
+
+
+def test_key_wait_answers_like_get_after_the_next_change(node: Node) -> None:
+    """``?wait=true`` (index defaults to the current last seq) waits for the key's next change
+    and answers it like a GET, with ``X-Navistore-Seq``; other keys never answer it."""
+    node.put("/conf/db", b"old")
+    pending = node.send("/conf/db", [("wait", "true")])
+    for key in ("/conf/db2", "/conf/db/sub", "/conf", "/other"):
+        node.put(key)
+    node.pump()
+    assert not pending.answered
+    fired(node.store.put("/conf/db", b"new", "text/plain"))
+    answer = pending.answer()
+    current = fired(node.store.get("/conf/db"))
+    assert (answer.status, answer.body) == (200, b"new")
+    assert answer.header("Content-Type") == "text/plain"
+    assert answer.header("ETag") == f'"{current.stamp.encode()}"'
+    assert answer.header("X-Navistore-Seq") == str(current.seq)
+    assert node.hub.watching == 0
+
+
+def test_key_wait_on_a_delete_answers_404(node: Node) -> None:
+    """A wait ended by a delete answers 404 JSON, with the seq of the delete."""
+    node.put("/k")
+    pending = node.send("/k", [("wait", "true")])
+    tombstone = node.delete("/k")
+    answer = pending.answer()
+    assert answer.status == 404 and answer.json()["error"] == "not_found"
+    assert answer.header("X-Navistore-Seq") == str(tombstone.seq)
+
+
+def test_key_wait_with_an_older_index_answers_at_once(node: Node) -> None:
+    """A key that changed after ``index`` already is answered at once with its current state."""
+    first = node.put("/k", b"1")
+    node.put("/k", b"2")
+    answer = node.get("/k", [("wait", "true"), ("index", str(first.seq))])
+    assert (answer.status, answer.body) == (200, b"2")
+    assert answer.header("X-Navistore-Seq") == "2"
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_key_wait_timeout_answers_the_current_state(node: Node, exists: bool) -> None:
+    """At the timeout a wait answers like a plain GET (200 or 404) with ``X-Navistore-Seq`` the
+    current last seq, so that waiting after it misses nothing."""
+    if exists:
+        node.put("/k", b"there")
+    pending = node.send("/k", [("wait", "true"), ("timeout", "3")])
+    node.put("/other")
+    node.clock.advance(3)
+    answer = pending.answer()
+    assert answer.status == (200 if exists else 404)
+    if exists:
+        assert answer.body == b"there"
+    assert answer.header("X-Navistore-Seq") == str(fired(node.store.last_seq()))
+
+
+def test_prefix_wait_answers_with_the_listing(node: Node) -> None:
+    """``GET /<prefix>/?wait=true`` waits for a change under the prefix, then lists it."""
+    node.put("/svc/a")
+    pending = node.send("/svc/", [("wait", "true")])
+    node.put("/svcx")
+    node.pump()
+    assert not pending.answered
+    node.put("/svc/b")
+    answer = pending.answer()
+    assert answer.json()["keys"] == ["/svc/a", "/svc/b"]
+    assert answer.header("X-Navistore-Seq") == "3"
+
+
+# -- capacity and shutdown --------------------------------------------------------------------
+
+
+def test_watchers_past_the_cap_get_503(make_node: Callable[..., Node]) -> None:
+    """Past ``max_watchers`` a new watch of any kind is refused 503 ``too_many_watchers``;
+    once one ends, a new one is accepted."""
+    node = make_node(max_watchers=2)
+    first = node.send("/_changes", longpoll("/a/", 0))
+    node.stream([("prefix", "/b/")])
+    for path, params in [("/_changes", longpoll("/c/", 0)), ("/k", [("wait", "true")])]:
+        refused = node.get(path, params)
+        assert refused.status == 503
+        assert refused.json()["error"] == "too_many_watchers"
+        assert refused.header("Retry-After") == "1"
+    node.put("/a/x")
+    assert first.answer().status == 200
+    assert node.send("/_changes", longpoll("/c/", 0)).answered is False
+
+
+def test_close_ends_every_watch(node: Node) -> None:
+    """``close()`` answers long-polls with what they have, answers waits like a GET, ends
+    event streams cleanly, and refuses new watches with 503 ``shutting_down``."""
+    node.put("/k", b"v")
+    poll = node.send("/_changes", longpoll("/a/", 1))
+    wait = node.send("/k", [("wait", "true")])
+    _response, events = node.stream([("prefix", "/a/")])
+    node.hub.close()
+    node.pump()
+    assert poll.answer().json() == {"last_seq": 1, "results": []}
+    answer = wait.answer()
+    assert (answer.status, answer.body, answer.header("X-Navistore-Seq")) == (200, b"v", "1")
+    assert events.ended and events.data.endswith(b"\n\n")
+    refused = node.get("/_changes", longpoll("/a/", 1))
+    assert (refused.status, refused.json()["error"]) == (503, "shutting_down")
+    assert node.hub.watching == 0
+    assert node.get("/_changes").status == 200  # the normal feed still answers
+
+
+# -- resync after a purge ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def purged(node: Node) -> Node:
+    """A node with seqs 1..5 where the tombstones of seqs 2 and 3 were purged (horizon 4)."""
+    for key in ("/a/1", "/a/2", "/a/3"):
+        node.put(key)
+    node.delete("/a/2")  # seq 4: /a/2 moves there
+    node.delete("/a/3")  # seq 5
+    node.put("/a/4")  # seq 6
+    assert fired(node.store.purge_tombstones(5)) == 1  # the tombstone at seq 4
+    return node
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/_changes", [("since", "2")]),
+        ("/_changes", longpoll("/", 2)),
+        ("/_changes", [("feed", "eventsource"), ("since", "1")]),
+        ("/a/2", [("wait", "true"), ("index", "3")]),
+        ("/a/2", [("wait", "true"), ("index", "0")]),
+        ("/a/", [("wait", "true"), ("index", "1")]),
+    ],
+)
+def test_reading_from_before_the_purge_horizon_is_410(
+    purged: Node, path: str, params: list[tuple[str, str]]
+) -> None:
+    """Any feed or wait resuming from before the purge horizon answers 410 ``resync_required``
+    with the seq to restart from, never a page with a silent gap."""
+    answer = purged.get(path, params)
+    assert answer.status == 410
+    document = answer.json()
+    assert document["error"] == "resync_required"
+    assert document["detail"] == {"last_seq": 6, "purged_before": 5}
+    assert "last_seq" in document["message"]
+    assert purged.hub.watching == 0
+
+
+def test_reading_from_the_horizon_or_from_zero_is_served(purged: Node) -> None:
+    """``since = purged_before - 1`` misses nothing and is served; so is ``since=0``, a full
+    read that lists every key at its latest seq."""
+    assert keys_of(purged.get("/_changes", [("since", "4")]).json()) == [
+        (5, "/a/3", True),
+        (6, "/a/4", False),
+    ]
+    full = purged.get("/_changes", [("since", "0")]).json()
+    assert keys_of(full) == [(1, "/a/1", False), (5, "/a/3", True), (6, "/a/4", False)]
+
+
+def test_stream_that_rereads_across_a_purge_gets_a_resync_event(
+    make_node: Callable[..., Node],
+) -> None:
+    """A stream that must re-read the feed after a purge raised the horizon past it gets a
+    ``resync`` event with the seq to restart from, and ends."""
+    node = make_node(max_pending=1)
+    _response, events = node.stream([("since", "0")])
+    node.put("/w")
+    node.pump()
+    assert [change["seq"] for change in events.changes()] == [1]
+    node.put("/x")
+    node.put("/y")  # two records in one turn: the stream will re-read after seq 1
+    node.delete("/x")
+    fired(node.store.purge_tombstones(5))
+    node.pump()
+    assert events.ended
+    last = events.blocks()[-1].split("\n")
+    assert last[0] == "event: resync"
+    detail = json.loads(last[1].removeprefix("data: "))["detail"]
+    assert detail == {"last_seq": 4, "purged_before": 5}
+
+
+def test_purge_horizon_is_durable_and_only_rises() -> None:
+    """The horizon is kept in meta data (a reopened Store knows it) and never goes down."""
+    backend = MemoryBackend()
+    store = fired(Store.open(backend))
+    assert fired(store.purged_before()) == 0
+    fired(store.purge_tombstones(7))
+    fired(store.purge_tombstones(3))
+    assert fired(store.purged_before()) == 7
+    assert fired(backend.get_meta(PURGED_BEFORE_META)) == "7"
+    assert fired(fired(Store.open(backend)).purged_before()) == 7
+
+
+@pytest.mark.parametrize(
+    ("since", "horizon", "full_read", "refused"),
+    [
+        (0, 0, True, False),
+        (5, 0, True, False),
+        (5, 6, True, False),
+        (4, 6, True, True),
+        (0, 6, True, False),
+        (0, 6, False, True),
+        (0, 1, False, False),
+    ],
+)
+def test_needs_resync(since: int, horizon: int, full_read: bool, refused: bool) -> None:
+    """Resuming after ``since`` is refused exactly when a purged tombstone could lie after it."""
+    assert needs_resync(since, horizon, full_read=full_read) is refused
+
+
+def test_read_changes_checks_the_horizon_after_reading() -> None:
+    """A purge that runs while a page is read makes the read fail instead of returning it."""
+    store = fired(Store.open(MemoryBackend()))
+    fired(store.put("/a", b""))
+    fired(store.delete("/a"))
+    original = store.changes
+
+    async def purging_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        page = await original(*args, **kwargs)
+        await store.purge_tombstones(3)
+        return page
+
+    store.changes = purging_meanwhile  # type: ignore[method-assign]
+    with pytest.raises(ResyncRequired):
+        fired(read_changes(store, 1, limit=10, prefix="/"))
+
+
+# -- the hub on its own -----------------------------------------------------------------------
+
+
+def _record(key: str, seq: int) -> Record:
+    return Record(key, b"", "text/plain", Stamp(1, seq, "0" * 16), seq=seq)
+
+
+def test_hub_hands_records_over_in_seq_order_after_the_turn(node: Node) -> None:
+    """Records notified out of seq order in one turn (a group commit) reach a watcher sorted,
+    and only on the next turn."""
+    watcher = node.hub.watch("/p/", since=0)
+    for seq in (12, 10, 11):
+        node.hub._on_record(_record("/p/x", seq))
+    woken = watcher.next()
+    assert not woken.called
+    node.clock.advance(0)
+    assert [record.seq for record in fired(woken)] == [10, 11, 12]
+
+
+@pytest.mark.parametrize("other_prefixes", [0, 50])
+def test_hub_matches_by_prefix_and_by_exact_key(node: Node, other_prefixes: int) -> None:
+    """A record reaches the watchers whose prefix it starts with, and the exact-key watchers
+    of its key, whichever way the hub looks them up (few or many prefixes)."""
+    for index in range(other_prefixes):
+        node.hub.watch(f"/zz{index}/", since=0)
+    wanted = [node.hub.watch(p, since=0) for p in ("/", "/a", "/a/", "/a/b/", "/a/b/con")]
+    exact = node.hub.watch("/a/b/config", since=0, exact=True)
+    unwanted = [
+        node.hub.watch(p, since=0) for p in ("/a/b/config/", "/b/", "/a/bc", "/a/b/configs")
+    ] + [node.hub.watch("/a/b", since=0, exact=True)]
+    node.hub._on_record(_record("/a/b/config", 1))
+    node.clock.advance(0)
+    assert all(fired(w.next()) for w in [*wanted, exact])
+    assert not any(w.next(1.0).called for w in unwanted)
+
+
+def test_hub_refuses_past_the_cap_and_after_close(node: Node) -> None:
+    """The cap counts live watchers; released ones make room; a closed hub refuses all."""
+    hub = WatchHub(node.store, clock=node.clock, max_watchers=1)
+    first = hub.watch("/", since=0)
+    with pytest.raises(TooManyWatchers):
+        hub.watch("/", since=0)
+    first.release()
+    first.release()
+    hub.watch("/", since=0)
+    hub.close()
+    assert hub.watching == 0
+    with pytest.raises(WatchesClosed):
+        hub.watch("/", since=0)
+
+
+def test_reset_makes_readers_from_before_it_resync(node: Node) -> None:
+    """``GET /reset`` wipes records without tombstones, so a feed reader resuming from before it
+    gets 410 resync_required rather than a silent gap; one starting at the newest seq is fine."""
+    node.put("/app/a")
+    node.put("/app/b")
+    assert node.get("/reset").status == 200
+    assert fired(node.store.purged_before()) == 3
+    behind = node.get("/_changes", [("since", "1")])
+    assert behind.status == 410
+    assert behind.json()["error"] == "resync_required"
+    assert node.get("/_changes", [("since", "2")]).status == 200
