@@ -201,3 +201,25 @@ async def test_other_methods_are_405() -> None:
     response = await target.api.put(target.url + "/_replicate", data=b"{}")
     assert response.code == 405
     assert json.loads(await response.content())["error"] == "method_not_allowed"
+
+
+@pytest_twisted.ensureDeferred
+async def test_pull_resuming_past_the_purge_horizon_is_410() -> None:
+    """A pull resuming from a cursor before purged tombstones answers 410 resync_required (the
+    clone would otherwise keep a key whose delete it never saw), while a read of the whole feed
+    from 0 pages through it by passing back the horizon it saw on its first page."""
+    target = await node()
+    for key in ("/a", "/b", "/c", "/d"):
+        await target.store.put(key, b"v")
+    await target.store.delete("/a")  # seq 5
+    await target.store.put("/e", b"v")  # seq 6
+    assert await target.store.purge_tombstones(6) == 1
+    status, body = await pull(target, "since=2")
+    assert status == 410 and json.loads(body)["error"] == "resync_required"
+    first = decode_batch((await pull(target, "since=0&limit=2"))[1])
+    assert (first.last_seq, first.purged_before) == (3, 6)
+    status, body = await pull(target, f"since=3&limit=2&horizon={first.purged_before}")
+    assert status == 200
+    assert [r.key for r in decode_batch(body).records] == ["/d", "/e"]
+    stale = await pull(target, "since=3&limit=2&horizon=1")
+    assert stale[0] == 410  # a purge happened after that read began

@@ -68,6 +68,9 @@ class Puller(Worker):
         if page_records < 1:
             raise ValueError("page_records must be at least 1")
         self.cursor = 0
+        #: The source's purge horizon when this read from seq 0 began (not persisted: after a
+        #: restart mid-way, a purge answer makes the clone start over, which is safe).
+        self._horizon: int | None = None
         self.node_id: str | None = None
         self.pulled = 0
         self._page_records = page_records
@@ -117,7 +120,21 @@ class Puller(Worker):
     async def _pull_once(self) -> bool:
         """Pull and apply one page; return whether it was the last one for now (short)."""
         url = f"{self.url}/_replicate?since={self.cursor}&limit={self._page_records}"
+        if self.cursor == 0:
+            self._horizon = None
+        elif self._horizon:  # 0: nothing was ever purged there, no need to say so
+            url += f"&horizon={self._horizon}"
         status, content = await self._request(url)
+        if status == 410 and self.cursor > 0:
+            # Tombstones after our cursor were purged there: read everything again rather than
+            # keep a silent gap (a key deleted there before the purge may linger here).
+            log.warn(
+                "clone source {url} purged tombstones past seq {cursor}; pulling everything again",
+                url=self.url,
+                cursor=self.cursor,
+            )
+            await self._move(0)
+            return False
         if not 200 <= status < 300:
             raise PeerRefused(status, content)
         batch = decode_batch(content)
@@ -146,6 +163,8 @@ class Puller(Worker):
             await self._move(0)
             return False
         await self._store.apply_remote_batch(batch.records)
+        if self._horizon is None:
+            self._horizon = batch.purged_before
         self._succeeded()
         self.pulled += len(batch.records)
         await self._move(batch.last_seq)

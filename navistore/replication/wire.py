@@ -4,6 +4,7 @@ A batch (``POST /_replicate`` body, and the answer of ``GET /_replicate?since=``
 
     {"source": "<sender's node id>",
      "last_seq": 1234,                          # pull answers only: resume from here
+     "purged_before": 0,                        # pull answers only: the purge horizon
      "records": [{"key": "/app/db/host",
                   "stamp": "019ab0c1f2e3-000000-3f2a9c0d1e4b5a69",
                   "deleted": false,
@@ -60,6 +61,7 @@ class Batch:
     source: str
     records: list[Record]
     last_seq: int | None = None
+    purged_before: int | None = None
 
 
 def forwarded_chain(record: Record, sender: str) -> tuple[str, ...]:
@@ -87,7 +89,12 @@ def _record_document(record: Record, sender: str) -> dict[str, Any]:
     }
 
 
-def encode_batch(source: str, records: Iterable[Record], last_seq: int | None = None) -> bytes:
+def encode_batch(
+    source: str,
+    records: Iterable[Record],
+    last_seq: int | None = None,
+    purged_before: int | None = None,
+) -> bytes:
     """Encode records sent by node ``source`` (each chain gets ``source`` appended)."""
     document: dict[str, Any] = {
         "source": source,
@@ -95,6 +102,8 @@ def encode_batch(source: str, records: Iterable[Record], last_seq: int | None = 
     }
     if last_seq is not None:
         document["last_seq"] = last_seq
+    if purged_before is not None:
+        document["purged_before"] = purged_before
     return json.dumps(document, separators=(",", ":")).encode("utf-8")
 
 
@@ -151,10 +160,11 @@ def decode_batch(body: bytes) -> Batch:
     for index, record in enumerate(records):
         if record.chain[-1] != source:
             raise MalformedBatch(f"record {index}: the chain must end with the sender {source}")
-    last_seq = document.get("last_seq")
-    if last_seq is not None and (not isinstance(last_seq, int) or isinstance(last_seq, bool)):
-        raise MalformedBatch("batch: 'last_seq' must be an integer")
-    return Batch(source, records, last_seq)
+    seqs = [document.get(name) for name in ("last_seq", "purged_before")]
+    for name, value in zip(("last_seq", "purged_before"), seqs):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise MalformedBatch(f"batch: {name!r} must be an integer")
+    return Batch(source, records, seqs[0], seqs[1])
 
 
 def encode_ack(node_id: str, received: int, applied: int) -> bytes:
