@@ -104,35 +104,48 @@ class ResyncRequired(Exception):
         self.purged_before = purged_before
 
 
-def needs_resync(since: int, purged_before: int, *, full_read: bool = True) -> bool:
+def needs_resync(
+    since: int, purged_before: int, *, full_read: bool = True, started_at: int | None = None
+) -> bool:
     """Tell whether resuming after seq ``since`` could miss a purged tombstone.
 
     Every purged tombstone has a seq below ``purged_before``, so ``since >= purged_before - 1``
     misses none. With ``full_read``, ``since == 0`` is never refused: the feed from 0 lists every
     live key at its latest seq, which is the state itself (a reader must replace its copy with
-    it, not merge into it); that is what a resync would read anyway.
+    it, not merge into it); that is what a resync would read anyway. A reader paging through
+    that full read passes back, as ``started_at``, the horizon its first page reported: while
+    the horizon has not moved since, nothing it is still to read was purged.
     """
     if full_read and since == 0:
+        return False
+    if started_at is not None and started_at == purged_before:
         return False
     return since + 1 < purged_before
 
 
-async def check_horizon(store: Store, since: int, *, full_read: bool = True) -> None:
-    """Raise :class:`ResyncRequired` if reading after ``since`` could miss a purged delete."""
+async def check_horizon(
+    store: Store, since: int, *, full_read: bool = True, started_at: int | None = None
+) -> int:
+    """Return the purge horizon, or raise :class:`ResyncRequired` if reading after ``since``
+    could miss a purged delete."""
     horizon = await store.purged_before()
-    if needs_resync(since, horizon, full_read=full_read):
+    if needs_resync(since, horizon, full_read=full_read, started_at=started_at):
         raise ResyncRequired(since, await store.last_seq(), horizon)
+    return horizon
 
 
-async def read_changes(store: Store, since: int, *, limit: int, prefix: str) -> ChangesPage:
-    """Read a page of the change feed, or raise :class:`ResyncRequired` for a gap.
+async def read_changes(
+    store: Store, since: int, *, limit: int, prefix: str, started_at: int | None = None
+) -> tuple[ChangesPage, int]:
+    """Read a page of the change feed with the purge horizon, or raise
+    :class:`ResyncRequired` for a gap.
 
     The horizon is checked *after* the read: a purge raises it before removing anything, so a
     page read while a purge ran is refused rather than returned with a hole in it.
     """
     page = await store.changes(since, limit=limit, prefix=prefix)
-    await check_horizon(store, since)
-    return page
+    horizon = await check_horizon(store, since, started_at=started_at)
+    return page, horizon
 
 
 class Watcher:

@@ -680,3 +680,26 @@ def test_reset_makes_readers_from_before_it_resync(node: Node) -> None:
     assert behind.status == 410
     assert behind.json()["error"] == "resync_required"
     assert node.get("/_changes", [("since", "2")]).status == 200
+
+
+def test_paging_the_whole_feed_from_zero_survives_an_old_purge(purged: Node) -> None:
+    """A reader paging ``/_changes`` from 0 on a node that purged tombstones passes back the
+    horizon its first page reported, and every later page is served; without it a later page
+    is refused, and so is one after a purge that happened since the read began."""
+    first = purged.get("/_changes", [("since", "0"), ("limit", "1")]).json()
+    horizon = first["purged_before"]
+    assert horizon == 5
+    cursor, keys = first["last_seq"], [entry["key"] for entry in first["results"]]
+    while True:
+        page = purged.get(
+            "/_changes", [("since", str(cursor)), ("limit", "1"), ("horizon", str(horizon))]
+        ).json()
+        if not page["results"]:
+            break
+        keys += [entry["key"] for entry in page["results"]]
+        cursor = page["last_seq"]
+    assert sorted(keys) == ["/a/1", "/a/3", "/a/4"]
+    assert purged.get("/_changes", [("since", "1"), ("limit", "1")]).status == 410
+    fired(purged.store.purge_tombstones(7))
+    stale = purged.get("/_changes", [("since", "1"), ("horizon", str(horizon))])
+    assert stale.status == 410

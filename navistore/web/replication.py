@@ -20,11 +20,11 @@ from twisted.web.server import Request
 
 from ..replication.peers import InvalidPeer, normalize_peer_url, parse_peer_list
 from ..replication.wire import MEDIA_TYPE, MalformedBatch, decode_batch, encode_ack, encode_batch
-from ..watch import ResyncRequired
+from ..watch import ResyncRequired, check_horizon
 from .params import int_arg, query_arg
 from .rendering import ApiError, BadRequest, Response, json_bytes
 from .routes import Endpoints
-from .watches import resync_error
+from .watches import horizon_arg, resync_error
 
 if TYPE_CHECKING:
     from ..replication.service import ReplicationService
@@ -108,12 +108,15 @@ class ReplicationEndpoints:
         # A reader paging through the whole feed from 0 passes back the horizon it saw at the
         # start: it is refused only if tombstones were purged since then (it may have missed
         # them), while one resuming from a cursor below the horizon is always told to resync.
-        started_at = int_arg(request, "horizon", 0) if query_arg(request, "horizon") else None
-        horizon = await self._check_horizon(since, started_at)
-        newest = await self.store.last_seq()
-        page = await self.store.changes(since, limit=limit)
-        if await self.store.purged_before() != horizon:  # a purge ran while reading
-            horizon = await self._check_horizon(since, horizon)
+        started_at = horizon_arg(request)
+        try:
+            await check_horizon(self.store, since, started_at=started_at)
+            newest = await self.store.last_seq()
+            page = await self.store.changes(since, limit=limit)
+            # Checked again after the read: a purge that ran meanwhile leaves a gap too.
+            horizon = await check_horizon(self.store, since, started_at=started_at)
+        except ResyncRequired as exc:
+            raise resync_error(exc) from None
         records = page.records
         last = records[-1].seq if records else since
         assert last is not None
@@ -121,14 +124,6 @@ class ReplicationEndpoints:
             last = max(last, newest, since)
         body = encode_batch(self.store.node_id, records, last_seq=last, purged_before=horizon)
         return Response(200, body, {b"Content-Type": MEDIA_TYPE.encode("ascii")})
-
-    async def _check_horizon(self, since: int, started_at: int | None) -> int:
-        """Return the purge horizon, or raise 410 if tombstones after ``since`` may be gone."""
-        horizon = await self.store.purged_before()
-        if since > 0 and since + 1 < horizon and started_at != horizon:
-            last = await self.store.last_seq()
-            raise resync_error(ResyncRequired(since, last, horizon))
-        return horizon
 
     # -- /_peers ------------------------------------------------------------------------------
 

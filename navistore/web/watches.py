@@ -35,7 +35,7 @@ from ..watch import (
     check_horizon,
     read_changes,
 )
-from .params import query_arg
+from .params import int_arg, query_arg
 from .rendering import ApiError, BadRequest, MethodNotAllowed, Response, json_bytes
 
 __all__ = [
@@ -80,10 +80,18 @@ def change_entry(record: Record) -> dict[str, Any]:
     }
 
 
-def changes_body(page: ChangesPage) -> bytes:
-    """The JSON body of the normal and long-poll feeds."""
+def changes_body(page: ChangesPage, purged_before: int | None = None) -> bytes:
+    """The JSON body of the normal and long-poll feeds (the normal feed adds the horizon)."""
     results = [change_entry(record) for record in page.records]
-    return json_bytes({"last_seq": page.last_seq, "results": results})
+    document: dict[str, object] = {"last_seq": page.last_seq, "results": results}
+    if purged_before is not None:
+        document["purged_before"] = purged_before
+    return json_bytes(document)
+
+
+def horizon_arg(request: Request) -> int | None:
+    """``?horizon=``: the purge horizon a reader paging the whole feed from 0 saw first."""
+    return int_arg(request, "horizon", 0) if query_arg(request, "horizon") else None
 
 
 def timeout_arg(request: Request) -> float:
@@ -161,12 +169,14 @@ async def changes_answer(
             return await _event_stream(request, store, hub(), since=since, prefix=prefix)
         if feed == "longpoll":
             return await _long_poll(request, store, hub(), since=since, limit=limit, prefix=prefix)
-        page = await read_changes(store, since, limit=limit, prefix=prefix)
+        page, horizon = await read_changes(
+            store, since, limit=limit, prefix=prefix, started_at=horizon_arg(request)
+        )
     except ResyncRequired as exc:
         raise resync_error(exc) from None
     except WatchRefused as exc:
         raise _refused_error(exc) from None
-    return Response(200, changes_body(page), _JSON)
+    return Response(200, changes_body(page, horizon), _JSON)
 
 
 async def _long_poll(
@@ -180,7 +190,7 @@ async def _long_poll(
         cursor = since
         last_look = False
         while True:
-            page = await read_changes(store, cursor, limit=limit, prefix=prefix)
+            page, _ = await read_changes(store, cursor, limit=limit, prefix=prefix)
             remaining = deadline - hub.clock.seconds()
             if page.records or last_look or remaining <= 0 or watcher.closed:
                 return Response(200, changes_body(page), _JSON)
@@ -235,7 +245,7 @@ async def _events(
                 watcher.recovered()  # before reading: what arrives meanwhile is kept
                 while True:
                     try:
-                        page = await read_changes(
+                        page, _ = await read_changes(
                             store, delivered, limit=_STREAM_PAGE, prefix=prefix
                         )
                     except ResyncRequired as exc:
@@ -344,7 +354,7 @@ async def wait_for_prefix(
         await check_horizon(store, index, full_read=False)
         watcher = hub.watch(prefix, since=index)
         try:
-            page = await read_changes(store, index, limit=1, prefix=prefix)
+            page, _ = await read_changes(store, index, limit=1, prefix=prefix)
             deadline = hub.clock.seconds() + timeout
             watcher.skip_through(page.last_seq)
             while not page.records and not watcher.closed:
@@ -355,7 +365,7 @@ async def wait_for_prefix(
                 if not batch and not watcher.overflowed:
                     break
                 watcher.recovered()
-                page = await read_changes(store, index, limit=1, prefix=prefix)
+                page, _ = await read_changes(store, index, limit=1, prefix=prefix)
         finally:
             watcher.release()
     except ResyncRequired as exc:
