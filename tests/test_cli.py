@@ -354,7 +354,10 @@ def test_watch_prints_exactly_the_changes_under_its_prefix_across_a_restart(
         lines = watcher.wait_for_lines(4)
         assert lines[3].split(" ", 1)[1] == "put /w/c"
         assert len(watcher.lines()) == 4
-        assert "reconnected" in watcher.err.read_text()
+        # Whether it saw the restart as a lost connection (and said "reconnected") depends on
+        # timing: at shutdown the node answers its long-polls, so the next poll may simply land
+        # on the new process. Either way it must not have failed.
+        assert "Traceback" not in watcher.err.read_text()
 
 
 class ScriptedFeed(BaseHTTPRequestHandler):

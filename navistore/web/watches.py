@@ -84,7 +84,7 @@ def changes_body(page: ChangesPage, purged_before: int | None = None) -> bytes:
     """The JSON body of the normal and long-poll feeds (the normal feed adds the horizon)."""
     results = [change_entry(record) for record in page.records]
     document: dict[str, object] = {"last_seq": page.last_seq, "results": results}
-    if purged_before is not None:
+    if purged_before:  # only once something was purged: until then no reader needs it
         document["purged_before"] = purged_before
     return json_bytes(document)
 
