@@ -11,13 +11,13 @@ through the same script to show that the script would catch the loss.
 from __future__ import annotations
 
 import random
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from typing import Any, Callable, TypeVar
 
 import pytest
-from twisted.internet.defer import Deferred, ensureDeferred
+from helpers import fired
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 
 from navistore.backend.memory import MemoryBackend
 from navistore.clock import Stamp
@@ -38,17 +38,6 @@ T = TypeVar("T")
 #: Retention and interval of the collectors in the simulations, in simulated seconds.
 RETENTION = 60.0
 INTERVAL = 5.0
-
-
-def fired(result: Deferred[T] | Coroutine[Any, Any, T]) -> T:
-    """The result of a Deferred (or coroutine) that must have fired already."""
-    outcome: list[Any] = []
-    ensureDeferred(result).addBoth(outcome.append)
-    assert outcome, "the operation has not finished"
-    if isinstance(outcome[0], Failure):
-        outcome[0].raiseException()
-    value: T = outcome[0]
-    return value
 
 
 # -- the bound --------------------------------------------------------------------------------

@@ -8,13 +8,11 @@ Hypothesis tests read results synchronously instead of running on the reactor.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import pytest_twisted
+from helpers import fired
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet.defer import Deferred
 
 from navistore.backend.memory import MemoryBackend
 from navistore.record import Record
@@ -31,17 +29,6 @@ class TestMemoryCompliance(BackendComplianceTests):
     def make_backend(self) -> MemoryBackend:
         """A fresh memory backend."""
         return MemoryBackend()
-
-
-def result_of(deferred: Deferred[Any]) -> Any:
-    """Return the result of a Deferred that has already fired, raising its failure."""
-    results: list[Any] = []
-    deferred.addBoth(results.append)
-    assert results, "the memory backend left a Deferred unfired"
-    outcome = results[0]
-    if hasattr(outcome, "raiseException"):
-        outcome.raiseException()
-    return outcome
 
 
 @pytest_twisted.ensureDeferred
@@ -129,9 +116,9 @@ def test_any_arrival_order_gives_the_same_state(
     for order in (records, shuffled):
         backend = MemoryBackend()
         for record in order:
-            result_of(backend.apply(record))
-        stored = result_of(backend.scan("/", include_deleted=True))
-        feed = result_of(backend.changes(0))
+            fired(backend.apply(record))
+        stored = fired(backend.scan("/", include_deleted=True))
+        feed = fired(backend.changes(0))
         assert sorted(r.key for r in feed) == [r.key for r in stored]
         assert [r.seq for r in feed] == sorted(r.seq for r in feed)
         states.append([(r.key, r.value, r.stamp, r.deleted) for r in stored])

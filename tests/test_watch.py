@@ -9,12 +9,13 @@ connections, and looks at what the client has received so far.
 from __future__ import annotations
 
 import json
-from collections.abc import Coroutine, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Callable, TypeVar
 
 import pytest
+from helpers import fired
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -36,17 +37,6 @@ from navistore.web import ApiResource
 
 T = TypeVar("T")
 ORIGIN = "http://navistore.test"
-
-
-def fired(result: Deferred[T] | Coroutine[Any, Any, T]) -> T:
-    """The result of a Deferred (or coroutine) that must have fired already."""
-    outcome: list[Any] = []
-    ensureDeferred(result).addBoth(outcome.append)
-    assert outcome, "the operation has not finished"
-    if isinstance(outcome[0], Failure):
-        outcome[0].raiseException()
-    value: T = outcome[0]
-    return value
 
 
 class Pending:
