@@ -1012,3 +1012,13 @@ async def test_not_modified_has_no_content_length(api: Api) -> None:
     assert answer.body == b""
     assert answer.header("Content-Length") is None
     assert answer.header("ETag") == put.header("ETag")
+
+
+@pytest_twisted.ensureDeferred
+async def test_unstorable_content_type_is_a_400(api: Api) -> None:
+    """A Content-Type with a control character cannot be stored: the client gets a JSON 400
+    ``invalid_record`` (its own mistake, not a 503 backend outage) and nothing is stored."""
+    answer = await api.put("/k", b"v", headers={"Content-Type": "text/\x7fplain"})
+    assert answer.status == 400, answer
+    assert answer.json()["error"] == "invalid_record"
+    assert (await api.get("/k")).status == 404

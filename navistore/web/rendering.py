@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ..clock import ClockDriftError
-from ..errors import BackendError
+from ..errors import BackendError, InvalidRecord
 from ..keys import InvalidKey
 from ..store import Conflict, NotFound, PreconditionFailed, StoreError
 
@@ -120,6 +120,9 @@ def _as_api_error(failure: Failure) -> ApiError:
         return ApiError(400, exc.code, str(exc))
     if isinstance(exc, ClockDriftError):
         return ApiError(400, "clock_drift", str(exc), {"ahead_ms": exc.ahead_ms})
+    if isinstance(exc, InvalidRecord):
+        # What the client sent cannot be stored (e.g. a control character in Content-Type).
+        return ApiError(400, "invalid_record", str(exc))
     if isinstance(exc, BackendError):
         log.error("backend failure: {error}", error=str(exc))
         return ApiError(503, "backend_unavailable", f"the storage backend failed: {exc}")
