@@ -24,9 +24,11 @@ __all__ = [
     "BackendError",
     "Expect",
     "Expectation",
+    "IImmediateReads",
     "IStorageBackend",
     "InvalidRecord",
     "StorageFailure",
+    "WouldBlock",
     "expectation_holds",
     "supersedes",
 ]
@@ -125,3 +127,21 @@ class IStorageBackend(Interface):
     def close():  # type: ignore[no-untyped-def]
         """Finish pending work and release the storage; fire with None. Closing twice is
         harmless; any other call after close fails with BackendClosed."""
+
+
+class WouldBlock(Exception):
+    """An immediate read cannot be answered without waiting: use the Deferred method instead."""
+
+
+class IImmediateReads(Interface):
+    """Optional, beside :class:`IStorageBackend`: point reads answered at once when possible.
+
+    A Deferred and a coroutine per request cost more than a point read in RAM or in sqlite's page
+    cache, so the web layer answers most GETs (and finds the version a PUT replaces) through
+    :meth:`peek`, and falls back to :meth:`IStorageBackend.get` when it raises WouldBlock.
+    """
+
+    def peek(key: str):  # type: ignore[no-untyped-def]
+        """Return what ``get(key)`` would fire with now, every apply issued before this call
+        included, without blocking; raise WouldBlock when that needs waiting (e.g. an apply of
+        the key is still being written), BackendClosed once closed."""

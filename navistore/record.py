@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -47,14 +48,25 @@ class Record:
 
     def with_seq(self, seq: int) -> Record:
         """Return this record as stored at ``seq``."""
-        return attrs.evolve(self, seq=seq)
+        # Not attrs.evolve: this runs once per stored record, and evolve costs several times more.
+        return Record(
+            self.key, self.value, self.content_type, self.stamp, self.deleted, seq, self.chain
+        )
 
 
 _NODE_ID = re.compile(r"[0-9a-f]{16}\Z")
 
 
 def _printable(text: str) -> bool:
+    if text.isprintable():  # the common case, in C: no control (Cc) nor surrogate (Cs) in it
+        return True
     return not any(unicodedata.category(char) in ("Cc", "Cs") for char in text)
+
+
+@functools.lru_cache(maxsize=65536)
+def _canonical(key: str) -> str:
+    # Every apply checks its key; a node writes the same keys over and over.
+    return normalize_key(key, max_bytes=None, allow_reserved=True)
 
 
 def check_record(record: object) -> Record:
@@ -66,7 +78,9 @@ def check_record(record: object) -> Record:
     if not isinstance(record, Record):
         raise InvalidRecord(f"expected a Record, got {type(record).__name__}")
     try:
-        canonical = normalize_key(record.key, max_bytes=None, allow_reserved=True)
+        if not isinstance(record.key, str):
+            raise InvalidKey(record.key, f"a key is text, not {type(record.key).__name__}")
+        canonical = _canonical(record.key)
     except InvalidKey as exc:
         raise InvalidRecord(str(exc)) from None
     if canonical != record.key:

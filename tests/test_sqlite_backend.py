@@ -9,7 +9,8 @@ import sqlite3
 import sys
 import textwrap
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,25 +51,41 @@ async def backend(tmp_path: Path) -> AsyncIterator[SqliteBackend]:
     await store.close()
 
 
-def raw_connection(path: Path | str) -> sqlite3.Connection:
-    """A second connection to the backend's file, for looking at it from outside."""
-    return sqlite3.connect(str(path), isolation_level=None)
+@pytest_twisted.async_yield_fixture
+async def thread_backend(tmp_path: Path) -> AsyncIterator[SqliteBackend]:
+    """Like ``backend``, with the writing connection in the pool's thread (``writer=thread``)."""
+    store = SqliteBackend(tmp_path / "store.db", writer="thread")
+    yield store
+    await store.close()
+
+
+@contextmanager
+def raw_connection(path: Path | str) -> Iterator[sqlite3.Connection]:
+    """A second connection to the backend's file, for looking at it from outside, closed when
+    the ``with`` block ends (a connection's own ``with`` only ends a transaction; unclosed, it
+    would stay open until the garbage collector finds it, which on PyPy may be much later)."""
+    connection = sqlite3.connect(str(path), isolation_level=None)
+    try:
+        yield connection
+    finally:
+        connection.close()
 
 
 class BatchCounter:
-    """Wraps the backend's pool so that a test can count the transactions applies take."""
+    """Wraps the backend's transactions so that a test can count the ones applies take."""
 
     def __init__(self, store: SqliteBackend) -> None:
         self.batch_sizes: list[int] = []
-        pool = store._pool
-        original = pool.runInteraction
+        original = store._interact
 
-        def counting(interaction: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
-            if interaction is sqlite_module._write_batch:
+        def counting(
+            operation: str, interaction: Callable[..., Any], *args: Any
+        ) -> defer.Deferred[Any]:
+            if operation == "apply":
                 self.batch_sizes.append(len(args[0]))
-            return original(interaction, *args)
+            return original(operation, interaction, *args)
 
-        pool.runInteraction = counting
+        store._interact = counting  # type: ignore[method-assign]
 
 
 # -- schema, queries and PRAGMAs ------------------------------------------------------------
@@ -301,10 +318,11 @@ async def test_applies_of_one_turn_share_one_transaction(backend: SqliteBackend)
 
 @pytest_twisted.ensureDeferred
 async def test_applies_wait_for_the_running_transaction(
-    backend: SqliteBackend, monkeypatch: pytest.MonkeyPatch
+    thread_backend: SqliteBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No apply is acknowledged before its transaction committed, and applies issued while a
-    transaction runs wait for it and then share the next one."""
+    """With writer=thread, no apply is acknowledged before its transaction committed, and
+    applies issued while a transaction runs wait for it and then share the next one."""
+    backend = thread_backend
     counter = BatchCounter(backend)
     started, release = threading.Event(), threading.Event()
     real_write_batch = sqlite_module._write_batch
@@ -484,17 +502,22 @@ async def test_close_finishes_pending_applies(tmp_path: Path) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_pool_stopped_by_reactor_shutdown(backend: SqliteBackend) -> None:
-    """Once reactor shutdown has stopped the pool (adbapi's own shutdown trigger), calls fail
-    with StorageFailure instead of waiting forever, and close() still fires."""
+async def test_pool_stopped_by_reactor_shutdown(thread_backend: SqliteBackend) -> None:
+    """With writer=thread, once reactor shutdown has stopped the pool (adbapi's own shutdown
+    trigger), writes fail with StorageFailure instead of waiting forever, reads are still
+    answered by the reactor thread's connection, and close() still fires."""
+    backend = thread_backend
     await backend.apply(record("/a", 1))
     # Fire the pool's "during shutdown" trigger by hand, as the reactor would when stopping.
     reactor.removeSystemEventTrigger(backend._pool.shutdownID)
     backend._pool.finalClose()
     with pytest.raises(StorageFailure, match="shut down"):
         await backend.apply(record("/b", 1))
+    found = await backend.get("/a")
+    assert found is not None and found.key == "/a"
+    assert await backend.get("/b") is None
     with pytest.raises(StorageFailure, match="shut down"):
-        await backend.get("/a")
+        await backend.set_meta("name", "value")
     await backend.close()
 
 

@@ -146,6 +146,11 @@ class FailingBackend(MemoryBackend):
     get_meta = _failable("get_meta")
     set_meta = _failable("set_meta")
 
+    def peek(self, key: str) -> Record | None:
+        if self.failing:
+            raise StorageFailure("the disk is on fire (peek)")
+        return super().peek(key)
+
 
 @pytest_twisted.async_yield_fixture
 async def store() -> AsyncIterator[Store]:

@@ -13,7 +13,14 @@ from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from ..errors import BackendClosed, InvalidRecord
-from ..interfaces import ANY, Expectation, IStorageBackend, expectation_holds, supersedes
+from ..interfaces import (
+    ANY,
+    Expectation,
+    IImmediateReads,
+    IStorageBackend,
+    expectation_holds,
+    supersedes,
+)
 from ..keys import prefix_upper_bound
 from ..record import Record, check_record
 from . import BackendURL, BackendURLError
@@ -21,7 +28,7 @@ from . import BackendURL, BackendURLError
 __all__ = ["MemoryBackend", "open_memory"]
 
 
-@implementer(IStorageBackend)
+@implementer(IStorageBackend, IImmediateReads)
 class MemoryBackend:
     """Records in a dict, keys in a sorted list, seqs in an append-only log.
 
@@ -48,6 +55,11 @@ class MemoryBackend:
         if self._closed:
             return self._closed_error("get")
         return succeed(self._records.get(key))
+
+    def peek(self, key: str) -> Record | None:
+        if self._closed:
+            raise BackendClosed("peek")
+        return self._records.get(key)
 
     def apply(self, record: Record, expect: Expectation = ANY) -> Deferred[Record | None]:
         if self._closed:

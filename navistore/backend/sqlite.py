@@ -7,9 +7,26 @@ power loss (the WAL is fsynced at each commit, before acknowledging).
 
 Why it is built this way:
 
-- sqlite allows one writer at a time, so the backend owns exactly one connection, used from the
-  one thread of an :class:`~twisted.enterprise.adbapi.ConnectionPool`. Every statement runs in
-  ``runInteraction`` on that thread, so the reactor never blocks on disk.
+- sqlite allows one writer at a time, so the backend owns exactly one writing connection. Where
+  it runs is the ``writer`` option:
+
+  - ``reactor`` (the default): on the reactor thread. A group commit with
+    ``synchronous=normal`` appends to the WAL without an fsync, which costs less than handing
+    the batch to a thread and taking its answer back; threads also contend for the GIL. The
+    slow, fsync-heavy part of WAL mode is the checkpoint, so automatic checkpoints are off on
+    this connection and a PASSIVE checkpoint runs on the pool's thread instead, at most every
+    :data:`CHECKPOINT_INTERVAL` seconds while writes come in. With ``synchronous=full`` each
+    group commit's fsync runs on the reactor thread: measured, that still beats the thread.
+  - ``thread``: in the one thread of an :class:`~twisted.enterprise.adbapi.ConnectionPool`, as
+    every call runs in ``runInteraction``; the reactor never waits for a commit. This is the
+    way to run on a disk whose commits may stall for long.
+- Reads do not hop to that thread: a point read in sqlite's page cache costs microseconds, far
+  less than a thread hop, so a second, read-only connection answers reads on the reactor thread
+  (WAL lets it read while the writer commits). A read must see every write issued before it and
+  none issued after, so each write takes a *ticket* in issue order: a read of a key with a write
+  still in flight (or a listing issued while any write is) goes through the pool instead, queued
+  behind those writes. :meth:`SqliteBackend.peek` offers the web layer the same choice: the
+  answer at once, or WouldBlock.
 - A commit (and with ``synchronous=full`` an fsync) is the expensive part of a write, so applies
   are *group committed*: those issued in one reactor turn, or while the previous batch is being
   written, are decided and written in one transaction, and each is acknowledged only after that
@@ -34,12 +51,21 @@ from typing import TYPE_CHECKING, Any, Callable, cast
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..clock import Stamp
 from ..errors import BackendClosed, BackendError, InvalidRecord, StorageFailure
-from ..interfaces import ANY, Expectation, IStorageBackend, expectation_holds, supersedes
+from ..interfaces import (
+    ANY,
+    Expectation,
+    IImmediateReads,
+    IStorageBackend,
+    WouldBlock,
+    expectation_holds,
+    supersedes,
+)
 from ..keys import prefix_upper_bound
 from ..record import Record, check_record
 from . import BackendURL, BackendURLError
@@ -47,9 +73,19 @@ from . import BackendURL, BackendURLError
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-    _Pending = tuple[Record, Expectation, Deferred[Record | None]]
+    _Pending = tuple[Record, Expectation, Deferred[Record | None], int]
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SYNCHRONOUS_MODES", "SqliteBackend", "open_sqlite"]
+__all__ = [
+    "CHECKPOINT_INTERVAL",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "SYNCHRONOUS_MODES",
+    "WRITER_MODES",
+    "SqliteBackend",
+    "open_sqlite",
+]
+
+log = Logger()
 
 #: The schema version this code writes. Bump it together with a new :data:`MIGRATIONS` step.
 SCHEMA_VERSION = 2
@@ -68,6 +104,12 @@ MIGRATIONS[1] = _add_chain_column
 
 #: The accepted values of the ``synchronous`` option (see the module docstring).
 SYNCHRONOUS_MODES = ("normal", "full")
+
+#: The accepted values of the ``writer`` option: where the writing connection runs.
+WRITER_MODES = ("reactor", "thread")
+
+#: With ``writer=reactor``: the least time between two checkpoints run on the pool's thread.
+CHECKPOINT_INTERVAL = 0.5
 
 _BUSY_TIMEOUT_MS = 5000
 _MAX_LIMIT = 2**62  # sqlite integers are 64-bit
@@ -166,6 +208,27 @@ def _open_connection(connection: sqlite3.Connection, synchronous: str, path: str
         raise
 
 
+def _transact(connection: sqlite3.Connection, interaction: Callable[..., Any], *args: Any) -> Any:
+    """Run ``interaction`` in a transaction on ``connection``, as adbapi's runInteraction does:
+    commit when it returns, roll back when it raises."""
+    cursor = connection.cursor()
+    try:
+        result = interaction(cursor, *args)
+        connection.commit()
+        return result
+    except BaseException:
+        connection.rollback()
+        raise
+    finally:
+        cursor.close()
+
+
+def _checkpoint(txn: adbapi.Transaction) -> None:
+    # PASSIVE: copy what it can without waiting for the writer or readers.
+    txn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    txn.fetchall()
+
+
 def _read_record(txn: adbapi.Transaction, key: str) -> Record | None:
     txn.execute(_GET_SQL, (key,))
     rows = txn.fetchall()
@@ -233,13 +296,16 @@ def _set_meta(txn: adbapi.Transaction, name: str, value: str) -> None:
     txn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
 
 
-@implementer(IStorageBackend)
+@implementer(IStorageBackend, IImmediateReads)
 class SqliteBackend:
-    """Records in one sqlite file in WAL mode, written by one connection with group commit.
+    """Records in one sqlite file in WAL mode, written by one connection with group commit and
+    read by another on the reactor thread.
 
     :param path: the database file; created with its schema if missing. A relative path is
         resolved now, so a later change of working directory (daemonizing) does not move it.
     :param synchronous: ``normal`` or ``full``; see the module docstring for what each promises.
+    :param writer: ``reactor`` or ``thread``: where the writing connection runs (see the module
+        docstring).
     :param reactor: the reactor running the pool and scheduling flushes (default: the global one).
     """
 
@@ -251,16 +317,20 @@ class SqliteBackend:
         path: str | os.PathLike[str],
         *,
         synchronous: str = "normal",
+        writer: str = "reactor",
         reactor: IReactorTime | None = None,
     ) -> None:
         if synchronous not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous={synchronous!r} is not one of {SYNCHRONOUS_MODES}")
+        if writer not in WRITER_MODES:
+            raise ValueError(f"writer={writer!r} is not one of {WRITER_MODES}")
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
             reactor = cast("IReactorTime", global_reactor)
         self.path = os.path.abspath(os.fspath(path))
         self.synchronous = synchronous
+        self.writer = writer
         self._reactor = reactor
         self._pool = adbapi.ConnectionPool(
             "sqlite3",
@@ -272,6 +342,18 @@ class SqliteBackend:
             cp_reactor=reactor,
         )
         self._pending: list[_Pending] = []
+        # Read path (see the module docstring): tickets of record-changing calls in issue order.
+        self._reader: sqlite3.Connection | None = None
+        self._reader_failed = False
+        self._schema_ready = False  # the pool connection opened (and migrated) the file once
+        self._issued = 0  # the ticket of the last record-changing call issued
+        self._done = 0  # the ticket of the last one finished (they finish in ticket order)
+        self._barrier = 0  # the ticket of the last reset or purge, which change any key
+        self._key_tickets: dict[str, int] = {}  # keys with an apply in flight: its ticket
+        # writer=reactor: the writing connection, and the checkpoints run on the pool's thread.
+        self._writer: sqlite3.Connection | None = None
+        self._checkpoint_due = 0.0
+        self._checkpointing = False
         self._flush_call: IDelayedCall | None = None
         self._batches_in_flight = 0
         self._outstanding = 0  # interactions sent to the pool and not yet finished
@@ -280,7 +362,7 @@ class SqliteBackend:
         self._close_waiters: list[Deferred[None]] = []
 
     def __repr__(self) -> str:
-        return f"<SqliteBackend {self.path} synchronous={self.synchronous}>"
+        return f"<SqliteBackend {self.path} synchronous={self.synchronous} writer={self.writer}>"
 
     def apply(self, record: Record, expect: Expectation = ANY) -> Deferred[Record | None]:
         if self._closed:
@@ -290,7 +372,9 @@ class SqliteBackend:
         except InvalidRecord as exc:
             return fail(exc)
         acknowledged: Deferred[Record | None] = Deferred()
-        self._pending.append((record, expect, acknowledged))
+        self._issued += 1
+        self._key_tickets[record.key] = self._issued
+        self._pending.append((record, expect, acknowledged, self._issued))
         self._schedule_flush()
         return acknowledged
 
@@ -313,14 +397,17 @@ class SqliteBackend:
             return
         batch, self._pending = self._pending, []
         self._batches_in_flight += 1
-        written = self._interact("apply", _write_batch, [(r, e) for r, e, _ in batch])
-        written.addBoth(self._acknowledge, [acknowledged for _, _, acknowledged in batch])
+        written = self._interact("apply", _write_batch, [(r, e) for r, e, _, _ in batch])
+        written.addBoth(self._acknowledge, batch)
         written.addBoth(self._release)
 
-    def _acknowledge(
-        self, result: list[Record | None] | Failure, waiting: list[Deferred[Record | None]]
-    ) -> None:
+    def _acknowledge(self, result: list[Record | None] | Failure, batch: list[_Pending]) -> None:
         self._batches_in_flight -= 1
+        for record, _, _, ticket in batch:
+            if self._key_tickets.get(record.key) == ticket:
+                del self._key_tickets[record.key]
+        self._finished(batch[-1][3])
+        waiting = [acknowledged for _, _, acknowledged, _ in batch]
         if isinstance(result, Failure):
             for acknowledged in waiting:
                 acknowledged.errback(StorageFailure(str(result.value)))
@@ -331,11 +418,58 @@ class SqliteBackend:
 
     def _interact(self, operation: str, interaction: Callable[..., Any], *args: Any) -> Deferred:
         self._outstanding += 1
+        if self.writer == "reactor":
+            return self._interact_here(operation, interaction, *args)
         if self._pool.threadpool.joined:
             # Reactor shutdown stopped the pool (its own trigger): work sent now would be dropped.
             return fail(StorageFailure(f"{operation}: the pool of {self.path} was shut down"))
         done: Deferred[Any] = self._pool.runInteraction(interaction, *args)
-        return done.addErrback(self._storage_failure, operation)
+        return done.addCallbacks(self._pool_ready, self._storage_failure, errbackArgs=(operation,))
+
+    def _pool_ready(self, result: object) -> object:
+        self._schema_ready = True
+        return result
+
+    # -- writer=reactor -----------------------------------------------------------------------
+
+    def _interact_here(
+        self, operation: str, interaction: Callable[..., Any], *args: Any
+    ) -> Deferred:
+        """Run an interaction now, on the reactor thread's writing connection."""
+        try:
+            result = _transact(self._writing_connection(), interaction, *args)
+        except Exception:
+            return fail(self._storage_failure(Failure(), operation))
+        self._schema_ready = True
+        self._maybe_checkpoint()
+        return succeed(result)
+
+    def _writing_connection(self) -> sqlite3.Connection:
+        if self._writer is None:
+            connection = sqlite3.connect(self.path)
+            _open_connection(connection, self.synchronous, self.path)
+            connection.execute("PRAGMA wal_autocheckpoint = 0").fetchall()
+            self._writer = connection
+        return self._writer
+
+    def _maybe_checkpoint(self) -> None:
+        """Checkpoint the WAL on the pool's thread, at most every CHECKPOINT_INTERVAL seconds
+        and one at a time, so that the WAL stays small without the reactor doing the I/O."""
+        now = self._reactor.seconds()
+        if self._checkpointing or now < self._checkpoint_due or self._pool.threadpool.joined:
+            return
+        self._checkpointing = True
+        self._checkpoint_due = now + CHECKPOINT_INTERVAL
+        self._outstanding += 1
+        done: Deferred[None] = self._pool.runInteraction(_checkpoint)
+        done.addErrback(self._checkpoint_failed).addBoth(self._checkpointed)
+
+    def _checkpoint_failed(self, failure: Failure) -> None:
+        log.warn("{path}: WAL checkpoint failed: {error}", path=self.path, error=failure.value)
+
+    def _checkpointed(self, _result: object) -> None:
+        self._checkpointing = False
+        self._release(None)
 
     def _run(self, operation: str, interaction: Callable[..., Any], *args: Any) -> Deferred:
         """Run one interaction after every apply issued before it; BackendClosed once closed."""
@@ -354,8 +488,86 @@ class SqliteBackend:
         error.__cause__ = failure.value
         return Failure(error)
 
+    def _changing(self, operation: str, interaction: Callable[..., Any], *args: Any) -> Deferred:
+        """Run a call that may change any record (reset, purge): reads issued after it wait."""
+        if self._closed:
+            return fail(BackendClosed(operation))
+        self._send_pending()
+        self._issued += 1
+        self._barrier = ticket = self._issued
+        done = self._interact(operation, interaction, *args)
+        return done.addBoth(self._finished_with, ticket).addBoth(self._release)
+
+    def _finished_with(self, result: object, ticket: int) -> object:
+        self._finished(ticket)
+        return result
+
+    def _finished(self, ticket: int) -> None:
+        """Calls up to ``ticket`` are done (committed or failed): the reader sees their effect."""
+        self._done = max(self._done, ticket)
+
+    # -- the read path ----------------------------------------------------------------------
+
+    def _reader_connection(self) -> sqlite3.Connection | None:
+        """The reactor thread's read-only connection, opened once the pool made the schema;
+        with writer=reactor, the writing connection (it is never mid-transaction between calls,
+        and reads its own writes)."""
+        if self._writer is not None:
+            return self._writer
+        if self._reader is None and self._schema_ready and not self._reader_failed:
+            try:
+                reader = sqlite3.connect(self.path, isolation_level=None)
+                reader.execute("PRAGMA query_only = ON")
+            except sqlite3.Error as exc:
+                self._reader_failed = True
+                log.warn(
+                    "{path}: reads go through the writer thread: {error}",
+                    path=self.path,
+                    error=str(exc),
+                )
+                return None
+            self._reader = reader
+        return self._reader
+
+    def _read(self, operation: str, query: Callable[..., Any], *args: Any) -> Any:
+        """Run ``query`` on the reader now; WouldBlock when only the pool can answer."""
+        reader = self._reader_connection()
+        if reader is None:
+            raise WouldBlock(operation)
+        cursor = reader.cursor()
+        try:
+            return query(cursor, *args)
+        except sqlite3.OperationalError as exc:
+            # Busy, or a failure the pool's connection will report in full.
+            raise WouldBlock(operation) from exc
+        finally:
+            cursor.close()
+
+    def _read_after(
+        self, need: int, operation: str, query: Callable[..., Any], *args: Any
+    ) -> Deferred:
+        """Read on the reader when the calls up to ticket ``need`` are done; else (or when the
+        reader cannot answer) through the pool, queued behind them and before any later write."""
+        if self._closed:
+            return fail(BackendClosed(operation))
+        if need <= self._done:
+            try:
+                return succeed(self._read(operation, query, *args))
+            except WouldBlock:
+                pass
+        return self._run(operation, query, *args)
+
+    def peek(self, key: str) -> Record | None:
+        if self._closed:
+            raise BackendClosed("peek")
+        if self._key_tickets.get(key, 0) > self._done or self._barrier > self._done:
+            raise WouldBlock(key)
+        record: Record | None = self._read("peek", _read_record, key)
+        return record
+
     def get(self, key: str) -> Deferred[Record | None]:
-        return self._run("get", _read_record, key)
+        need = max(self._key_tickets.get(key, 0), self._barrier)
+        return self._read_after(need, "get", _read_record, key)
 
     def scan(
         self,
@@ -378,16 +590,17 @@ class SqliteBackend:
     ) -> Deferred[list[Record]]:
         if limit <= 0 and not self._closed:
             return succeed([])  # sqlite would read LIMIT -1 as "no limit"
-        return self._run(operation, _select_records, sql, (*params, min(limit, _MAX_LIMIT)))
+        bounded = (*params, min(limit, _MAX_LIMIT))
+        return self._read_after(self._issued, operation, _select_records, sql, bounded)
 
     def last_seq(self) -> Deferred[int]:
-        return self._run("last_seq", _read_state, "last_seq").addCallback(int)
+        return self._read_after(self._issued, "last_seq", _read_state, "last_seq").addCallback(int)
 
     def purge_tombstones(self, before_seq: int) -> Deferred[int]:
-        return self._run("purge_tombstones", _purge, before_seq)
+        return self._changing("purge_tombstones", _purge, before_seq)
 
     def reset(self) -> Deferred[None]:
-        return self._run("reset", _reset)
+        return self._changing("reset", _reset)
 
     def get_meta(self, name: str) -> Deferred[str | None]:
         return self._run("get_meta", _get_meta, name)
@@ -421,6 +634,10 @@ class SqliteBackend:
         if self._pool_closed:
             return
         self._pool_closed = True
+        for connection in (self._reader, self._writer):
+            if connection is not None:
+                connection.close()
+        self._reader = self._writer = None
         try:
             if not self._pool.threadpool.joined:  # not already stopped by reactor shutdown
                 self._pool.close()
@@ -432,13 +649,14 @@ class SqliteBackend:
 
 def open_sqlite(url: BackendURL) -> SqliteBackend:
     """Make a :class:`SqliteBackend` for ``sqlite:///abs/path.db`` or ``sqlite:relative.db``,
-    with the option ``?synchronous=normal|full``."""
-    url.refuse_unknown_options(("synchronous",))
+    with the options ``?synchronous=normal|full`` and ``?writer=reactor|thread``."""
+    url.refuse_unknown_options(("synchronous", "writer"))
     synchronous = url.option("synchronous", "normal", SYNCHRONOUS_MODES)
+    writer = url.option("writer", "reactor", WRITER_MODES)
     if not url.location:
         raise BackendURLError(
             f"{url.text}: sqlite: needs a file, e.g. sqlite:///var/lib/navistore/store.db"
         )
     if url.location == ":memory:":
         raise BackendURLError(f"{url.text}: for a store in RAM use memory:")
-    return SqliteBackend(url.location, synchronous=synchronous)
+    return SqliteBackend(url.location, synchronous=synchronous, writer=writer)

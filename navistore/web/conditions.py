@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from email.utils import formatdate
 
 import attrs
@@ -19,7 +20,13 @@ def etag_of(record: Record) -> bytes:
 
 def last_modified(record: Record) -> bytes:
     """An HTTP date for the wall time of a record's stamp."""
-    return formatdate(record.stamp.wall_ms / 1000, usegmt=True).encode("ascii")
+    return _http_date(record.stamp.wall_ms // 1000)
+
+
+@functools.lru_cache(maxsize=1024)
+def _http_date(seconds: int) -> bytes:
+    # Formatting a date costs more than the rest of a GET's headers; recent ones repeat.
+    return formatdate(seconds, usegmt=True).encode("ascii")
 
 
 @attrs.frozen

@@ -17,9 +17,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from .. import __version__
+from ..errors import BackendError
+from ..interfaces import WouldBlock
 from ..keys import InvalidKey, classic_form, normalize_key
 from ..record import Record
-from ..store import MATCH_ANY, KeysPage, Store
+from ..store import MATCH_ANY, KeysPage, Store, WriteResult
 from ..watch import WatchHub
 from .conditions import condition, etag_of, last_modified
 from .hooks import ALL_REPLICAS, MissResolver, ReplicaWaiter, WriteForwarder
@@ -32,6 +34,7 @@ from .rendering import (
     TooLarge,
     json_bytes,
     render_async,
+    render_deferred,
 )
 from .watches import changes_answer, wait_for_key, wait_for_prefix
 
@@ -49,6 +52,8 @@ SOURCE_HEADER = b"X-Navistore-Source"
 #: Seconds since a cache node last heard from its upstream: how stale its answer may be.
 STALE_HEADER = b"X-Navistore-Stale-Seconds"
 _MAX_PAGE = 10_000
+#: How many recent request paths keep their validated key (then the cache starts over).
+_KEY_CACHE_SIZE = 65536
 
 #: An endpoint's handler: a coroutine function answering one request.
 Handler = Callable[[Request], Awaitable[Response]]
@@ -108,6 +113,7 @@ class ApiResource(Resource):
         self.write_forwarder = write_forwarder
         self.replica_waiter = replica_waiter
         self._watch_hub = watch_hub
+        self._keys_seen: dict[bytes, str] = {}
         # HEAD is listed explicitly: it must never reach an endpoint with effects (/reset).
         self._endpoints: dict[str, dict[bytes, Handler]] = {
             "_health": {b"GET": self._health, b"HEAD": self._health},
@@ -120,12 +126,89 @@ class ApiResource(Resource):
 
     # -- dispatch ---------------------------------------------------------------------------
 
-    def render(self, request: Request) -> int:
+    def render(self, request: Request) -> int | bytes:
         method = request.method
+        if b"?" not in request.uri:
+            # The commonest requests (a plain GET or PUT of a key) take a path without a
+            # coroutine; whatever it cannot answer at once goes the general way.
+            if method == b"GET":
+                value = self._get_now(request)
+                if value is not None:
+                    return value
+            elif method == b"PUT":
+                written = self._put_now(request)
+                if written is not None:
+                    return render_deferred(request, written)
         writes = method in (b"PUT", b"POST", b"DELETE")
         return render_async(
             request, lambda: self._dispatch(request), cancel_on_disconnect=not writes
         )
+
+    def _plain_key(self, request: Request) -> str | None:
+        """The canonical key a request's path names, if it is a plain key (not a prefix nor an
+        endpoint), else None. Recent paths are remembered: validating a key costs about as much
+        as the rest of a GET."""
+        raw = request.path
+        key = self._keys_seen.get(raw)
+        if key is None:
+            try:
+                path = self._path(request)
+                if path.endswith("/") or path.startswith("/_") or path[1:] in self._endpoints:
+                    return None
+                key = self.store.key(path)
+            except InvalidKey:
+                return None  # the general path answers the error
+            if len(self._keys_seen) >= _KEY_CACHE_SIZE:
+                self._keys_seen.clear()
+            self._keys_seen[raw] = key
+        return key
+
+    def _get_now(self, request: Request) -> bytes | None:
+        """A plain GET's body with its headers set, when the value is at hand; else None."""
+        if self.miss_resolver is not None or request.requestHeaders.hasHeader(b"If-None-Match"):
+            return None
+        key = self._plain_key(request)
+        if key is None:
+            return None
+        try:
+            record = self.store.peek(key)
+        except (WouldBlock, BackendError):
+            return None
+        if record is None:
+            return None  # 404 and its JSON body are the general path's
+        set_header = request.responseHeaders.setRawHeaders
+        set_header(b"ETag", [etag_of(record)])
+        set_header(b"Last-Modified", [last_modified(record)])
+        set_header(b"Content-Type", [record.content_type.encode("latin-1", "replace")])
+        set_header(b"X-Content-Type-Options", [b"nosniff"])
+        return record.value
+
+    def _put_now(self, request: Request) -> Deferred[Response] | None:
+        """A plain unconditional PUT already under way, when it can start at once; else None."""
+        conditional = request.requestHeaders.hasHeader
+        if (
+            self.write_forwarder is not None
+            or conditional(b"If-Match")
+            or conditional(b"If-None-Match")
+        ):
+            return None
+        key = self._plain_key(request)
+        if key is None:
+            return None
+        try:
+            value = self._body(request)
+        except TooLarge:
+            return None
+        raw_type = request.getHeader(b"Content-Type")
+        content_type = raw_type.decode("latin-1") if raw_type else None
+        try:
+            written = self.store.put_now(key, value, content_type)
+        except BackendError:
+            return None
+        if written is None:
+            return None
+        as_json = wants_json(request)
+        return written.addCallback(self._put_answer, key, as_json)
 
     async def _dispatch(self, request: Request) -> Response:
         method = request.method
@@ -268,9 +351,13 @@ class ApiResource(Resource):
             create_only=create_only,
         )
         await self._wait_for_replicas(request, result.record, replicas)
+        return self._put_answer(result, key, wants_json(request))
+
+    @staticmethod
+    def _put_answer(result: WriteResult, key: str, as_json: bool) -> Response:
         status = 201 if result.created else 200
         headers = _record_headers(result.record)
-        if wants_json(request):
+        if as_json:
             document = {
                 "key": key,
                 "version": result.record.stamp.encode(),
