@@ -142,12 +142,17 @@ class Stamp:
         match = _STAMP_TEXT.match(text) if isinstance(text, str) else None
         if match is None:
             raise InvalidStamp(f"{text!r} is not a stamp (expected wwwwwwwwwwww-cccccc-<node id>)")
-        # The pattern admits only valid fields, so the checks of __init__ are skipped: every
-        # read from storage decodes a stamp.
+        # The pattern admits only valid fields: every read from storage decodes a stamp.
+        return cls._checked(int(match.group(1), 16), int(match.group(2), 16), match.group(3))
+
+    @classmethod
+    def _checked(cls, wall_ms: int, counter: int, node_id: str) -> Stamp:
+        """Make a stamp of fields the caller has already checked, skipping ``__init__``'s
+        checks (they cost as much as the rest of a point read)."""
         stamp = object.__new__(cls)
-        object.__setattr__(stamp, "wall_ms", int(match.group(1), 16))
-        object.__setattr__(stamp, "counter", int(match.group(2), 16))
-        object.__setattr__(stamp, "node_id", match.group(3))
+        object.__setattr__(stamp, "wall_ms", wall_ms)
+        object.__setattr__(stamp, "counter", counter)
+        object.__setattr__(stamp, "node_id", node_id)
         return stamp
 
     def __str__(self) -> str:
@@ -193,7 +198,10 @@ class HybridClock:
         else:
             # The counter is exhausted within one millisecond: borrow the next millisecond.
             self._last_wall, self._last_counter = self._last_wall + 1, 0
-        return Stamp(self._last_wall, self._last_counter, self.node_id)
+        if self._last_wall > _MAX_WALL:
+            return Stamp(self._last_wall, self._last_counter, self.node_id)  # raises
+        # The node id was checked when the clock was made, and the counter is kept in range.
+        return Stamp._checked(self._last_wall, self._last_counter, self.node_id)
 
     def check(self, stamp: Stamp) -> None:
         """Raise :class:`ClockDriftError` if ``stamp`` is further ahead than the allowed drift."""
