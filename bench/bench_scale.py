@@ -278,7 +278,8 @@ def run_wrk(port: int, script: Path, seconds: int, connections: int) -> dict[str
         check=True,
     ).stdout
     found = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    if found is None:
+    total = re.search(r"(\d+) requests in", output)
+    if found is None or total is None:
         raise RuntimeError(f"no rate in wrk's output:\n{output}")
 
     def latency(percent: str) -> float:
@@ -298,6 +299,7 @@ def run_wrk(port: int, script: Path, seconds: int, connections: int) -> dict[str
         errors += sum(int(part) for part in sockets.groups())
     return {
         "rps": float(found.group(1)),
+        "requests": int(total.group(1)),
         "p50_ms": latency("50"),
         "p99_ms": latency("99"),
         "errors": errors,
@@ -397,10 +399,11 @@ def run(options: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         print(f"loading {SMALL_KEYS:,} keys into small", file=sys.stderr)
         bulk_load(small.port, SMALL_KEYS, options.batch, options.loaders, deadline)
         print(f"loading {options.keys:,} keys into big", file=sys.stderr)
-        cpu_before = cpu_seconds(big.pid)
+        cpu_before, client_before = cpu_seconds(big.pid), time.process_time()
         with RssSampler(big.pid, 0.25) as sampler:
             load = bulk_load(big.port, options.keys, options.batch, options.loaders, deadline)
         load["server_cpu_s"] = cpu_seconds(big.pid) - cpu_before
+        load["client_cpu_s"] = time.process_time() - client_before  # is the loader the limit?
         load["peak_rss_mb"] = mb(sampler.peak_kb)
         results["load"] = load
         time.sleep(1.0)  # let the last checkpoint run
@@ -421,11 +424,15 @@ def run(options: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             for name in order:
                 if time.monotonic() > deadline:
                     raise RuntimeError("the GET rounds ran past the deadline")
+                cpu_before = cpu_seconds(nodes[name].pid)
                 with RssSampler(nodes[name].pid) as sampler:
                     figures = run_wrk(
                         nodes[name].port, scripts[name], options.seconds, options.connections
                     )
                 figures["peak_rss_mb"] = mb(sampler.peak_kb)
+                # CPU time per request does not depend on how much CPU the machine had to spare.
+                used = cpu_seconds(nodes[name].pid) - cpu_before
+                figures["cpu_us_per_request"] = used / max(figures["requests"], 1) * 1e6
                 runs[name].append(figures)
                 print(
                     f"  round {round_number + 1} GET {name:5} {figures['rps']:9.0f} req/s",
@@ -434,7 +441,7 @@ def run(options: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         medians = {
             name: {
                 field: statistics.median(run[field] for run in runs[name])
-                for field in ("rps", "p50_ms", "p99_ms", "peak_rss_mb")
+                for field in ("rps", "cpu_us_per_request", "p50_ms", "p99_ms", "peak_rss_mb")
             }
             for name in runs
         }
@@ -444,6 +451,8 @@ def run(options: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "runs": runs,
             "medians": medians,
             "ratio": medians["big"]["rps"] / medians["small"]["rps"],
+            "cpu_ratio": medians["small"]["cpu_us_per_request"]
+            / medians["big"]["cpu_us_per_request"],
         }
 
         print("streaming /listkeys", file=sys.stderr)
@@ -496,7 +505,8 @@ def report(results: dict[str, Any], options: argparse.Namespace) -> None:
     print(
         f"bulk load   {load['keys']:,} keys in {load['seconds']:.1f} s = "
         f"{load['keys_per_s']:,.0f} keys/s ({options.batch:,} per request, {options.loaders} "
-        f"connections; server CPU {load['server_cpu_s']:.1f} s)"
+        f"connections; CPU: server {load['server_cpu_s']:.1f} s, loader "
+        f"{load['client_cpu_s']:.1f} s)"
     )
     print(
         f"database    big {results['database_mb']['big']:.0f} MB, "
@@ -512,14 +522,21 @@ def report(results: dict[str, Any], options: argparse.Namespace) -> None:
         f"\nGET, wrk {options.connections} connections, {options.rounds} interleaved rounds of "
         f"{options.seconds} s, medians"
     )
-    print(f"{'node':22} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'peak RSS':>9}")
+    print(
+        f"{'node':22} {'req/s':>9} {'CPU us/req':>10} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
+        f"{'peak RSS':>9}"
+    )
     for name, label in (("big", f"big ({results['keys']:,})"), ("small", "small (10,000)")):
         row = get[name]
         print(
-            f"{label:22} {row['rps']:9.0f} {row['p50_ms']:7.2f} {row['p99_ms']:7.2f} "
-            f"{row['errors']:6.0f} {row['peak_rss_mb']:8.1f}M"
+            f"{label:22} {row['rps']:9.0f} {row['cpu_us_per_request']:10.1f} "
+            f"{row['p50_ms']:7.2f} {row['p99_ms']:7.2f} {row['errors']:6.0f} "
+            f"{row['peak_rss_mb']:8.1f}M"
         )
-    print(f"{'ratio big/small':22} {results['get']['ratio']:9.3f}\n")
+    print(
+        f"{'ratio big/small':22} {results['get']['ratio']:9.3f} "
+        f"{results['get']['cpu_ratio']:10.3f}  (req/s; and small's CPU per request / big's)\n"
+    )
     print(
         f"{'listing (big)':22} {'keys':>9} {'seconds':>8} {'RSS before':>10} {'peak':>8} "
         f"{'growth':>7}"

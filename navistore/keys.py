@@ -55,6 +55,8 @@ def _check_segments(original: object, text: str, segments: list[str]) -> None:
             raise InvalidKey(original, f"segment {position} is empty (no '//' and no trailing '/')")
         if segment in (".", ".."):
             raise InvalidKey(original, f"segment {position} is {segment!r}")
+    if text.isprintable():  # in C, and True only without control (Cc) or surrogate (Cs) chars
+        return
     for index, char in enumerate(text):
         if unicodedata.category(char) in ("Cc", "Cs"):
             raise InvalidKey(

@@ -57,6 +57,7 @@ from .waiters import Waiters
 from .watch import DEFAULT_MAX_WATCHERS, WatchHub
 from .web import DEFAULT_MAX_VALUE_SIZE, MissResolver, WriteForwarder, make_site
 from .web.backend_rpc import backend_rpc_endpoints
+from .web.bulk import bulk_endpoints
 
 __all__ = [
     "DEFAULT_BACKEND",
@@ -423,6 +424,11 @@ class NavistoreService(MultiService):
                 http_client=http_client, clock=self._reactor, peers=self.replication.peer_urls
             )
         endpoints = dict(self.replication.endpoints())
+        endpoints.update(
+            bulk_endpoints(
+                self.store, max_value_size=self.max_value_size, write_forwarder=write_forwarder
+            )
+        )
         if self.serve_backend:
             endpoints.update(backend_rpc_endpoints(self.store))
         site = make_site(

@@ -25,7 +25,7 @@ from .clock import (
     new_node_id,
     validate_node_id,
 )
-from .interfaces import ABSENT, ANY, Expectation, IStorageBackend
+from .interfaces import ABSENT, ANY, Expectation, IImmediateReads, IStorageBackend, WouldBlock
 from .keys import DEFAULT_MAX_KEY_BYTES, normalize_key, normalize_prefix
 from .record import DEFAULT_CONTENT_TYPE, Record
 
@@ -149,6 +149,9 @@ class Store:
         self.max_key_bytes = max_key_bytes
         self._listeners: list[ChangeListener] = []
         self._purged_before: int | None = None
+        self._peek: Callable[[str], Record | None] | None = None
+        if IImmediateReads.providedBy(backend):
+            self._peek = backend.peek
 
     @classmethod
     async def open(
@@ -201,6 +204,13 @@ class Store:
     async def get(self, key: str) -> Record | None:
         """Return the live record of a canonical key, or None if absent or deleted."""
         return _live(await self.backend.get(key))
+
+    def peek(self, key: str) -> Record | None:
+        """What :meth:`get` would answer, at once; WouldBlock when that needs waiting (or the
+        backend has no immediate reads, see :class:`~navistore.interfaces.IImmediateReads`)."""
+        if self._peek is None:
+            raise WouldBlock(key)
+        return _live(self._peek(key))
 
     async def list(
         self,
@@ -282,6 +292,31 @@ class Store:
             return Record(key, value, content, stamp)
 
         return await self._write(key, make, if_match, if_none_match, create_only)
+
+    def put_now(
+        self, key: str, value: bytes, content_type: str | None = None
+    ) -> Deferred[WriteResult] | None:
+        """An unconditional :meth:`put` without a coroutine, when the key's current version is
+        known at once (:meth:`peek`); None when it is not, and the caller uses :meth:`put`.
+
+        It is the first round of put's compare-and-set loop: if another write slips in before
+        the apply, the rest of the loop (:meth:`put`) decides again.
+        """
+        try:
+            current = self.peek(key)
+        except WouldBlock:
+            return None
+        record = Record(key, value, content_type or DEFAULT_CONTENT_TYPE, self.clock.now())
+        expect: Expectation = ABSENT if current is None else current.stamp
+
+        def decided(stored: Record | None) -> WriteResult | Deferred[WriteResult]:
+            if stored is None:
+                return Deferred.fromCoroutine(self.put(key, value, content_type))
+            self._notify(stored)
+            return WriteResult(stored, created=current is None)
+
+        applied: Deferred[Record | None] = self.backend.apply(record, expect)
+        return applied.addCallback(decided)
 
     async def delete(
         self, key: str, *, if_match: str | None = None, if_none_match: bool = False
@@ -486,3 +521,52 @@ class Store:
         """Close the backend (after its pending writes)."""
         result: Deferred[None] = self.backend.close()
         return result
+
+    # -- bulk writes ------------------------------------------------------------------------
+
+    async def put_many(self, entries: Sequence[tuple[str, bytes, str | None]]) -> Sequence[Record]:
+        """Write many keys as plain last-writer-wins puts; return the stored records, by seq.
+
+        Each entry is ``(canonical key, value, content type or None)``, like an unconditional
+        :meth:`put`. No key is read first: every record gets a fresh stamp from this clock and
+        every apply is issued before any is awaited, so a backend with group commit stores them
+        in one transaction (one commit per load, not one per key). A key given twice is written
+        once, with its later entry, at the place of that entry: the outcome of running the puts
+        in order. Listeners hear of every stored record, as for single writes. A record that
+        lost to a stored stamp ahead of this clock (from a peer, or from before a clock step)
+        is stamped again once the clock caught up, as :meth:`put` retries.
+        """
+        latest: dict[str, tuple[bytes, str]] = {}
+        for key, value, content_type in entries:
+            latest.pop(key, None)  # re-inserted: the later entry's place in the order counts
+            latest[key] = (value, content_type or DEFAULT_CONTENT_TYPE)
+        stored: list[Record] = []
+        waiting = list(latest)
+        for _attempt in range(_MAX_WRITE_ATTEMPTS):
+            if not waiting:
+                return sorted(stored, key=lambda record: record.seq or 0)
+            records = [Record(key, *latest[key], self.clock.now()) for key in waiting]
+            # A failure becomes its exception as the outcome, so that it hides no stored record.
+            pending = [
+                self.backend.apply(record, ANY).addErrback(lambda failure: failure.value)
+                for record in records
+            ]
+            outcomes: list[Record | BaseException | None] = await gatherResults(pending)
+            error: BaseException | None = None
+            lost: list[str] = []
+            for record, outcome in zip(records, outcomes):
+                if isinstance(outcome, BaseException):
+                    error = error or outcome
+                elif outcome is None:
+                    lost.append(record.key)
+                else:
+                    stored.append(outcome)
+                    self._notify(outcome)  # what was stored is announced even if a part failed
+            if error is not None:
+                raise error
+            for key in lost:
+                latest_stored = await self.backend.get(key)
+                if latest_stored is not None:
+                    self._advance_clock(self.clock, latest_stored.stamp)
+            waiting = lost
+        raise RuntimeError("bulk write kept losing races; giving up")  # pragma: no cover

@@ -16,7 +16,14 @@ from twisted.web.server import Request, Site
 
 from .rendering import TooLarge, error_body
 
-__all__ = ["DEFAULT_MAX_VALUE_SIZE", "LimitedRequest", "NavistoreSite", "replication_body_limit"]
+__all__ = [
+    "DEFAULT_MAX_BULK_SIZE",
+    "DEFAULT_MAX_VALUE_SIZE",
+    "LimitedRequest",
+    "NavistoreSite",
+    "bulk_body_limit",
+    "replication_body_limit",
+]
 
 #: The largest request body (a value) accepted by default: 16 MiB.
 DEFAULT_MAX_VALUE_SIZE = 16 * 1024 * 1024
@@ -25,6 +32,19 @@ DEFAULT_MAX_VALUE_SIZE = 16 * 1024 * 1024
 def replication_body_limit(max_value_size: int) -> int:
     """The largest ``POST /_replicate`` body accepted when values may be ``max_value_size``."""
     return max_value_size * 4 // 3 + 1024 * 1024
+
+
+#: The largest ``POST /_bulk`` body accepted by default: 64 MiB.
+DEFAULT_MAX_BULK_SIZE = 64 * 1024 * 1024
+
+
+def bulk_body_limit(max_value_size: int) -> int:
+    """The largest ``POST /_bulk`` body accepted when values may be ``max_value_size``.
+
+    A bulk load carries many values, so its own limit (64 MiB) is larger than a value's; it
+    grows with ``max_value_size`` so that one value at the limit, base64 in its entry, still fits.
+    """
+    return max(DEFAULT_MAX_BULK_SIZE, replication_body_limit(max_value_size))
 
 
 class NavistoreSite(Site):
@@ -63,12 +83,18 @@ class LimitedRequest(Request):
             # A batch carries whole values in base64 (4/3 larger) plus their metadata: a value
             # the node accepted must always fit in a batch on its way to a peer.
             limit = replication_body_limit(limit)
+        elif limit is not None and self._is_bulk():
+            limit = bulk_body_limit(limit)  # many values in one request: see navistore.web.bulk
         return limit
 
     def _is_replication(self) -> bool:
         # The body arrives before ``self.path`` is set; the channel has parsed the request line.
         path = getattr(self.channel, "_path", b"") or b""
         return bool(path.split(b"?", 1)[0] == b"/_replicate")
+
+    def _is_bulk(self) -> bool:
+        path = getattr(self.channel, "_path", b"") or b""
+        return bool(path.split(b"?", 1)[0] == b"/_bulk")
 
     def gotLength(self, length: int | None) -> None:
         limit = self._limit()
