@@ -30,6 +30,9 @@ __all__ = ["Options", "check_backend_url", "makeService"]
 #: Exit status of a process whose node could not start after twistd began running it.
 STARTUP_FAILED = 1
 
+#: Exit status of ``twistd navistore`` (and ``nhttpserver``) given options it refuses.
+USAGE_ERROR = 1
+
 
 def _positive_int(text: str) -> int:
     """Coerce an option to an integer of at least 1, or say why not."""
@@ -173,6 +176,21 @@ class Options(usage.Options):
             self["clone-from"] = normalize_peer_url(url)
         except InvalidPeer as exc:
             raise usage.UsageError(f"--clone-from: {exc}") from None
+
+    def parseOptions(self, options: Any = None) -> None:
+        """Parse like usage.Options; a usage error under twistd also makes the process fail.
+
+        twistd before Twisted 26.10 (so every Twisted on Python 3.9 and PyPy 3.9) prints a usage
+        error and then exits 0. When twistd parses these options as its ``navistore`` command
+        (``parent`` is then twistd's own options), the process exits USAGE_ERROR once twistd has
+        printed why; parsed on their own (tests, tools) they just raise, as before.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError:
+            if self.parent is not None:
+                _exit_after_twistd(USAGE_ERROR)
+            raise
 
     def postOptions(self) -> None:
         """Fill in the default endpoint and refuse a backend URL that names no backend."""

@@ -29,6 +29,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 
+#: Extra ``pip install`` options for the venv that ``installed_venv`` makes with this Python.
+#: On PyPy, cryptography (which Navistore needs through treq -> twisted[tls] -> pyOpenSSL) must
+#: come as a wheel: the newest with a PyPy 3.9 wheel is 43.0.3, and pip would otherwise pick a
+#: newer sdist, whose build needs a Rust toolchain and crates.io. With wheels only, pip settles on
+#: the newest pyOpenSSL and Twisted that work with that cryptography (Twisted 25.5 on PyPy 3.9).
+PIP_INSTALL_OPTIONS = ["--only-binary", "cryptography"] if sys.implementation.name == "pypy" else []
+
 
 @pytest.fixture(scope="session")
 def installed_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -41,21 +48,27 @@ def installed_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("installed")
     source = root / "source"
     # Copy the tree without build leftovers so pip builds from exactly what is committed here.
+    # ".venv*" also leaves out other venvs in the tree (a PyPy one, bench/.venv-cpython and
+    # bench/.venv-pypy), which would otherwise be copied on every run: hundreds of MB.
     shutil.copytree(
         REPOSITORY,
         source,
         ignore=shutil.ignore_patterns(
-            ".venv", ".git", "build", "*.egg-info", "__pycache__", ".*_cache", "dropin.cache"
+            ".venv*",
+            ".git",
+            "build",
+            "*.egg-info",
+            "__pycache__",
+            ".*_cache",
+            ".hypothesis",
+            "dropin.cache",
         ),
     )
     env_dir = root / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", str(source), "pytest", "pytest-twisted"],
-        check=True,
-        timeout=600,
-    )
+    pip_install = [str(python), "-m", "pip", "install", "-q", *PIP_INSTALL_OPTIONS]
+    subprocess.run([*pip_install, str(source), "pytest", "pytest-twisted"], check=True, timeout=600)
     shutil.rmtree(source)
     return env_dir / "bin"
 

@@ -21,8 +21,9 @@ Why it is built this way:
     every call runs in ``runInteraction``; the reactor never waits for a commit. This is the
     way to run on a disk whose commits may stall for long.
 - Reads do not hop to that thread: a point read in sqlite's page cache costs microseconds, far
-  less than a thread hop, so a second, read-only connection answers reads on the reactor thread
-  (WAL lets it read while the writer commits). A read must see every write issued before it and
+  less than a thread hop, so reads run on the reactor thread: on the writing connection with
+  ``writer=reactor``, else on a second, read-only connection (WAL lets it read while the writer
+  commits). A read must see every write issued before it and
   none issued after, so each write takes a *ticket* in issue order: a read of a key with a write
   still in flight (or a listing issued while any write is) goes through the pool instead, queued
   behind those writes. :meth:`SqliteBackend.peek` offers the web layer the same choice: the

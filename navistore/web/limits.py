@@ -75,8 +75,15 @@ class LimitedRequest(Request):
 
     _received = 0
     _refused = False
+    _known_limit: int | None = -1  # -1: not worked out yet for this request
 
     def _limit(self) -> int | None:
+        if self._known_limit != -1:
+            return self._known_limit  # asked again for every chunk of the body
+        self._known_limit = limit = self._work_out_limit()
+        return limit
+
+    def _work_out_limit(self) -> int | None:
         site = getattr(self.channel, "site", None)
         limit: int | None = getattr(site, "max_value_size", None)
         if limit is not None and self._is_replication():
