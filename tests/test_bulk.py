@@ -27,7 +27,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.web.server import Request
 
-import navistore.backend.sqlite as sqlite_module
+import navistore.backend.sqlite_schema as sqlite_module
 from navistore.backend.memory import MemoryBackend
 from navistore.backend.sqlite import SqliteBackend
 from navistore.clock import Stamp
@@ -440,13 +440,13 @@ async def test_sqlite_writes_one_load_in_one_transaction(
     commit writes them in one transaction: one batch of N records, contiguous seqs, and the
     node's last seq moved by exactly N."""
     batches: list[int] = []
-    original = sqlite_module._write_batch
+    original = sqlite_module.write_batch
 
     def counting(txn: Any, batch: list[Any]) -> Any:
         batches.append(len(batch))
         return original(txn, batch)
 
-    monkeypatch.setattr(sqlite_module, "_write_batch", counting)
+    monkeypatch.setattr(sqlite_module, "write_batch", counting)
     store = await Store.open(SqliteBackend(tmp_path / "bulk.db"))
     try:
         api = Api(store)

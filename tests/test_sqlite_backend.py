@@ -22,9 +22,10 @@ from twisted.internet.utils import getProcessOutputAndValue
 from zope.interface.verify import verifyObject
 
 from navistore.backend import BackendURLError, open_backend
-from navistore.backend import sqlite as sqlite_module
+from navistore.backend import sqlite_schema as sqlite_module
 from navistore.backend.memory import MemoryBackend
-from navistore.backend.sqlite import SqliteBackend, scan_sql
+from navistore.backend.sqlite import SqliteBackend
+from navistore.backend.sqlite_schema import scan_sql
 from navistore.clock import Stamp
 from navistore.errors import BackendClosed, InvalidRecord, StorageFailure
 from navistore.interfaces import ABSENT, ANY, Expectation, IStorageBackend
@@ -100,13 +101,13 @@ async def test_provides_the_interface(backend: SqliteBackend) -> None:
 
 
 QUERIES = {
-    "get": (sqlite_module._GET_SQL, ("/a",)),
+    "get": (sqlite_module.GET_SQL, ("/a",)),
     "scan": (scan_sql(False, True, False), ("/a/", "/a0", 10)),
     "scan after": (scan_sql(True, True, False), ("/a/b", "/a0", 10)),
     "scan with tombstones": (scan_sql(False, True, True), ("/a/", "/a0", 10)),
     "scan after, unbounded": (scan_sql(True, False, False), ("/a/b", 10)),
-    "changes": (sqlite_module._CHANGES_SQL, (5, 10)),
-    "purge_tombstones": (sqlite_module._PURGE_SQL, (5,)),
+    "changes": (sqlite_module.CHANGES_SQL, (5, 10)),
+    "purge_tombstones": (sqlite_module.PURGE_SQL, (5,)),
 }
 
 
@@ -325,14 +326,14 @@ async def test_applies_wait_for_the_running_transaction(
     backend = thread_backend
     counter = BatchCounter(backend)
     started, release = threading.Event(), threading.Event()
-    real_write_batch = sqlite_module._write_batch
+    real_write_batch = sqlite_module.write_batch
 
     def slow_write_batch(txn: Any, batch: Any) -> Any:
         started.set()
         release.wait(10)
         return real_write_batch(txn, batch)
 
-    monkeypatch.setattr(sqlite_module, "_write_batch", slow_write_batch)
+    monkeypatch.setattr(sqlite_module, "write_batch", slow_write_batch)
     try:
         first = [backend.apply(record(f"/first/{index}", 1)) for index in range(10)]
         while not started.is_set():
@@ -602,7 +603,7 @@ async def test_version_1_file_migrates_to_chains(tmp_path: Path) -> None:
     path = tmp_path / "v1.db"
     with raw_connection(path) as connection:
         connection.execute("CREATE TABLE backend_state (name TEXT PRIMARY KEY, value)")
-        for statement in sqlite_module._VERSION_1:
+        for statement in sqlite_module.VERSION_1:
             connection.execute(statement)
         connection.execute(
             "INSERT INTO records (key, seq, stamp, deleted, content_type, value)"

@@ -37,8 +37,10 @@ Why it is built this way:
   the memory backend even for callers that do not wait for one call before making the next.
 - ``records`` is a rowid table with the value as its last column: in a ``WITHOUT ROWID`` table
   1 KB values spill to overflow pages on 4 KB pages (measured: -44 % PUT throughput).
-- Schema changes are steps in :data:`MIGRATIONS`; a new file is created at version 1 and
-  migrated like any old one, so the upgrade path is exercised every time.
+- The file format (schema, migrations, the SQL of each call) is
+  :mod:`navistore.backend.sqlite_schema`. Schema changes are steps in its ``MIGRATIONS``; a new
+  file is created at version 1 and migrated like any old one, so the upgrade path is exercised
+  every time.
 - The seq counter lives in ``backend_state`` rather than being ``max(seq)``, so that purging
   tombstones or resetting never lets a seq be reused.
 """
@@ -56,7 +58,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..clock import Stamp
 from ..errors import BackendClosed, BackendError, InvalidRecord, StorageFailure
 from ..interfaces import (
     ANY,
@@ -64,12 +65,11 @@ from ..interfaces import (
     IImmediateReads,
     IStorageBackend,
     WouldBlock,
-    expectation_holds,
-    supersedes,
 )
 from ..keys import prefix_upper_bound
 from ..record import Record, check_record
 from . import BackendURL, BackendURLError
+from . import sqlite_schema as schema
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -78,8 +78,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHECKPOINT_INTERVAL",
-    "MIGRATIONS",
-    "SCHEMA_VERSION",
     "SYNCHRONOUS_MODES",
     "WRITER_MODES",
     "SqliteBackend",
@@ -87,21 +85,6 @@ __all__ = [
 ]
 
 log = Logger()
-
-#: The schema version this code writes. Bump it together with a new :data:`MIGRATIONS` step.
-SCHEMA_VERSION = 2
-
-#: ``MIGRATIONS[n]`` upgrades a version ``n`` database to ``n + 1``; all steps needed run in one
-#: transaction when the connection opens, so an upgrade is never left half done.
-MIGRATIONS: dict[int, Callable[[sqlite3.Cursor], None]] = {}
-
-
-def _add_chain_column(cursor: sqlite3.Cursor) -> None:
-    """Version 2: records remember the nodes they passed through (``Record.chain``)."""
-    cursor.execute("ALTER TABLE records ADD COLUMN chain TEXT NOT NULL DEFAULT ''")
-
-
-MIGRATIONS[1] = _add_chain_column
 
 #: The accepted values of the ``synchronous`` option (see the module docstring).
 SYNCHRONOUS_MODES = ("normal", "full")
@@ -111,190 +94,6 @@ WRITER_MODES = ("reactor", "thread")
 
 #: With ``writer=reactor``: the least time between two checkpoints run on the pool's thread.
 CHECKPOINT_INTERVAL = 0.5
-
-_BUSY_TIMEOUT_MS = 5000
-_MAX_LIMIT = 2**62  # sqlite integers are 64-bit
-
-_COLUMNS = "key, seq, stamp, deleted, content_type, chain, value"
-_GET_SQL = f"SELECT {_COLUMNS} FROM records WHERE key = ?"
-_CHANGES_SQL = f"SELECT {_COLUMNS} FROM records WHERE seq > ? ORDER BY seq LIMIT ?"
-_INSERT_SQL = f"INSERT INTO records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
-_UPDATE_SQL = (
-    "UPDATE records SET seq = ?, stamp = ?, deleted = ?, content_type = ?, chain = ?, value = ?"
-    " WHERE key = ?"
-)
-_PURGE_SQL = "DELETE FROM records WHERE deleted = 1 AND seq < ?"
-_READ_STATE_SQL = "SELECT value FROM backend_state WHERE name = ?"
-_WRITE_STATE_SQL = "UPDATE backend_state SET value = ? WHERE name = ?"
-
-_VERSION_1 = (
-    "CREATE TABLE records (key TEXT PRIMARY KEY, seq INTEGER NOT NULL, stamp TEXT NOT NULL,"
-    " deleted INTEGER NOT NULL, content_type TEXT NOT NULL, value BLOB NOT NULL)",
-    "CREATE UNIQUE INDEX records_by_seq ON records (seq)",
-    "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "INSERT INTO backend_state (name, value) VALUES ('schema_version', 1), ('last_seq', 0)",
-)
-
-
-def scan_sql(after: bool, bounded: bool, include_deleted: bool) -> str:
-    """Return the range query ``scan`` runs: ``key > after`` replaces ``key >= prefix`` when
-    ``after`` is the tighter lower bound, so that sqlite seeks straight to the page's start."""
-    where = ["key > ?" if after else "key >= ?"]
-    if bounded:
-        where.append("key < ?")
-    if not include_deleted:
-        where.append("deleted = 0")
-    return f"SELECT {_COLUMNS} FROM records WHERE {' AND '.join(where)} ORDER BY key LIMIT ?"
-
-
-def _to_record(row: tuple[Any, ...]) -> Record:
-    key, seq, stamp, deleted, content_type, chain, value = row
-    nodes = tuple(chain.split(",")) if chain else ()
-    return Record(key, bytes(value), content_type, Stamp.decode(stamp), bool(deleted), seq, nodes)
-
-
-def _migrate(cursor: sqlite3.Cursor) -> None:
-    """Create a version 1 schema in an empty file, then run the steps up to SCHEMA_VERSION."""
-    cursor.execute("CREATE TABLE IF NOT EXISTS backend_state (name TEXT PRIMARY KEY, value)")
-    cursor.execute(_READ_STATE_SQL, ("schema_version",))
-    rows = cursor.fetchall()
-    if not rows:
-        for statement in _VERSION_1:
-            cursor.execute(statement)
-    found = version = int(rows[0][0]) if rows else 1
-    if version > SCHEMA_VERSION:
-        raise StorageFailure(
-            f"the database has schema version {version}, written by a newer navistore; this one "
-            f"understands versions up to {SCHEMA_VERSION}: upgrade navistore to open it"
-        )
-    while version < SCHEMA_VERSION:
-        step = MIGRATIONS.get(version)
-        if step is None:
-            raise StorageFailure(f"no migration from schema version {version} to {version + 1}")
-        step(cursor)
-        version += 1
-    if version != found:
-        cursor.execute(_WRITE_STATE_SQL, (version, "schema_version"))
-
-
-def _open_connection(connection: sqlite3.Connection, synchronous: str, path: str) -> None:
-    """Configure a new connection and bring its schema up to date (the pool's ``cp_openfun``).
-
-    A failure closes the connection, since adbapi would otherwise drop it unclosed, and reports
-    a StorageFailure; the next call tries to open again.
-    """
-    cursor = connection.cursor()
-    try:
-        # page_size only takes effect in a new file, so it comes before anything is written.
-        for pragma in (
-            f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}",
-            "PRAGMA page_size = 4096",
-            "PRAGMA foreign_keys = OFF",
-            f"PRAGMA synchronous = {synchronous.upper()}",
-        ):
-            cursor.execute(pragma)
-            cursor.fetchall()
-        (mode,) = cursor.execute("PRAGMA journal_mode = WAL").fetchall()[0]
-        if str(mode).lower() != "wal":
-            raise StorageFailure(f"{path}: sqlite refused WAL mode (journal_mode={mode})")
-        cursor.execute("BEGIN IMMEDIATE")
-        _migrate(cursor)
-        cursor.close()
-        connection.commit()
-    except BaseException as exc:
-        cursor.close()
-        connection.close()
-        if isinstance(exc, sqlite3.Error):
-            raise StorageFailure(f"cannot open sqlite database {path}: {exc}") from exc
-        raise
-
-
-def _transact(connection: sqlite3.Connection, interaction: Callable[..., Any], *args: Any) -> Any:
-    """Run ``interaction`` in a transaction on ``connection``, as adbapi's runInteraction does:
-    commit when it returns, roll back when it raises."""
-    cursor = connection.cursor()
-    try:
-        result = interaction(cursor, *args)
-        connection.commit()
-        return result
-    except BaseException:
-        connection.rollback()
-        raise
-    finally:
-        cursor.close()
-
-
-def _checkpoint(txn: adbapi.Transaction) -> None:
-    # PASSIVE: copy what it can without waiting for the writer or readers.
-    txn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-    txn.fetchall()
-
-
-def _read_record(txn: adbapi.Transaction, key: str) -> Record | None:
-    txn.execute(_GET_SQL, (key,))
-    rows = txn.fetchall()
-    return _to_record(rows[0]) if rows else None
-
-
-def _select_records(txn: adbapi.Transaction, sql: str, params: tuple[Any, ...]) -> list[Record]:
-    txn.execute(sql, params)
-    return [_to_record(row) for row in txn.fetchall()]
-
-
-def _read_state(txn: adbapi.Transaction, name: str) -> Any:
-    txn.execute(_READ_STATE_SQL, (name,))
-    return txn.fetchall()[0][0]
-
-
-def _write_batch(
-    txn: adbapi.Transaction, batch: list[tuple[Record, Expectation]]
-) -> list[Record | None]:
-    """Decide and write a batch of applies in one transaction, exactly as if one after another.
-
-    Records written earlier in the batch are remembered, so a later apply of the same key is
-    decided against them. The seq counter is read once and written back once.
-    """
-    txn.execute("BEGIN IMMEDIATE")
-    first_seq = last_seq = int(_read_state(txn, "last_seq"))
-    current: dict[str, Record | None] = {}
-    results: list[Record | None] = []
-    for record, expect in batch:
-        stored = current[record.key] if record.key in current else _read_record(txn, record.key)
-        if not supersedes(record, stored) or not expectation_holds(stored, expect):
-            current[record.key] = stored
-            results.append(None)
-            continue
-        last_seq += 1
-        chain = ",".join(record.chain)
-        row = (last_seq, record.stamp.encode(), int(record.deleted), record.content_type, chain)
-        if stored is None:
-            txn.execute(_INSERT_SQL, (record.key, *row, record.value))
-        else:
-            txn.execute(_UPDATE_SQL, (*row, record.value, record.key))
-        current[record.key] = new = record.with_seq(last_seq)
-        results.append(new)
-    if last_seq != first_seq:
-        txn.execute(_WRITE_STATE_SQL, (last_seq, "last_seq"))
-    return results
-
-
-def _purge(txn: adbapi.Transaction, before_seq: int) -> int:
-    txn.execute(_PURGE_SQL, (before_seq,))
-    return int(txn.rowcount)
-
-
-def _reset(txn: adbapi.Transaction) -> None:
-    txn.execute("DELETE FROM records")
-
-
-def _get_meta(txn: adbapi.Transaction, name: str) -> str | None:
-    txn.execute("SELECT value FROM meta WHERE name = ?", (name,))
-    rows = txn.fetchall()
-    return str(rows[0][0]) if rows else None
-
-
-def _set_meta(txn: adbapi.Transaction, name: str, value: str) -> None:
-    txn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
 
 
 @implementer(IStorageBackend, IImmediateReads)
@@ -339,7 +138,9 @@ class SqliteBackend:
             check_same_thread=False,
             cp_min=1,
             cp_max=1,
-            cp_openfun=functools.partial(_open_connection, synchronous=synchronous, path=self.path),
+            cp_openfun=functools.partial(
+                schema.open_connection, synchronous=synchronous, path=self.path
+            ),
             cp_reactor=reactor,
         )
         self._pending: list[_Pending] = []
@@ -398,7 +199,7 @@ class SqliteBackend:
             return
         batch, self._pending = self._pending, []
         self._batches_in_flight += 1
-        written = self._interact("apply", _write_batch, [(r, e) for r, e, _, _ in batch])
+        written = self._interact("apply", schema.write_batch, [(r, e) for r, e, _, _ in batch])
         written.addBoth(self._acknowledge, batch)
         written.addBoth(self._release)
 
@@ -438,7 +239,7 @@ class SqliteBackend:
     ) -> Deferred:
         """Run an interaction now, on the reactor thread's writing connection."""
         try:
-            result = _transact(self._writing_connection(), interaction, *args)
+            result = schema.transact(self._writing_connection(), interaction, *args)
         except Exception:
             return fail(self._storage_failure(Failure(), operation))
         self._schema_ready = True
@@ -448,7 +249,7 @@ class SqliteBackend:
     def _writing_connection(self) -> sqlite3.Connection:
         if self._writer is None:
             connection = sqlite3.connect(self.path)
-            _open_connection(connection, self.synchronous, self.path)
+            schema.open_connection(connection, self.synchronous, self.path)
             connection.execute("PRAGMA wal_autocheckpoint = 0").fetchall()
             self._writer = connection
         return self._writer
@@ -462,7 +263,7 @@ class SqliteBackend:
         self._checkpointing = True
         self._checkpoint_due = now + CHECKPOINT_INTERVAL
         self._outstanding += 1
-        done: Deferred[None] = self._pool.runInteraction(_checkpoint)
+        done: Deferred[None] = self._pool.runInteraction(schema.checkpoint)
         done.addErrback(self._checkpoint_failed).addBoth(self._checkpointed)
 
     def _checkpoint_failed(self, failure: Failure) -> None:
@@ -563,12 +364,12 @@ class SqliteBackend:
             raise BackendClosed("peek")
         if self._key_tickets.get(key, 0) > self._done or self._barrier > self._done:
             raise WouldBlock(key)
-        record: Record | None = self._read("peek", _read_record, key)
+        record: Record | None = self._read("peek", schema.read_record, key)
         return record
 
     def get(self, key: str) -> Deferred[Record | None]:
         need = max(self._key_tickets.get(key, 0), self._barrier)
-        return self._read_after(need, "get", _read_record, key)
+        return self._read_after(need, "get", schema.read_record, key)
 
     def scan(
         self,
@@ -580,36 +381,38 @@ class SqliteBackend:
         from_after = after is not None and after >= prefix
         bound = prefix_upper_bound(prefix)
         params = (after if from_after else prefix, *([] if bound is None else [bound]))
-        sql = scan_sql(from_after, bound is not None, include_deleted)
+        sql = schema.scan_sql(from_after, bound is not None, include_deleted)
         return self._select("scan", sql, params, limit)
 
     def changes(self, since: int = 0, limit: int = 1000) -> Deferred[list[Record]]:
-        return self._select("changes", _CHANGES_SQL, (since,), limit)
+        return self._select("changes", schema.CHANGES_SQL, (since,), limit)
 
     def _select(
         self, operation: str, sql: str, params: tuple[Any, ...], limit: int
     ) -> Deferred[list[Record]]:
         if limit <= 0 and not self._closed:
             return succeed([])  # sqlite would read LIMIT -1 as "no limit"
-        bounded = (*params, min(limit, _MAX_LIMIT))
-        return self._read_after(self._issued, operation, _select_records, sql, bounded)
+        bounded = (*params, min(limit, schema.MAX_LIMIT))
+        return self._read_after(self._issued, operation, schema.select_records, sql, bounded)
 
     def last_seq(self) -> Deferred[int]:
-        return self._read_after(self._issued, "last_seq", _read_state, "last_seq").addCallback(int)
+        return self._read_after(
+            self._issued, "last_seq", schema.read_state, "last_seq"
+        ).addCallback(int)
 
     def purge_tombstones(self, before_seq: int) -> Deferred[int]:
-        return self._changing("purge_tombstones", _purge, before_seq)
+        return self._changing("purge_tombstones", schema.purge, before_seq)
 
     def reset(self) -> Deferred[None]:
-        return self._changing("reset", _reset)
+        return self._changing("reset", schema.reset)
 
     def get_meta(self, name: str) -> Deferred[str | None]:
-        return self._run("get_meta", _get_meta, name)
+        return self._run("get_meta", schema.get_meta, name)
 
     def set_meta(self, name: str, value: str) -> Deferred[None]:
         if not self._closed and (not isinstance(name, str) or not isinstance(value, str)):
             return fail(TypeError("meta names and values are text"))
-        return self._run("set_meta", _set_meta, name, value)
+        return self._run("set_meta", schema.set_meta, name, value)
 
     def close(self) -> Deferred[None]:
         """Refuse new calls, let every call already made finish, then close the pool."""
