@@ -45,6 +45,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from suite_servers import navistore_command
+
 HERE = Path(__file__).resolve().parent
 REPOSITORY = HERE.parent
 LISTENING = re.compile(r"Navistore listening on tcp:127\.0\.0\.1:(\d+)")
@@ -73,18 +75,7 @@ class Node:
     def __init__(self, name: str, workdir: Path, backend: str) -> None:
         self.name = name
         self.log_path = workdir / f"{name}.log"
-        command = [
-            sys.executable,
-            "-c",
-            "from twisted.scripts.twistd import run; run()",
-            "-n",
-            "--pidfile=",
-            "navistore",
-            "--port",
-            "tcp:0:interface=127.0.0.1",
-            "--backend",
-            backend,
-        ]
+        command = navistore_command(sys.executable, "tcp:0:interface=127.0.0.1", backend)
         # The checkout's navistore (and its twisted plugin) comes first, installed or not.
         environment = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
         with open(self.log_path, "wb") as log:

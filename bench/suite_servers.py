@@ -140,17 +140,25 @@ def command_for(spec: Spec, port: int, python: Path | None, workdir: Path) -> li
     if spec.kind == "bare":
         return [str(python), str(HERE / "bare_server.py"), str(port)]
     assert spec.backend is not None
+    return navistore_command(
+        str(python), f"tcp:{port}:interface=127.0.0.1", spec.backend.format(dir=workdir)
+    )
+
+
+def navistore_command(python: str, endpoint: str, backend: str) -> list[str]:
+    """``twistd -n navistore`` in the foreground, run by ``python`` (through twistd's own
+    entry point, so no venv's ``bin/twistd`` script is needed)."""
     return [
-        str(python),
+        python,
         "-c",
         "from twisted.scripts.twistd import run; run()",
         "-n",
         "--pidfile=",
         "navistore",
         "--port",
-        f"tcp:{port}:interface=127.0.0.1",
+        endpoint,
         "--backend",
-        spec.backend.format(dir=workdir),
+        backend,
     ]
 
 

@@ -12,7 +12,7 @@ from .clock import Stamp
 from .errors import InvalidRecord
 from .keys import InvalidKey, normalize_key
 
-__all__ = ["DEFAULT_CONTENT_TYPE", "Record", "check_record"]
+__all__ = ["DEFAULT_CONTENT_TYPE", "Record", "check_content_type", "check_record"]
 
 #: The content type of a value whose writer did not say.
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
@@ -63,6 +63,13 @@ def _printable(text: str) -> bool:
     return not any(unicodedata.category(char) in ("Cc", "Cs") for char in text)
 
 
+def check_content_type(content_type: object) -> None:
+    """Raise :class:`InvalidRecord` unless a backend may store ``content_type`` (text without
+    control or surrogate characters); :func:`check_record` applies it to every record."""
+    if not isinstance(content_type, str) or not _printable(content_type):
+        raise InvalidRecord("content_type must be text without control or surrogate characters")
+
+
 @functools.lru_cache(maxsize=65536)
 def _canonical(key: str) -> str:
     # Every apply checks its key; a node writes the same keys over and over.
@@ -87,8 +94,7 @@ def check_record(record: object) -> Record:
         raise InvalidRecord(f"key {record.key!r} is not canonical (expected {canonical!r})")
     if not isinstance(record.value, bytes):
         raise InvalidRecord(f"value must be bytes, not {type(record.value).__name__}")
-    if not isinstance(record.content_type, str) or not _printable(record.content_type):
-        raise InvalidRecord("content_type must be text without control or surrogate characters")
+    check_content_type(record.content_type)
     if not isinstance(record.stamp, Stamp):
         raise InvalidRecord(f"stamp must be a Stamp, not {type(record.stamp).__name__}")
     if not isinstance(record.deleted, bool):

@@ -13,18 +13,17 @@ import json
 import socket
 from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import pytest_twisted
-from helpers import fired
+from helpers import fired, pumped
 from replication_fakes import Network, Node, make_clock, settle
 from test_e2e_server import REQUEST_TIMEOUT, running, twistd
 from test_web_limits import Server, connect, parse_response, until_closed
 from treq.testing import StubTreq
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.web.server import Request
 
 import navistore.backend.sqlite_schema as sqlite_module
@@ -39,7 +38,6 @@ from navistore.web.bulk import BulkEndpoints, bulk_endpoints
 from navistore.web.limits import bulk_body_limit
 from navistore.web.rendering import Response
 
-T = TypeVar("T")
 MAX_VALUE_SIZE = 64
 ORIGIN = "http://navistore.test"
 
@@ -95,28 +93,12 @@ class Api:
         body: bytes | None = None,
         params: Mapping[str, str] | None = None,
     ) -> Answer:
-        response = await self._pumped(
-            self.stub.request(method, ORIGIN + path, data=body, params=dict(params or {}))
+        response = await pumped(
+            self.stub,
+            self.stub.request(method, ORIGIN + path, data=body, params=dict(params or {})),
         )
-        content = await self._pumped(response.content())
+        content = await pumped(self.stub, response.content())
         return Answer(response.code, response.headers, content)
-
-    async def _pumped(self, waiting: Deferred[T]) -> T:
-        """Wait for ``waiting``, moving the in-memory connection's bytes meanwhile: over a
-        memory backend the answer is there at once, over sqlite it comes on a later turn."""
-        from twisted.internet import reactor
-
-        arrived: list[bool] = []
-
-        def note(result: T) -> T:
-            arrived.append(True)
-            return result
-
-        waiting.addBoth(note)  # ``called`` is already true while a chained Deferred waits
-        while not arrived:
-            self.stub.flush()
-            await deferLater(reactor, 0.001, lambda: None)
-        return await waiting
 
     async def bulk(self, entries: Any, **params: str) -> Answer:
         """POST ``entries`` (JSON-encoded unless already bytes) to ``/_bulk``."""

@@ -49,7 +49,7 @@ from ..errors import InvalidRecord
 from ..interfaces import IStorageBackend
 from ..record import Record, check_record
 from ..store import Store
-from .params import flag, int_arg, query, query_arg
+from .params import flag, int_arg, query, query_arg, request_body
 from .rendering import BadRequest, Response, json_bytes
 from .routes import Endpoints
 
@@ -64,15 +64,6 @@ PAGE_BYTES = 8 * 1024 * 1024
 #: Where client meta data lives among the serving node's own.
 META_PREFIX = "remote."
 _GENERATION_META = META_PREFIX + "generation"
-
-
-def _body(request: Request) -> bytes:
-    content = request.content
-    if content is None:
-        return b""
-    content.seek(0)
-    body: bytes = content.read()
-    return body
 
 
 def _required(request: Request, name: str) -> str:
@@ -128,7 +119,7 @@ class BackendRpc:
         """Apply the record the query describes (the body is its value), atomically."""
         params = {name: values[-1] for name, values in query(request).items()}
         try:
-            record, expect = record_from_params(params, _body(request))
+            record, expect = record_from_params(params, request_body(request))
         except MalformedRecord as exc:
             raise BadRequest("invalid_record", str(exc)) from None
         try:
@@ -184,7 +175,7 @@ class BackendRpc:
     async def set_meta(self, request: Request) -> Response:
         """Store a client's meta value (the body, UTF-8 text)."""
         try:
-            value = _body(request).decode("utf-8")
+            value = request_body(request).decode("utf-8")
         except UnicodeDecodeError:
             raise BadRequest("invalid_parameter", "a meta value must be UTF-8 text") from None
         await self.backend.set_meta(await self._meta_name(request), value)

@@ -35,15 +35,14 @@ from typing import Any
 
 from twisted.web.server import Request
 
-from ..clock import Stamp
 from ..errors import InvalidRecord
 from ..keys import InvalidKey
-from ..record import Record, check_record
+from ..record import check_content_type
 from ..store import Store
 from .hooks import WriteForwarder
 from .limits import bulk_body_limit
-from .params import flag
-from .rendering import BadRequest, Response, TooLarge, json_bytes
+from .params import flag, request_body
+from .rendering import BadRequest, Response, json_bytes
 from .routes import Endpoints
 
 __all__ = ["BulkEndpoints", "bulk_endpoints"]
@@ -51,10 +50,6 @@ __all__ = ["BulkEndpoints", "bulk_endpoints"]
 _JSON = {b"Content-Type": b"application/json"}
 _ENCODINGS = ("utf-8", "base64")
 _FIELDS = frozenset({"key", "value", "encoding", "content_type", "version"})
-
-#: A valid key and stamp, to check a content type against the record rules on its own.
-_PROBE_KEY = "/content-type"
-_PROBE_STAMP = Stamp(0, 0, "0" * 16)
 
 
 class InvalidEntry(BadRequest):
@@ -94,21 +89,9 @@ class BulkEndpoints:
         """The endpoint by name and method, for ``make_site(..., extra_endpoints=...)``."""
         return {"_bulk": {b"POST": self.load}}
 
-    def _body(self, request: Request) -> bytes:
-        """The body; the Site refused a larger one already, unless this resource runs without
-        it (under test, or in another Site)."""
-        content = request.content
-        if content is None:
-            return b""
-        content.seek(0)
-        body: bytes = content.read(self.max_body_size + 1)
-        if len(body) > self.max_body_size:
-            raise TooLarge(self.max_body_size)
-        return body
-
     async def load(self, request: Request) -> Response:
         """Check every entry, then write them all as last-writer-wins puts."""
-        body = self._body(request)
+        body = request_body(request, self.max_body_size)
         if self.write_forwarder is not None:
             # A cache node holds only copies: the upstream takes the load and answers it.
             return await self.write_forwarder.forward(request, body)
@@ -161,7 +144,7 @@ class BulkEndpoints:
             # The backend's own record rules, so that no apply fails once writing has begun. A
             # canonical key and bytes pass them already: only the content type is left to check.
             try:
-                check_record(Record(_PROBE_KEY, b"", content_type, _PROBE_STAMP))
+                check_content_type(content_type)
             except InvalidRecord as exc:
                 raise InvalidEntry(index, str(exc), key=key) from None
             valid_types.add(content_type)

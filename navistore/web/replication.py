@@ -21,7 +21,7 @@ from twisted.web.server import Request
 from ..replication.peers import InvalidPeer, normalize_peer_url, parse_peer_list
 from ..replication.wire import MEDIA_TYPE, MalformedBatch, decode_batch, encode_ack, encode_batch
 from ..watch import ResyncRequired, check_horizon
-from .params import int_arg, query_arg
+from .params import int_arg, query_arg, request_body
 from .rendering import ApiError, BadRequest, Response, json_bytes
 from .routes import Endpoints
 from .watches import horizon_arg, resync_error
@@ -37,19 +37,9 @@ _DEFAULT_PAGE = 1000
 _MAX_PAGE = 10_000
 
 
-def _body(request: Request) -> bytes:
-    """The request body, as the Site read it (bodies over its limit never get here)."""
-    content = request.content
-    if content is None:
-        return b""
-    content.seek(0)
-    body: bytes = content.read()
-    return body
-
-
 def _text(request: Request) -> str:
     try:
-        return _body(request).decode("utf-8")
+        return request_body(request).decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("invalid_peer", "the body is not UTF-8 text") from None
 
@@ -88,7 +78,7 @@ class ReplicationEndpoints:
     async def receive(self, request: Request) -> Response:
         """Apply a pushed batch (all or nothing on validation and drift) and acknowledge it."""
         try:
-            batch = decode_batch(_body(request))
+            batch = decode_batch(request_body(request))
         except MalformedBatch as exc:
             raise BadRequest("malformed_batch", str(exc)) from None
         # ClockDriftError (raised before anything is applied) is answered 400 clock_drift.

@@ -25,7 +25,7 @@ from ..store import MATCH_ANY, KeysPage, Store, WriteResult
 from ..watch import WatchHub
 from .conditions import condition, etag_of, last_modified
 from .hooks import ALL_REPLICAS, MissResolver, ReplicaWaiter, WriteForwarder
-from .params import flag, int_arg, query, query_arg, wants_json
+from .params import flag, int_arg, query, query_arg, request_body, wants_json
 from .rendering import (
     ApiError,
     BadRequest,
@@ -239,14 +239,7 @@ class ApiResource(Resource):
             raise InvalidKey(raw, f"not valid UTF-8 (byte {exc.start})") from None
 
     def _body(self, request: Request) -> bytes:
-        content = request.content
-        if content is None:
-            return b""
-        content.seek(0)
-        body: bytes = content.read(self.max_value_size + 1)
-        if len(body) > self.max_value_size:
-            raise TooLarge(self.max_value_size)
-        return body
+        return request_body(request, self.max_value_size)
 
     # -- keys -------------------------------------------------------------------------------
 
