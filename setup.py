@@ -38,7 +38,7 @@ setup(
         ],
     },
     entry_points={
-        "console_scripts": ["navistore = navistore.client:main"],
+        "console_scripts": ["navistore = navistore.scripts.client:main"],
         "navistore.backends": [],
     },
     classifiers=[

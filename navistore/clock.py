@@ -52,6 +52,8 @@ class ClockDriftError(ValueError):
     record carrying it is refused instead.
     """
 
+    code = "clock_drift"
+
     def __init__(self, stamp: Stamp, ahead_ms: int, max_drift_ms: int) -> None:
         super().__init__(
             f"stamp {stamp} is {ahead_ms} ms ahead of this node's clock "
@@ -60,6 +62,7 @@ class ClockDriftError(ValueError):
         self.stamp = stamp
         self.ahead_ms = ahead_ms
         self.max_drift_ms = max_drift_ms
+        self.detail = {"ahead_ms": ahead_ms}
 
 
 def validate_node_id(node_id: str) -> str:
@@ -182,6 +185,10 @@ class HybridClock:
         self.max_drift_ms = max_drift_ms
         self._last_wall = 0
         self._last_counter = 0
+
+    def wall_ms(self) -> int:
+        """The wall time this clock reads, in ms since the epoch (what stamps are close to)."""
+        return self._wall_ms()
 
     @property
     def last(self) -> Stamp:

@@ -10,7 +10,13 @@ __all__ = ["BackendClosed", "BackendError", "InvalidRecord", "StorageFailure"]
 
 
 class BackendError(Exception):
-    """Base class of every error a backend reports."""
+    """Base class of every error a backend reports.
+
+    ``code`` is the API's error name when such an error reaches a client: a backend that fails
+    makes the node unavailable (503), whatever the backend's own exception says.
+    """
+
+    code = "backend_unavailable"
 
 
 class BackendClosed(BackendError):
@@ -23,6 +29,8 @@ class BackendClosed(BackendError):
 
 class InvalidRecord(BackendError, ValueError):
     """A record handed to ``apply`` is malformed; nothing was stored."""
+
+    code = "invalid_record"
 
 
 class StorageFailure(BackendError):

@@ -13,9 +13,9 @@ from typing import Union
 
 from zope.interface import Attribute, Interface
 
-from .clock import Stamp
-from .errors import BackendClosed, BackendError, InvalidRecord, StorageFailure
-from .record import Record
+from navistore.clock import Stamp
+from navistore.errors import BackendClosed, BackendError, InvalidRecord, StorageFailure
+from navistore.record import Record
 
 __all__ = [
     "ABSENT",

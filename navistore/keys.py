@@ -32,10 +32,13 @@ RESERVED_EXCEPTIONS = frozenset({"_replication_slaves"})
 class InvalidKey(ValueError):
     """A key or prefix breaks the grammar; the message says exactly how."""
 
+    code = "invalid_key"
+
     def __init__(self, key: object, reason: str) -> None:
         super().__init__(f"invalid key {key!r}: {reason}")
         self.key = key
         self.reason = reason
+        self.detail = {"reason": reason}
 
 
 def _decode(raw: str | bytes) -> str:

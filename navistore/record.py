@@ -8,9 +8,9 @@ import unicodedata
 
 import attrs
 
-from .clock import Stamp
-from .errors import InvalidRecord
-from .keys import InvalidKey, normalize_key
+from navistore.clock import Stamp
+from navistore.errors import InvalidRecord
+from navistore.keys import InvalidKey, normalize_key
 
 __all__ = ["DEFAULT_CONTENT_TYPE", "Record", "check_content_type", "check_record"]
 
@@ -46,8 +46,8 @@ class Record:
         """Make the record that deletes ``key`` as of ``stamp``."""
         return cls(key, b"", "", stamp, deleted=True)
 
-    def with_seq(self, seq: int) -> Record:
-        """Return this record as stored at ``seq``."""
+    def with_seq(self, seq: int | None) -> Record:
+        """Return this record as stored at ``seq`` (None: as not stored yet)."""
         # Not attrs.evolve: this runs once per stored record, and evolve costs several times more.
         return Record(
             self.key, self.value, self.content_type, self.stamp, self.deleted, seq, self.chain

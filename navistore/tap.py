@@ -17,15 +17,15 @@ from twisted.application.service import MultiService
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from .backend import BackendURLError, known_schemes, parse_backend_url
-from .keys import DEFAULT_MAX_KEY_BYTES
-from .replication.gc import DEFAULT_RETENTION
-from .replication.peers import InvalidPeer, normalize_peer_url
-from .service import DEFAULT_BACKEND, DEFAULT_ENDPOINTS, NavistoreService
-from .watch import DEFAULT_MAX_WATCHERS
-from .web import DEFAULT_MAX_VALUE_SIZE
+from navistore.backend import BackendURLError, known_schemes, parse_backend_url
+from navistore.keys import DEFAULT_MAX_KEY_BYTES
+from navistore.node import DEFAULT_BACKEND, DEFAULT_ENDPOINTS, NavistoreService, NodeConfig
+from navistore.peer_urls import InvalidPeer, normalize_peer_url
+from navistore.replication.gc import DEFAULT_RETENTION
+from navistore.watch_hub import DEFAULT_MAX_WATCHERS
+from navistore.web import DEFAULT_MAX_VALUE_SIZE
 
-__all__ = ["Options", "check_backend_url", "makeService"]
+__all__ = ["Options", "check_backend_url", "makeService", "node_config"]
 
 #: Exit status of a process whose node could not start after twistd began running it.
 STARTUP_FAILED = 1
@@ -238,22 +238,27 @@ def _stop_process(reactor: Any) -> Callable[[Failure], None]:
     return stop
 
 
+def node_config(options: Options) -> NodeConfig:
+    """The node that parsed options describe."""
+    return NodeConfig(
+        backend_url=options["backend"],
+        endpoints=options["port"],
+        max_value_size=options["max-value-size"],
+        max_key_bytes=options["max-key-bytes"],
+        max_watchers=options["max-watchers"],
+        tombstone_retention=options["tombstone-retention"],
+        peers=options["peer"],
+        clone_from=options.get("clone-from"),
+        upstream=options.get("upstream"),
+        read_fallback=bool(options["read-fallback"]),
+        serve_backend=bool(options["serve-backend"]),
+    )
+
+
 def makeService(options: Options) -> MultiService:
     """Make the node the options describe, on the reactor twistd runs."""
     from twisted.internet import reactor
 
     return NavistoreService(
-        options["backend"],
-        options["port"],
-        max_value_size=options["max-value-size"],
-        max_key_bytes=options["max-key-bytes"],
-        peers=options["peer"],
-        clone_from=options.get("clone-from"),
-        max_watchers=options["max-watchers"],
-        tombstone_retention=options["tombstone-retention"],
-        upstream=options.get("upstream"),
-        read_fallback=bool(options["read-fallback"]),
-        serve_backend=bool(options["serve-backend"]),
-        reactor=reactor,
-        on_startup_failure=_stop_process(reactor),
+        node_config(options), reactor=reactor, on_startup_failure=_stop_process(reactor)
     )

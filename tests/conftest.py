@@ -1,7 +1,8 @@
-"""Shared test configuration: Hypothesis profiles.
+"""Shared test configuration: Hypothesis profiles, and the fixtures many modules use.
 
 ``ci`` (the default) keeps property tests bounded so the suite fits CI's time; ``dev`` runs more
-examples. Pick one with ``HYPOTHESIS_PROFILE=dev``.
+examples. Pick one with ``HYPOTHESIS_PROFILE=dev``. What tests share besides fixtures lives in
+``tests/support``.
 """
 
 from __future__ import annotations
@@ -11,10 +12,16 @@ import shutil
 import subprocess
 import sys
 import venv
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import pytest_twisted
 from hypothesis import HealthCheck, settings
+
+from navistore.backend.memory import MemoryBackend
+from navistore.store import Store
 
 settings.register_profile(
     "ci",
@@ -76,3 +83,19 @@ def installed_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def pytest_report_header() -> str:
     """Say which interpreter runs the suite (CPython or PyPy matters for timings)."""
     return f"navistore tests on {sys.implementation.name} {sys.version.split()[0]}"
+
+
+@pytest.fixture
+def reactor() -> Any:
+    """The reactor pytest-twisted runs (for tests that listen on 127.0.0.1)."""
+    from twisted.internet import reactor as running
+
+    return running
+
+
+@pytest_twisted.async_yield_fixture
+async def store() -> AsyncIterator[Store]:
+    """A Store over a fresh memory backend, closed after the test."""
+    opened = await Store.open(MemoryBackend())
+    yield opened
+    await opened.close()

@@ -11,56 +11,36 @@ from __future__ import annotations
 import base64
 import json
 import socket
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
-from helpers import fired, pumped
-from replication_fakes import Network, Node, make_clock, settle
-from test_e2e_server import REQUEST_TIMEOUT, running, twistd
-from test_web_limits import Server, connect, parse_response, until_closed
-from treq.testing import StubTreq
-from twisted.internet import endpoints
+from support.api import ORIGIN, Answer, Api, api_resource
+from support.deferreds import fired
+from support.nodes import Network, Node, make_clock, settle
+from support.processes import REQUEST_TIMEOUT, running, twistd
+from support.rawhttp import Server, connect, listen, parse_response, until_closed
 from twisted.internet.task import Clock
-from twisted.web.server import Request
 
 import navistore.backend.sqlite_schema as sqlite_module
 from navistore.backend.memory import MemoryBackend
 from navistore.backend.sqlite import SqliteBackend
 from navistore.clock import Stamp
+from navistore.hooks import ForwardedAnswer, ForwardedWrite
 from navistore.record import Record
 from navistore.store import Store
-from navistore.watch import WatchHub
-from navistore.web import ApiResource, make_site
+from navistore.watch_hub import WatchHub
+from navistore.web import make_site
 from navistore.web.bulk import BulkEndpoints, bulk_endpoints
-from navistore.web.limits import bulk_body_limit
-from navistore.web.rendering import Response
+from navistore.web.site import bulk_body_limit
 
 MAX_VALUE_SIZE = 64
-ORIGIN = "http://navistore.test"
 
 
-class Answer:
-    """Status, headers and body of one answer."""
-
-    def __init__(self, status: int, headers: Any, body: bytes) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-    def header(self, name: str) -> str | None:
-        values = self.headers.getRawHeaders(name)
-        return values[-1] if values else None
-
-    def json(self) -> Any:
-        assert self.header("Content-Type") == "application/json", self.body
-        return json.loads(self.body)
-
-
-class Api:
-    """A StubTreq client of a node's API with the bulk endpoint."""
+class BulkApi(Api):
+    """A client of a node's API with the bulk endpoint (answers pumped: sqlite commits later)."""
 
     def __init__(
         self,
@@ -70,56 +50,34 @@ class Api:
         write_forwarder: Any = None,
         watch_hub: WatchHub | None = None,
     ) -> None:
-        self.store = store
         bulk = BulkEndpoints(
             store,
             max_value_size=MAX_VALUE_SIZE,
             max_body_size=max_body_size,
             write_forwarder=write_forwarder,
         )
-        resource = ApiResource(
+        resource = api_resource(
             store,
             max_value_size=MAX_VALUE_SIZE,
             extra_endpoints=bulk.endpoints(),
             write_forwarder=write_forwarder,
             watch_hub=watch_hub,
         )
-        self.stub = StubTreq(resource)
+        super().__init__(resource, pump=True)
 
-    async def request(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        params: Mapping[str, str] | None = None,
-    ) -> Answer:
-        response = await pumped(
-            self.stub,
-            self.stub.request(method, ORIGIN + path, data=body, params=dict(params or {})),
-        )
-        content = await pumped(self.stub, response.content())
-        return Answer(response.code, response.headers, content)
+    async def get(self, path: str, **params: Any) -> Answer:
+        """``GET path?params``."""
+        return await self.request("GET", path, params=params)
 
     async def bulk(self, entries: Any, **params: str) -> Answer:
         """POST ``entries`` (JSON-encoded unless already bytes) to ``/_bulk``."""
         body = entries if isinstance(entries, bytes) else json.dumps(entries).encode()
-        return await self.request("POST", "/_bulk", body, params)
-
-    async def get(self, path: str, **params: str) -> Answer:
-        return await self.request("GET", path, params=params)
-
-
-@pytest_twisted.async_yield_fixture
-async def store() -> AsyncIterator[Store]:
-    """A Store over a fresh memory backend."""
-    opened = await Store.open(MemoryBackend())
-    yield opened
-    await opened.close()
+        return await self.request("POST", "/_bulk", body, params=params)
 
 
 @pytest.fixture
-def api(store: Store) -> Api:
-    return Api(store)
+def api(store: Store) -> BulkApi:
+    return BulkApi(store)
 
 
 async def nothing_written(store: Store) -> None:
@@ -151,7 +109,7 @@ EXPECTED = {
 
 
 @pytest_twisted.ensureDeferred
-async def test_round_trip_of_text_and_binary_values(api: Api) -> None:
+async def test_round_trip_of_text_and_binary_values(api: BulkApi) -> None:
     """Entries with UTF-8 and base64 values, with and without content types, are stored as
     given (keys normalised, the default content type filled in) and read back byte for byte."""
     answer = await api.bulk(SAMPLE)
@@ -163,14 +121,14 @@ async def test_round_trip_of_text_and_binary_values(api: Api) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_listing_with_values_feeds_back_as_a_restore(api: Api) -> None:
+async def test_a_listing_with_values_feeds_back_as_a_restore(api: BulkApi) -> None:
     """A listing with ``?values=true`` (its ``keys`` array, or the whole page) loads into
     another node as the same keys, values and content types, with versions of its own."""
     assert (await api.bulk(SAMPLE)).status == 200
     listing = await api.get("/app/", values="true")
     page = listing.json()
     for body in (json.dumps(page["keys"]).encode(), listing.body):
-        restored = Api(await Store.open(MemoryBackend()))
+        restored = BulkApi(await Store.open(MemoryBackend()))
         answer = await restored.bulk(body)
         assert answer.json() == {"received": 4, "written": 4}
         copy = (await restored.get("/app/", values="true")).json()
@@ -183,7 +141,7 @@ async def test_a_listing_with_values_feeds_back_as_a_restore(api: Api) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_verbose_answer_lists_versions_and_seqs(api: Api) -> None:
+async def test_verbose_answer_lists_versions_and_seqs(api: BulkApi) -> None:
     """``?verbose=true`` names each stored key with its version (its ETag) and seq."""
     await api.request("PUT", "/before", b"x")
     answer = await api.bulk(SAMPLE[:2], verbose="true")
@@ -195,7 +153,7 @@ async def test_verbose_answer_lists_versions_and_seqs(api: Api) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_later_duplicate_wins_and_is_written_once(api: Api, store: Store) -> None:
+async def test_later_duplicate_wins_and_is_written_once(api: BulkApi, store: Store) -> None:
     """A key given twice is written once, with the later entry, at the later entry's place in
     the seq order, as if the puts had run one after another."""
     entries = [
@@ -212,14 +170,14 @@ async def test_later_duplicate_wins_and_is_written_once(api: Api, store: Store) 
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_empty_load_writes_nothing(api: Api, store: Store) -> None:
+async def test_an_empty_load_writes_nothing(api: BulkApi, store: Store) -> None:
     answer = await api.bulk([])
     assert (answer.status, answer.json()) == (200, {"received": 0, "written": 0})
     await nothing_written(store)
 
 
 @pytest_twisted.ensureDeferred
-async def test_bulk_writes_overwrite_existing_keys(api: Api) -> None:
+async def test_bulk_writes_overwrite_existing_keys(api: BulkApi) -> None:
     """A bulk write is a plain put: it replaces whatever the key held, with a newer version."""
     old = await api.request("PUT", "/app/text", b"old")
     assert (await api.bulk(SAMPLE[:1])).status == 200
@@ -229,7 +187,7 @@ async def test_bulk_writes_overwrite_existing_keys(api: Api) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_only_post_is_allowed(api: Api) -> None:
+async def test_only_post_is_allowed(api: BulkApi) -> None:
     answer = await api.get("/_bulk")
     assert answer.status == 405
     assert answer.header("Allow") == "POST"
@@ -268,7 +226,9 @@ INVALID_ENTRIES: dict[str, Any] = {
 
 @pytest.mark.parametrize("entry", INVALID_ENTRIES.values(), ids=list(INVALID_ENTRIES))
 @pytest_twisted.ensureDeferred
-async def test_one_invalid_entry_refuses_the_whole_load(api: Api, store: Store, entry: Any) -> None:
+async def test_one_invalid_entry_refuses_the_whole_load(
+    api: BulkApi, store: Store, entry: Any
+) -> None:
     """An invalid entry anywhere answers 400 ``invalid_bulk_entry`` naming its index, and not
     even the valid entries before it are written."""
     answer = await api.bulk([GOOD, entry, GOOD])
@@ -284,7 +244,9 @@ async def test_one_invalid_entry_refuses_the_whole_load(api: Api, store: Store, 
     "body", [b"not json", b"\xff\xfe", b'{"key": "/k", "value": "v"}', b"42", b'"text"']
 )
 @pytest_twisted.ensureDeferred
-async def test_a_body_that_is_not_an_array_is_refused(api: Api, store: Store, body: bytes) -> None:
+async def test_a_body_that_is_not_an_array_is_refused(
+    api: BulkApi, store: Store, body: bytes
+) -> None:
     answer = await api.bulk(body)
     assert answer.status == 400
     assert answer.json()["error"] == "invalid_bulk_body"
@@ -292,7 +254,7 @@ async def test_a_body_that_is_not_an_array_is_refused(api: Api, store: Store, bo
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_value_at_the_limit_is_accepted(api: Api) -> None:
+async def test_a_value_at_the_limit_is_accepted(api: BulkApi) -> None:
     value = bytes(range(MAX_VALUE_SIZE))
     entry = {"key": "/k", "value": base64.b64encode(value).decode(), "encoding": "base64"}
     assert (await api.bulk([entry])).status == 200
@@ -302,7 +264,7 @@ async def test_a_value_at_the_limit_is_accepted(api: Api) -> None:
 @pytest_twisted.ensureDeferred
 async def test_a_body_over_the_bulk_limit_is_refused(store: Store) -> None:
     """The endpoint applies the bulk limit itself too (for a resource served by another Site)."""
-    api = Api(store, max_body_size=200)
+    api = BulkApi(store, max_body_size=200)
     entries = [{"key": f"/k{number}", "value": "v" * 30} for number in range(5)]
     answer = await api.bulk(entries)
     assert answer.status == 413
@@ -310,23 +272,18 @@ async def test_a_body_over_the_bulk_limit_is_refused(store: Store) -> None:
     await nothing_written(store)
 
 
-@pytest.fixture
-def reactor() -> Any:
-    from twisted.internet import reactor as running
-
-    return running
-
-
 @pytest_twisted.async_yield_fixture
 async def site_server(reactor: Any) -> AsyncIterator[Server]:
     """A node with the bulk endpoint and a 1 KiB value limit, listening on 127.0.0.1."""
     store = await Store.open(MemoryBackend())
     extra = bulk_endpoints(store, max_value_size=1024)
-    site = make_site(store, max_value_size=1024, extra_endpoints=extra, reactor=reactor)
-    endpoint = endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1")
-    port = await endpoint.listen(site)
-    yield Server(store, port, reactor)
-    await port.stopListening()
+    hub = WatchHub(store, clock=reactor)
+    site = make_site(
+        store, max_value_size=1024, extra_endpoints=extra, watch_hub=hub, reactor=reactor
+    )
+    server = await listen(store, site, reactor)
+    yield server
+    await server.stop()
     await store.close()
 
 
@@ -361,12 +318,14 @@ async def test_the_site_gives_bulk_loads_their_own_limit(site_server: Server) ->
 
 
 @pytest_twisted.ensureDeferred
-async def test_listeners_hear_every_bulk_write_in_seq_order(api: Api, store: Store) -> None:
+async def test_listeners_hear_every_bulk_write_in_seq_order(api: BulkApi, store: Store) -> None:
     """Every stored record is announced once, exactly as a single put is, in seq order."""
     heard: list[Record] = []
     store.subscribe(heard.append)
     await api.bulk(SAMPLE)
-    assert [record.key for record in heard] == [store.key(entry["key"]) for entry in SAMPLE]
+    assert [record.key for record in heard] == [
+        store.canonical_key(entry["key"]) for entry in SAMPLE
+    ]
     assert [record.seq for record in heard] == [1, 2, 3, 4]
     assert heard == list((await store.changes(0)).records)
 
@@ -376,7 +335,7 @@ def test_a_long_poll_is_woken_by_a_bulk_write() -> None:
     clock = Clock()
     store = fired(Store.open(MemoryBackend()))
     hub = WatchHub(store, clock=clock)
-    api = Api(store, watch_hub=hub)
+    api = BulkApi(store, watch_hub=hub)
     outcome: list[Any] = []
     params = {"feed": "longpoll", "prefix": "/app/", "since": "0"}
     api.stub.request("GET", ORIGIN + "/_changes", params=params).addBoth(outcome.append)
@@ -391,7 +350,9 @@ def test_a_long_poll_is_woken_by_a_bulk_write() -> None:
     assert [response.code for response in loaded] == [200]
     [response] = outcome
     document = json.loads(fired(response.content()))
-    assert [item["key"] for item in document["results"]] == [store.key(e["key"]) for e in SAMPLE]
+    assert [item["key"] for item in document["results"]] == [
+        store.canonical_key(e["key"]) for e in SAMPLE
+    ]
     hub.close()
 
 
@@ -403,7 +364,7 @@ async def test_bulk_writes_replicate_to_peers() -> None:
     a, b = await Node.create("a", network, clock), await Node.create("b", network, clock)
     await b.start()
     await a.start(initial_peers=[b.url])
-    answer = await Api(a.store).bulk(SAMPLE)
+    answer = await BulkApi(a.store).bulk(SAMPLE)
     assert answer.status == 200
     settle(clock, [a, b])
     held = await a.held()
@@ -431,7 +392,7 @@ async def test_sqlite_writes_one_load_in_one_transaction(
     monkeypatch.setattr(sqlite_module, "write_batch", counting)
     store = await Store.open(SqliteBackend(tmp_path / "bulk.db"))
     try:
-        api = Api(store)
+        api = BulkApi(store)
         await api.request("PUT", "/first", b"1")
         before = await store.last_seq()
         batches.clear()
@@ -466,11 +427,11 @@ class Forwarder:
     """A cache node's WriteForwarder stand-in: records what it was asked to send upstream."""
 
     def __init__(self) -> None:
-        self.forwarded: list[tuple[bytes, bytes, bytes]] = []
+        self.forwarded: list[tuple[str, bytes, bytes]] = []
 
-    async def forward(self, request: Request, body: bytes) -> Response:
-        self.forwarded.append((request.method, request.uri, body))
-        return Response(200, b'{"upstream": true}', {b"Content-Type": b"application/json"})
+    async def forward(self, write: ForwardedWrite) -> ForwardedAnswer:
+        self.forwarded.append((write.method, write.target, write.body))
+        return ForwardedAnswer(200, {b"Content-Type": b"application/json"}, b'{"upstream": true}')
 
 
 @pytest_twisted.ensureDeferred
@@ -478,11 +439,11 @@ async def test_a_cache_node_forwards_bulk_loads_upstream(store: Store) -> None:
     """On a cache node a bulk load is not written locally: it goes to the upstream as is and
     the upstream's answer is the answer, as for every write there."""
     forwarder = Forwarder()
-    api = Api(store, write_forwarder=forwarder)
+    api = BulkApi(store, write_forwarder=forwarder)
     body = json.dumps(SAMPLE).encode()
     answer = await api.bulk(body, verbose="true")
     assert (answer.status, answer.json()) == (200, {"upstream": True})
-    assert forwarder.forwarded == [(b"POST", b"/_bulk?verbose=true", body)]
+    assert forwarder.forwarded == [("POST", b"/_bulk?verbose=true", body)]
     await nothing_written(store)
 
 

@@ -1,4 +1,4 @@
-"""The cache node (``navistore.replication.cache``): a read-through copy of an upstream node.
+"""The cache node (``navistore.cache_node.cache``): a read-through copy of an upstream node.
 
 The upstream is a real ApiResource over a memory Store; the cache reaches it through
 :class:`Link`, a treq-like client over ``StubTreq`` that a test can cut or slow down, and clients
@@ -8,22 +8,23 @@ Both Stores and the cache's polls run on one ``task.Clock``.
 
 from __future__ import annotations
 
-import json
 from random import Random
 from typing import Any
 
 import attrs
 import pytest_twisted
-from replication_fakes import make_clock, wall_ms
+from support.api import Answer, api_resource
+from support.nodes import make_clock, wall_ms
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, fail
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 
 from navistore.backend.memory import MemoryBackend
-from navistore.replication.cache import CURSOR_META, UPSTREAM_NODE_META, UpstreamCache
+from navistore.cache_node.cache import CURSOR_META, UPSTREAM_NODE_META, UpstreamCache
+from navistore.links import PeerLink
 from navistore.store import Store
+from navistore.testing.fakehttp import FakeHTTP
 from navistore.web import ApiResource
 
 UPSTREAM = "http://upstream.test:8888"
@@ -32,58 +33,26 @@ SOURCE = "X-Navistore-Source"
 
 
 class Link:
-    """A treq-like client to one resource: records requests, can be cut, can delay answers."""
+    """The cache's way to its upstream: a FakeHTTP serving the upstream's resource at UPSTREAM,
+    which a test can cut, make hold an answer, and ask which paths were requested."""
 
     def __init__(self, resource: Resource) -> None:
-        self.stub = StubTreq(resource)
-        self.requests: list[tuple[str, str]] = []
-        self.down = False
-        self.delay_paths: set[str] = set()
-        self.delayed: list[tuple[Deferred[Any], Deferred[Any]]] = []
+        self.http = FakeHTTP()
+        self.http.attach(UPSTREAM, resource)
+        self._read = 0
 
-    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
-        kwargs.pop("timeout", None)
-        path = url[len(UPSTREAM) :]
-        self.requests.append((method, path))
-        if self.down:
-            return fail(ConnectionRefusedError("upstream.test"))
-        answer: Deferred[Any] = self.stub.request(method, url, **kwargs)
-        if path in self.delay_paths:
-            # Answered now (from the state of now), delivered when the test releases it.
-            self.delay_paths.discard(path)
-            late: Deferred[Any] = Deferred()
-            self.delayed.append((answer, late))
-            return late
-        return answer
+    def peer_link(self, clock: Clock) -> PeerLink:
+        """The link settings a cache reaches the upstream with, over this client."""
+        return PeerLink(self.http, clock, Random(1), request_timeout=10.0)
 
-    def release(self) -> None:
-        """Deliver the delayed answers."""
-        delayed, self.delayed = self.delayed, []
-        for answer, late in delayed:
-            answer.chainDeferred(late)
-        self.stub.flush()
+    def cut(self, is_down: bool = True) -> None:
+        """Refuse (or, with False, accept again) every connection to the upstream."""
+        self.http.down(UPSTREAM, is_down)
 
     def paths(self) -> list[str]:
-        """The path (and query) of every request made, in order; then forget them."""
-        paths = [path for _method, path in self.requests]
-        self.requests.clear()
-        return paths
-
-
-@attrs.define
-class Answer:
-    """What a client of the cache (or of the upstream) got back."""
-
-    status: int
-    body: bytes
-    headers: Any
-
-    def header(self, name: str) -> str | None:
-        values = self.headers.getRawHeaders(name)
-        return values[-1] if values else None
-
-    def json(self) -> Any:
-        return json.loads(self.body)
+        """The path (and query) of every request made since the last call, in order."""
+        sent, self._read = self.http.sent[self._read :], len(self.http.sent)
+        return [each.path for each in sent]
 
 
 async def call(
@@ -92,7 +61,7 @@ async def call(
     """One request through ``client``; header names use ``_`` for ``-``."""
     sent = {name.replace("_", "-"): value for name, value in headers.items()}
     response = await client.request(method, "http://node.test" + path, data=body, headers=sent)
-    return Answer(response.code, await response.content(), response.headers)
+    return Answer(response.code, response.headers, await response.content())
 
 
 @attrs.define
@@ -123,23 +92,21 @@ class Pair:
 
 def start_cache(store: Store, link: Link, clock: Clock, **options: Any) -> UpstreamCache:
     """A started cache of :data:`UPSTREAM` over ``store``, reaching it through ``link``."""
-    cache = UpstreamCache(
-        store, http_client=link, clock=clock, upstream=UPSTREAM, random=Random(1), **options
-    )
+    cache = UpstreamCache(store, link=link.peer_link(clock), upstream=UPSTREAM, **options)
     cache.startService()
     return cache
 
 
 def cache_resource(store: Store, cache: UpstreamCache) -> ApiResource:
     """The API of a cache node: the cache resolves its misses and forwards its writes."""
-    return ApiResource(store, max_value_size=1 << 20, miss_resolver=cache, write_forwarder=cache)
+    return api_resource(store, max_value_size=1 << 20, miss_resolver=cache, write_forwarder=cache)
 
 
 async def make_pair(**options: Any) -> Pair:
     """A fresh upstream with ``/a`` and ``/b``, and a started cache of it (nothing cached)."""
     clock = make_clock()
     upstream = await Store.open(MemoryBackend(), wall_ms=wall_ms(clock))
-    upstream_resource = ApiResource(upstream, max_value_size=1 << 20)
+    upstream_resource = api_resource(upstream, max_value_size=1 << 20)
     await upstream.put("/a", b"alpha", "text/plain")
     await upstream.put("/b", b"\x00beta\xff")
     link = Link(upstream_resource)
@@ -202,9 +169,9 @@ async def test_concurrent_misses_of_one_key_share_one_upstream_request() -> None
     """Many clients missing the same key at once cause a single upstream GET."""
     pair = await make_pair()
     pair.link.paths()
-    pair.link.delay_paths.add("/a")
+    pair.link.http.hold("/a")
     waiting = [Deferred.fromCoroutine(pair.get("/a")) for _ in range(5)]
-    pair.link.release()
+    pair.link.http.release()
     pair.api.flush()
     answers = [await each for each in waiting]
     assert [answer.body for answer in answers] == [b"alpha"] * 5
@@ -216,11 +183,11 @@ async def test_a_change_that_overtakes_a_fill_is_not_lost() -> None:
     """If the upstream changes a key while its fill is on the way, the feed counts the key as
     held: the newer version is fetched, and the late, older answer loses (last writer wins)."""
     pair = await make_pair()
-    pair.link.delay_paths.add("/a")
+    pair.link.http.hold("/a")
     reading = Deferred.fromCoroutine(pair.get("/a"))  # answered with "alpha", delivered late
     await pair.put_upstream("/a", b"newer")
     pair.clock.advance(1)
-    pair.link.release()
+    pair.link.http.release()
     pair.api.flush()
     assert (await reading).body == b"newer"
     assert (await pair.store.get("/a")).value == b"newer"
@@ -356,7 +323,7 @@ async def test_another_node_behind_the_url_drops_every_copy() -> None:
     await pair.get("/a")
     fresh = await Store.open(MemoryBackend(), wall_ms=wall_ms(pair.clock))
     await fresh.put("/a", b"from the new node")
-    pair.link.stub = StubTreq(ApiResource(fresh, max_value_size=1 << 20))
+    pair.link.http.attach(UPSTREAM, api_resource(fresh, max_value_size=1 << 20))
     pair.clock.advance(1)
     assert await pair.store.get("/a") is None
     assert pair.cache.upstream_node_id == fresh.node_id
@@ -373,7 +340,7 @@ async def test_during_an_outage_copies_are_served_stale_and_writes_are_503() -> 
     ``upstream_unavailable`` (a 404 could be false)."""
     pair = await make_pair()
     await pair.get("/a")
-    pair.link.down = True
+    pair.link.cut()
     pair.clock.advance(30)
     answer = await pair.get("/a")
     assert (answer.status, answer.body) == (200, b"alpha")
@@ -396,11 +363,11 @@ async def test_after_an_outage_the_cache_catches_up() -> None:
     pair = await make_pair()
     await pair.get("/a")
     await pair.get("/b")
-    pair.link.down = True
+    pair.link.cut()
     pair.clock.advance(20)
     await pair.put_upstream("/a", b"changed meanwhile")
     await call(pair.upstream_api, "DELETE", "/b")
-    pair.link.down = False
+    pair.link.cut(False)
     pair.clock.advance(30)
     answer = await pair.get("/a")
     assert (answer.body, answer.header(STALE)) == (b"changed meanwhile", "0")
@@ -414,7 +381,7 @@ async def test_staleness_survives_a_restart_during_an_outage() -> None:
     from the last sync it persisted (at most 30 s earlier than the real one)."""
     pair = await make_pair()
     await pair.get("/a")
-    pair.link.down = True
+    pair.link.cut()
     pair.clock.advance(100)
     pair.restart()
     pair.clock.advance(5)
@@ -427,9 +394,10 @@ async def test_an_upstream_that_is_this_node_is_refused() -> None:
     with 503 ``upstream_is_self`` instead of asking itself forever."""
     clock = make_clock()
     store = await Store.open(MemoryBackend(), wall_ms=wall_ms(clock))
-    cache = UpstreamCache(store, http_client=None, clock=clock, upstream=UPSTREAM)
+    network = FakeHTTP()
+    cache = UpstreamCache(store, link=PeerLink(network, clock), upstream=UPSTREAM)
     resource = cache_resource(store, cache)
-    cache._http = Link(resource)
+    network.attach(UPSTREAM, resource)
     cache.startService()
     assert cache.state == "self"
     api = StubTreq(resource)
@@ -456,8 +424,8 @@ async def test_before_any_contact_staleness_counts_from_the_start() -> None:
     clock = make_clock()
     store = await Store.open(MemoryBackend(), wall_ms=wall_ms(clock))
     await store.put("/old", b"left from before")
-    link = Link(ApiResource(store, max_value_size=1))
-    link.down = True
+    link = Link(api_resource(store, max_value_size=1))
+    link.cut()
     cache = start_cache(store, link, clock)
     clock.advance(7)
     answer = await call(StubTreq(cache_resource(store, cache)), "GET", "/old")

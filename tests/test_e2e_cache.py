@@ -11,7 +11,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from test_e2e_server import DEADLINE, Server, running, twistd, wait_until
+from support.processes import DEADLINE, Server, running, twistd, wait_until
 
 pytestmark = pytest.mark.e2e
 

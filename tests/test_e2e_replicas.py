@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_e2e_server import Server, running, stop_process, twistd
+from support.processes import Server, running, stop_process, twistd
 
 pytestmark = pytest.mark.e2e
 

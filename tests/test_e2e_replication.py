@@ -32,7 +32,7 @@ from typing import Any, Callable
 from urllib.parse import quote
 
 import pytest
-from test_e2e_server import DEADLINE, LOOPBACK, REQUEST_TIMEOUT, Server, running, twistd
+from support.processes import DEADLINE, LOOPBACK, REQUEST_TIMEOUT, Server, running, twistd
 
 pytestmark = pytest.mark.e2e
 

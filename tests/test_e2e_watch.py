@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_e2e_server import running, stop_process, twistd, wait_until
+from support.processes import running, stop_process, twistd, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -9,15 +9,17 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from helpers import pumped
+from support.deferreds import pumped
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.web.http_headers import Headers
 
 from navistore.backend.memory import MemoryBackend
 from navistore.backend.sqlite import SqliteBackend
 from navistore.interfaces import IStorageBackend
 from navistore.store import Store
+from navistore.watch_hub import WatchHub
 from navistore.web import ApiResource
 
 ORIGIN = "http://node.test"
@@ -46,7 +48,9 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> IStorageBackend:
 @pytest_twisted.async_yield_fixture
 async def node(backend: IStorageBackend) -> AsyncIterator[tuple[CountingResource, StubTreq]]:
     store = await Store.open(backend)
-    resource = CountingResource(store, max_value_size=1024)
+    resource = CountingResource(
+        store, max_value_size=1024, watch_hub=WatchHub(store, clock=Clock())
+    )
     yield resource, StubTreq(resource)
     await store.close()
 
@@ -152,7 +156,9 @@ async def test_write_in_flight_is_read_by_the_general_path(tmp_path: Path) -> No
     from the reader connection (it would miss the write): the general path queues it behind."""
     backend = SqliteBackend(tmp_path / "store.db", writer="thread")
     store = await Store.open(backend)
-    resource = CountingResource(store, max_value_size=1024)
+    resource = CountingResource(
+        store, max_value_size=1024, watch_hub=WatchHub(store, clock=Clock())
+    )
     stub = StubTreq(resource)
     try:
         await answer(stub, "PUT", "/k", b"old")

@@ -15,22 +15,19 @@ from collections.abc import Sequence
 from typing import Any, Callable, TypeVar
 
 import pytest
-from helpers import fired
-from twisted.internet.defer import Deferred
+from support.deferreds import fired
 from twisted.internet.task import Clock
 
 from navistore.backend.memory import MemoryBackend
 from navistore.clock import Stamp
+from navistore.links import PeerLink
+from navistore.node import NodeConfig
 from navistore.record import Record
-from navistore.replication.gc import (
-    PurgeBound,
-    TombstoneCollector,
-    purge_bound,
-    replication_cursors,
-)
+from navistore.replication.gc import Cursors, PurgeBound, TombstoneCollector, purge_bound
 from navistore.replication.service import ReplicationService
 from navistore.store import Store
-from navistore.testing.cluster import EPOCH_MS, Cluster, SimulationError
+from navistore.testing.cluster import Cluster, SimulationError
+from navistore.testing.fakehttp import FakeHTTP
 from navistore.testing.fakenet import Faults
 
 T = TypeVar("T")
@@ -177,80 +174,39 @@ def test_collector_runs_on_schedule_and_stops() -> None:
     assert node.collector.runs == 2 and not node.clock.getDelayedCalls()
 
 
-class FakeReplication:
-    """What replication_cursors reads of a ReplicationService."""
-
-    def __init__(self, store: Store, urls: list[str]) -> None:
-        self.store = store
-        self.urls = urls
-        self.peers_known = False
-
-    def peer_urls(self) -> list[str]:
-        return list(self.urls)
-
-
-def test_replication_cursors_reads_the_persisted_cursors() -> None:
+def test_the_collector_reads_the_persisted_cursors_of_the_replication_service() -> None:
     """The cursors come from the Store's meta data, one per peer (0 for one never persisted);
     None before the service knows its peers, so that a run never takes "not loaded yet" for
     "no peers"."""
     store = fired(Store.open(MemoryBackend()))
-    replication = FakeReplication(store, ["http://10.0.0.1:8888", "http://10.0.0.2:8888"])
-    cursors = replication_cursors(replication)  # type: ignore[arg-type]
+    urls = ["http://10.0.0.1:8888", "http://10.0.0.2:8888"]
+    replication = ReplicationService(store, link=PeerLink(FakeHTTP(), Clock()), initial_peers=urls)
     fired(store.set_meta("replication.cursor.http://10.0.0.1:8888", "7"))
-    assert fired(cursors()) is None
-    replication.peers_known = True
-    assert fired(cursors()) == [7, 0]
-    replication.urls = []
-    assert fired(cursors()) == []
+    assert fired(replication.cursors()) is None
+    fired(replication.startService())
+    assert fired(replication.cursors()) == [7, 0]
+    fired(replication.set_peers([]))
+    assert fired(replication.cursors()) == []
+    fired(replication.stopService())
 
 
 # -- the guarantee, in the simulation ---------------------------------------------------------
 
 
-class ReplicationWithGC:
-    """A node's replication service plus a tombstone collector on the same store and clock.
-
-    :param honest: read the peers' cursors (False: pretend there are no peers, the bug the
-        simulation must catch).
-    """
-
-    honest = True
-
-    def __init__(self, store: Store, *, clock: Clock, **options: Any) -> None:
-        self.replication = ReplicationService(store, clock=clock, **options)
-        honest_cursors = replication_cursors(self.replication)
-
-        async def cursors() -> Sequence[int] | None:
-            found = await honest_cursors()
-            return found if self.honest or found is None else []
-
-        self.collector = TombstoneCollector(
-            store,
-            cursors=cursors,
-            clock=clock,
-            retention=RETENTION,
-            interval=INTERVAL,
-            first_delay=INTERVAL,
-            wall_ms=lambda: EPOCH_MS + int(clock.seconds() * 1000),
-        )
-
-    def startService(self) -> Deferred[None]:
-        started = self.replication.startService()
-        self.collector.startService()
-        return started
-
-    def stopService(self) -> Deferred[None]:
-        fired(self.collector.stopService())
-        return self.replication.stopService()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.replication, name)
+#: Every node of the simulations below collects tombstones this often, keeping them this long.
+GC_CONFIG = NodeConfig(
+    backend_url="memory:", tombstone_retention=RETENTION, tombstone_gc_interval=INTERVAL
+)
 
 
-class CarelessGC(ReplicationWithGC):
-    """Purges by age alone, ignoring the peers' cursors."""
+def careless(replication: ReplicationService) -> Cursors:
+    """Cursors for a collector that purges by age alone, as if there were no peers."""
 
-    honest = False
+    async def no_peers() -> Sequence[int] | None:
+        found = await replication.cursors()
+        return None if found is None else []
+
+    return no_peers
 
 
 def held(cluster: Cluster, node: int, key: str) -> Record | None:
@@ -281,7 +237,7 @@ def test_gc_never_makes_a_cut_off_peer_miss_a_delete(how: str) -> None:
     """A delete made while a peer is cut off is kept, however long the retention has passed,
     until that peer acknowledged it: after the heal the peer deletes the key too, and no node
     ever resurrects it. Tombstones every peer has are purged meanwhile."""
-    cluster = Cluster(3, seed=11, service_factory=ReplicationWithGC)
+    cluster = Cluster(3, seed=11, config=GC_CONFIG)
     cluster.write(0, "/early", b"x")
     cluster.run_until_quiet()
     cluster.delete(0, "/early")
@@ -310,7 +266,7 @@ def test_careless_gc_would_make_the_peer_miss_the_delete() -> None:
     """The same script with a collector that ignores the cursors leaves the cut-off peer with
     the deleted key for good: the simulation above would notice a collector that forgot the
     peers."""
-    cluster = Cluster(3, seed=11, service_factory=CarelessGC)
+    cluster = Cluster(3, seed=11, config=GC_CONFIG, tombstone_cursors=careless)
     cluster.write(1, "/k", b"v")
     cluster.run_until_quiet()
     cluster.partition([[0, 1], [2]])
@@ -334,7 +290,7 @@ def test_random_schedule_with_gc_never_resurrects(seed: int) -> None:
         3,
         seed=seed,
         faults=Faults(drop_request=0.05, drop_response=0.05, duplicate=0.05, max_delay=0.2),
-        service_factory=ReplicationWithGC,
+        config=GC_CONFIG,
     )
     keys = [f"/k{index}" for index in range(6)]
     for step in range(120):

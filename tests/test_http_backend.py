@@ -25,7 +25,8 @@ from urllib.parse import parse_qs, quote, urlencode
 import attrs
 import pytest
 import pytest_twisted
-from test_e2e_server import LOOPBACK, Server, request, running, stop_process, twistd
+from support.api import api_resource
+from support.processes import LOOPBACK, Server, request, running, stop_process, twistd
 from treq.testing import StubTreq
 from twisted.internet import reactor as global_reactor
 from twisted.internet.protocol import Factory, Protocol
@@ -34,21 +35,16 @@ from twisted.web.server import Request
 
 from navistore.backend import BackendURLError, open_backend
 from navistore.backend.http import HttpBackend
-from navistore.backend.http_protocol import (
-    apply_params,
-    decode_record,
-    record_document,
-    record_from_params,
-)
 from navistore.backend.memory import MemoryBackend
 from navistore.errors import InvalidRecord, StorageFailure
 from navistore.interfaces import ABSENT, ANY
+from navistore.protocol.backend_rpc import apply_params, record_from_params
+from navistore.protocol.records import record_from_json, record_to_json
 from navistore.record import Record
 from navistore.store import Store
 from navistore.testing import BackendComplianceTests
 from navistore.testing.compliance import NODE_A, NODE_B, make_record, make_stamp, make_tombstone
 from navistore.web import backend_rpc as backend_rpc_module
-from navistore.web import make_site
 from navistore.web.backend_rpc import backend_rpc_endpoints
 
 #: Compliance tests that need a node whose seq counter never moved (a wiped node keeps it).
@@ -197,8 +193,8 @@ _WIRE_RECORDS = [
 def test_records_cross_the_wire_unchanged(record: Record) -> None:
     """A record survives JSON (every field, chain as stored) and an apply's query string
     plus body, for each expectation."""
-    document = json.loads(json.dumps(record_document(record)))
-    assert decode_record(document) == record
+    document = json.loads(json.dumps(record_to_json(record)))
+    assert record_from_json(document) == record
     for expect in (ANY, ABSENT, make_stamp(99, 1, NODE_B)):
         encoded = urlencode(apply_params(record, expect), quote_via=quote)
         query = parse_qs(encoded, keep_blank_values=True)
@@ -213,7 +209,7 @@ async def stub_node(*, serve: bool = True) -> tuple[HttpBackend, Store, list[str
     """An HttpBackend over StubTreq to a node on a memory backend; the list logs closes."""
     store = await Store.open(MemoryBackend())
     endpoints = backend_rpc_endpoints(store) if serve else None
-    stub = StubTreq(make_site(store, extra_endpoints=endpoints).resource)
+    stub = StubTreq(api_resource(store, extra_endpoints=endpoints))
     closes: list[str] = []
     backend = HttpBackend(
         ORIGIN,

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from helpers import fired
 from hypothesis import given
 from hypothesis import strategies as st
+from support.deferreds import fired
 
 from navistore.backend.memory import MemoryBackend
 from navistore.record import Record

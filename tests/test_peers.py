@@ -1,6 +1,6 @@
 """Peer URLs and the peer set: validation, persistence, ``/_peers`` and ``/_replication_slaves``.
 
-Nodes run on memory backends behind :class:`replication_fakes.Network` (StubTreq over each node's
+Nodes run on memory backends behind :class:`support.nodes.Network` (StubTreq over each node's
 API resource) on a ``task.Clock``.
 """
 
@@ -11,17 +11,13 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from replication_fakes import Network, Node, make_clock, settle
+from support.nodes import Network, Node, batch_of, make_clock, settle
 from twisted.internet.task import Clock
 
 from navistore.backend.memory import MemoryBackend
-from navistore.replication.peers import (
-    InvalidPeer,
-    cursor_meta,
-    node_meta,
-    normalize_peer_url,
-    parse_peer_list,
-)
+from navistore.links import PeerLink
+from navistore.peer_urls import InvalidPeer, normalize_peer_url, parse_peer_list
+from navistore.replication.peers import cursor_meta, node_meta
 from navistore.replication.service import ReplicationService
 from navistore.store import Store
 
@@ -84,15 +80,14 @@ async def test_own_urls_are_refused() -> None:
     """A URL with this node's host and port is refused, whatever its scheme or spelling."""
     store = await Store.open(MemoryBackend())
     own = ["http://127.0.0.1:8888", "http://localhost:8888", "http://box.lan:8888"]
-    service = ReplicationService(store, http_client=Network(), clock=Clock(), self_urls=own)
+    link = PeerLink(Network(), Clock())
+    service = ReplicationService(store, link=link, self_urls=own)
     for url in ["http://LOCALHOST:8888/", "https://127.0.0.1:8888", "http://box.lan:8888"]:
         with pytest.raises(InvalidPeer, match="this node itself"):
             service.check_peer(url)
     assert service.check_peer("http://127.0.0.1:8889") == "http://127.0.0.1:8889"
     with pytest.raises(InvalidPeer):
-        ReplicationService(
-            store, http_client=Network(), clock=Clock(), self_urls=own, initial_peers=[own[1]]
-        )
+        ReplicationService(store, link=link, self_urls=own, initial_peers=[own[1]])
 
 
 async def request(node: Node, method: str, path: str, body: bytes = b"") -> tuple[int, Any]:
@@ -225,7 +220,7 @@ async def test_removing_a_peer_forgets_its_cursor() -> None:
     assert await service.add_peer(b.url)
     assert not await service.add_peer(b.url)
     settle(clock, [a, b])
-    resent = [sent.batch().records for sent in network.posts(to=b.url)[before:]]
+    resent = [batch_of(sent).records for sent in network.posts(to=b.url)[before:]]
     assert [[record.key for record in records] for records in resent] == [["/k"]]
     assert service.peers()[0]["cursor"] == 1
 

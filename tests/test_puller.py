@@ -1,6 +1,6 @@
 """Cloning (``clone_from``): paging through a source's ``/_replicate`` feed, then keeping up.
 
-Nodes run on memory backends behind :class:`replication_fakes.Network` on one ``task.Clock``.
+Nodes run on memory backends behind :class:`support.nodes.Network` on one ``task.Clock``.
 """
 
 from __future__ import annotations
@@ -8,10 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest_twisted
-from replication_fakes import Network, Node, make_clock, settle
+from support.nodes import Network, Node, make_clock, settle
 from twisted.internet.task import Clock
 
 from navistore.replication.peers import pull_cursor_meta
+from navistore.testing.fakehttp import hang
 
 
 async def source_and_clone(keys: int = 25, **options: Any) -> tuple[Clock, Network, Node, Node]:
@@ -89,7 +90,7 @@ async def test_the_node_serves_while_it_clones() -> None:
     await source.start()
     for index in range(15):
         await source.store.put(f"/k{index:03}", b"v")
-    network.script(source.url, network.hang)
+    network.script(source.url, hang)
     clone = await Node.create("c", network, clock)
     await clone.start(clone_from=source.url, batch_records=10)
     assert clone_status(clone)["state"] == "cloning"

@@ -1,6 +1,6 @@
 """Pushing changes to peers: what is sent, batching, the cursor, backoff, waking, no echoes.
 
-Nodes run on memory backends behind :class:`replication_fakes.Network` (StubTreq over each node's
+Nodes run on memory backends behind :class:`support.nodes.Network` (StubTreq over each node's
 API resource, with scripted faults) on one ``task.Clock``; nothing sleeps.
 """
 
@@ -12,13 +12,15 @@ from typing import Any, Callable
 
 import pytest
 import pytest_twisted
-from replication_fakes import Network, Node, answer, dropped, make_clock, settle
+from support.nodes import Network, Node, batch_of, make_clock, settle
+from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 
+from navistore.links import backoff_delay, iso_time
+from navistore.protocol.batches import encode_ack, record_size
 from navistore.replication.peers import cursor_meta
 from navistore.replication.pusher import cut_batch
-from navistore.replication.wire import encode_ack, record_size
-from navistore.replication.worker import backoff_delay, iso_time
+from navistore.testing.fakehttp import answer, fail, hang
 
 Nodes = tuple[Clock, Network, Node, Node]
 
@@ -47,7 +49,7 @@ def status(node: Node, index: int = 0) -> dict[str, Any]:
 
 def keys_sent(network: Network, to: str) -> list[list[str]]:
     """The keys of each batch POSTed to ``to``."""
-    return [[record.key for record in sent.batch().records] for sent in network.posts(to=to)]
+    return [[record.key for record in batch_of(sent).records] for sent in network.posts(to=to)]
 
 
 @pytest_twisted.ensureDeferred
@@ -64,10 +66,10 @@ async def test_sends_exactly_the_changes() -> None:
     [sent] = network.posts()
     assert sent.url == b.url + "/_replicate"
     assert sent.timeout == 30.0
-    assert sent.headers == {"Content-Type": "application/json"}
+    assert sent.header("Content-Type") == "application/json"
     document = json.loads(sent.body or b"")
     assert [record["seq"] for record in document["records"]] == [1, 2, 4]
-    batch = sent.batch()
+    batch = batch_of(sent)
     assert batch.source == a.store.node_id
     stored = (await a.store.changes(0)).records
     assert [(r.key, r.value, r.content_type, r.stamp, r.deleted) for r in batch.records] == [
@@ -123,10 +125,10 @@ async def test_cut_batch_takes_the_longest_head_within_the_limit() -> None:
 
 FAULTS: dict[str, Callable[[Network, Node], Any]] = {
     "500": lambda network, b: answer(500, {"error": "internal_error", "message": "boom"}),
-    "dropped connection": lambda network, b: dropped,
+    "dropped connection": lambda network, b: fail(ConnectionLost("the peer hung up")),
     "not an ack": lambda network, b: answer(200, b"<html>hello</html>"),
     "wrong count": lambda network, b: answer(200, encode_ack(b.store.node_id, 0, 0)),
-    "timeout": lambda network, b: network.hang,
+    "timeout": lambda network, b: hang,
 }
 
 
@@ -244,7 +246,7 @@ async def test_one_batch_in_flight_per_peer() -> None:
     """While a batch is unanswered, new changes start no second request to the same peer; the
     retry carries them all."""
     clock, network, a, b = await two_nodes(warm=True)
-    network.script(b.url, network.hang)
+    network.script(b.url, hang)
     await a.store.put("/1", b"1")
     clock.advance(0)
     for name in ("/2", "/3"):
@@ -262,7 +264,7 @@ async def test_one_batch_in_flight_per_peer() -> None:
 async def test_stop_cancels_the_request_in_flight() -> None:
     """stopService fires once the unanswered request is cancelled; the cursor stays."""
     clock, network, a, b = await two_nodes()
-    network.script(b.url, network.hang)
+    network.script(b.url, hang)
     await a.store.put("/1", b"1")
     clock.advance(0)
     assert a.service is not None

@@ -1,7 +1,7 @@
 """Read fallback (``navistore.replication.fallback``): a miss asks the peers before a 404.
 
 Node ``a`` answers clients and falls back to ``b`` and ``c``; every node is a memory Store behind
-a real ApiResource, and ``a`` reaches the others through :class:`replication_fakes.Network`, on
+a real ApiResource, and ``a`` reaches the others through :class:`support.nodes.Network`, on
 one ``task.Clock``.
 """
 
@@ -11,15 +11,17 @@ from typing import Any
 
 import attrs
 import pytest_twisted
-from replication_fakes import Network, make_clock, wall_ms
+from support.api import api_resource
+from support.nodes import Network, make_clock, wall_ms
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from navistore.backend.memory import MemoryBackend
+from navistore.links import PeerLink
 from navistore.replication.fallback import ReadFallback
 from navistore.store import Store
-from navistore.web import ApiResource
+from navistore.testing.fakehttp import hang
 
 A, B, C = "http://a.test:8888", "http://b.test:8888", "http://c.test:8888"
 SOURCE = "X-Navistore-Source"
@@ -56,8 +58,8 @@ async def make_lan(fallback_everywhere: bool = False) -> Lan:
         if url == A or fallback_everywhere:
             others = [other for other in (A, B, C) if other != url]
             choose = (lambda: peers) if url == A else (lambda others=others: others)
-            resolver = ReadFallback(http_client=network, clock=clock, peers=choose)
-        resources[url] = ApiResource(store, max_value_size=1 << 20, miss_resolver=resolver)
+            resolver = ReadFallback(link=PeerLink(network, clock), peers=choose)
+        resources[url] = api_resource(store, max_value_size=1 << 20, miss_resolver=resolver)
         network.attach(url, resources[url])
     return Lan(clock, network, stores, StubTreq(resources[A]), peers)
 
@@ -119,7 +121,7 @@ async def test_the_first_hit_wins_without_waiting_for_a_slow_peer() -> None:
     cancelled rather than left to time out."""
     lan = await make_lan()
     await lan.stores[C].put("/k", b"from c")
-    lan.network.script(B, lan.network.hang)
+    lan.network.script(B, hang)
     response = await lan.get("/k")
     assert await response.content() == b"from c"
     assert response.headers.getRawHeaders(SOURCE) == [C]
@@ -133,7 +135,7 @@ async def test_unreachable_and_slow_peers_are_misses_after_the_timeout() -> None
     lan = await make_lan()
     await lan.stores[B].put("/k", b"unreachable")
     lan.network.down(B)
-    lan.network.script(C, lan.network.hang)
+    lan.network.script(C, hang)
     answering = Deferred.fromCoroutine(lan.get("/k"))
     assert not answering.called
     lan.clock.advance(2)

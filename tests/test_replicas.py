@@ -1,7 +1,7 @@
 """Writes that wait for peers: ``?replicas=N|all&timeout=S`` on PUT, POST and DELETE.
 
 Node A pushes to B and C; all three run on memory backends behind
-:class:`replication_fakes.Network` (StubTreq over each node's API, scripted faults) on one
+:class:`support.nodes.Network` (StubTreq over each node's API, scripted faults) on one
 ``task.Clock``. Clients talk to A through its API resource with the service's
 :class:`~navistore.replication.replicas.ReplicaTracker` plugged in; nothing sleeps.
 """
@@ -13,18 +13,17 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from replication_fakes import Network, Node, make_clock, settle
-from treq.testing import StubTreq
+from support.nodes import Network, Node, make_clock, settle
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.web.client import ResponseNeverReceived
 
+from navistore.links import iso_time
 from navistore.record import Record
 from navistore.replication.pusher import URGENT_RETRY
 from navistore.replication.replicas import PEERS_NOT_LOADED, ReplicaTracker
 from navistore.replication.service import ReplicationService
-from navistore.replication.worker import iso_time
-from navistore.web import ApiResource
+from navistore.testing.fakehttp import hang
 
 
 class Call:
@@ -52,13 +51,7 @@ class Cluster:
         assert a.service is not None
         self.service: ReplicationService = a.service
         self.tracker: ReplicaTracker = a.service.replica_waiter()
-        resource = ApiResource(
-            a.store,
-            max_value_size=1 << 20,
-            extra_endpoints=a.service.endpoints(),
-            replica_waiter=self.tracker,
-        )
-        self.api = StubTreq(resource)
+        self.api = a.api  # the node's own resource, which waits for replicas
 
     @property
     def nodes(self) -> list[Node]:
@@ -155,7 +148,7 @@ async def test_replicas_one_answers_once_one_peer_acknowledged() -> None:
     request still hangs; not before the push happened."""
     c = await cluster()
     b, slow = c.peers
-    c.network.script(slow.url, c.network.hang)
+    c.network.script(slow.url, hang)
     request = c.put("/k?replicas=1&timeout=10")
     assert c.pending(request)  # stored here; the pushes go from the next reactor turn
     assert c.tracker.waiting == 1
@@ -231,7 +224,7 @@ async def test_timeout_answers_504_naming_who_has_it(method: str, fault: str) ->
     if fault == "down":
         c.network.down(slow.url)
     else:
-        c.network.script(slow.url, c.network.hang)
+        c.network.script(slow.url, hang)
     request = write(c, method, "/k?replicas=all&timeout=3")
     c.advance(2.9)
     assert c.pending(request)
@@ -358,7 +351,7 @@ async def test_a_record_from_a_peer_is_held_by_that_peer() -> None:
     await a.store.put("/warm", b"0")
     await b.store.put("/warm-b", b"0")
     settle(clock, [a, b])
-    network.script(b.url, network.hang)  # A's next push to B never gets an answer
+    network.script(b.url, hang)  # A's next push to B never gets an answer
     await a.store.put("/first", b"1")
     clock.advance(0)
     await b.store.put("/theirs", b"2")

@@ -11,11 +11,11 @@ from typing import Any, Callable
 
 import pytest
 import pytest_twisted
-from replication_fakes import Network, Node, make_clock
+from support.nodes import Network, Node, make_clock
 
 from navistore.clock import Stamp
+from navistore.protocol.batches import decode_ack, decode_batch, encode_batch
 from navistore.record import Record
-from navistore.replication.wire import decode_ack, decode_batch, encode_batch
 
 WRITER = "1111111111111111"
 SENDER = "2222222222222222"

@@ -126,13 +126,13 @@ async def test_reset_keeps_node_id_and_seq_counter(store: Store) -> None:
 async def test_key_validation_uses_the_configured_limit() -> None:
     """Store.key() normalises keys and refuses ones longer than max_key_bytes."""
     small = await Store.open(MemoryBackend(), max_key_bytes=8)
-    assert small.key("abc") == "/abc"
-    assert small.key("/a/b") == "/a/b"
+    assert small.canonical_key("abc") == "/abc"
+    assert small.canonical_key("/a/b") == "/a/b"
     with pytest.raises(InvalidKey):
-        small.key("/" + "x" * 8)
+        small.canonical_key("/" + "x" * 8)
     with pytest.raises(InvalidKey):
-        small.key("/_changes")
-    assert small.prefix("doc/") == "/doc/"
+        small.canonical_key("/_changes")
+    assert small.canonical_prefix("doc/") == "/doc/"
 
 
 # -- the compare-and-set write loop ---------------------------------------------------------------

@@ -7,163 +7,29 @@ streamed bodies are what a client sees. The store under the API is a fresh memor
 from __future__ import annotations
 
 import base64
-import json
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from email.utils import parsedate_to_datetime
-from typing import Any, Callable
 
 import pytest
 import pytest_twisted
+from support.api import ORIGIN, Api, FailingBackend, api_resource
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, fail
-from twisted.web.http_headers import Headers
+from twisted.internet.task import Clock
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from navistore.backend.memory import MemoryBackend
 from navistore.clock import Stamp
-from navistore.errors import StorageFailure
 from navistore.record import Record
 from navistore.store import Store
-from navistore.web import ApiResource, make_site
+from navistore.watch_hub import WatchHub
+from navistore.web import make_site
 
 MAX_VALUE_SIZE = 4096
-ORIGIN = "http://navistore.test"
-
-#: Response headers that legitimately differ between two answers, or that the client rewrites.
-VOLATILE_HEADERS = {b"date", b"content-length", b"content-encoding"}
-
-
-class Answer:
-    """A response as the tests look at it: status, headers and the whole body."""
-
-    def __init__(self, status: int, headers: Headers, body: bytes, length: object) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
-        self.length = length
-
-    def header(self, name: str) -> str | None:
-        """The (last) value of a response header, or None."""
-        values = self.headers.getRawHeaders(name.encode("ascii"))
-        return values[-1].decode("latin-1") if values else None
-
-    def json(self) -> Any:
-        """The body parsed as JSON (after checking that it says it is JSON)."""
-        assert self.header("Content-Type") == "application/json", self.body
-        return json.loads(self.body)
-
-    def stable_headers(self) -> dict[bytes, Sequence[bytes]]:
-        """The headers that must be equal for GET and HEAD of the same state."""
-        return {
-            name.lower(): values
-            for name, values in self.headers.getAllRawHeaders()
-            if name.lower() not in VOLATILE_HEADERS
-        }
-
-    def __repr__(self) -> str:
-        return f"<Answer {self.status} {self.body[:200]!r}>"
-
-
-class Api:
-    """A client of one node's API over StubTreq."""
-
-    def __init__(self, store: Store, *, max_value_size: int = MAX_VALUE_SIZE) -> None:
-        self.store = store
-        self.stub = StubTreq(ApiResource(store, max_value_size=max_value_size))
-
-    async def request(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-        params: Iterable[tuple[str, str]] | None = None,
-    ) -> Answer:
-        """Send one request; ``path`` is sent as given (percent-encode it yourself)."""
-        response = await self.stub.request(
-            method,
-            ORIGIN + path,
-            data=body,
-            headers=dict(headers or {}),
-            params=list(params or []),
-        )
-        content = await response.content()
-        return Answer(response.code, response.headers, content, response.length)
-
-    async def get(self, path: str, **kwargs: Any) -> Answer:
-        return await self.request("GET", path, **kwargs)
-
-    async def head(self, path: str, **kwargs: Any) -> Answer:
-        return await self.request("HEAD", path, **kwargs)
-
-    async def put(self, path: str, body: bytes = b"", **kwargs: Any) -> Answer:
-        return await self.request("PUT", path, body, **kwargs)
-
-    async def post(self, path: str, body: bytes = b"", **kwargs: Any) -> Answer:
-        return await self.request("POST", path, body, **kwargs)
-
-    async def delete(self, path: str, **kwargs: Any) -> Answer:
-        return await self.request("DELETE", path, **kwargs)
-
-    async def last_seq(self) -> int:
-        """The node's newest seq, read through ``/_changes``."""
-        answer = await self.get("/_changes")
-        assert answer.status == 200
-        seq: int = answer.json()["last_seq"]
-        return seq
-
-    async def keys(self) -> list[str]:
-        """Every key, in the classic form, read through ``/listkeys``."""
-        answer = await self.get("/listkeys")
-        assert answer.status == 200
-        keys: list[str] = answer.json()
-        return keys
-
-
-def _failable(name: str) -> Callable[..., Deferred[Any]]:
-    def method(self: FailingBackend, *args: Any, **kwargs: Any) -> Deferred[Any]:
-        if self.failing:
-            return fail(StorageFailure(f"the disk is on fire ({name})"))
-        result: Deferred[Any] = getattr(MemoryBackend, name)(self, *args, **kwargs)
-        return result
-
-    method.__name__ = name
-    return method
-
-
-class FailingBackend(MemoryBackend):
-    """A memory backend whose every call errbacks with StorageFailure while ``failing`` is set."""
-
-    failing = False
-
-    get = _failable("get")
-    apply = _failable("apply")
-    scan = _failable("scan")
-    changes = _failable("changes")
-    last_seq = _failable("last_seq")
-    purge_tombstones = _failable("purge_tombstones")
-    reset = _failable("reset")
-    get_meta = _failable("get_meta")
-    set_meta = _failable("set_meta")
-
-    def peek(self, key: str) -> Record | None:
-        if self.failing:
-            raise StorageFailure("the disk is on fire (peek)")
-        return super().peek(key)
-
-
-@pytest_twisted.async_yield_fixture
-async def store() -> AsyncIterator[Store]:
-    """A Store over a fresh memory backend."""
-    opened = await Store.open(MemoryBackend())
-    yield opened
-    await opened.close()
 
 
 @pytest.fixture
 def api(store: Store) -> Api:
     """A StubTreq client of the API over ``store`` (limit MAX_VALUE_SIZE)."""
-    return Api(store)
+    return Api(api_resource(store, max_value_size=MAX_VALUE_SIZE))
 
 
 class Seed:
@@ -843,7 +709,9 @@ async def test_body_at_the_limit_is_accepted(api: Api) -> None:
 async def test_make_site_serves_the_same_api() -> None:
     """make_site(...).resource is the API, with the configured value limit."""
     opened = await Store.open(MemoryBackend())
-    site = make_site(opened, max_value_size=8)
+    site = make_site(
+        opened, max_value_size=8, watch_hub=WatchHub(opened, clock=Clock()), reactor=Clock()
+    )
     stub = StubTreq(site.resource)
     too_big = await stub.put(ORIGIN + "/k", data=b"123456789")
     assert too_big.code == 413
@@ -881,7 +749,7 @@ async def test_backend_failure_is_503_and_changes_nothing(
     stored; once it recovers the data is as before."""
     backend = FailingBackend()
     opened = await Store.open(backend)
-    api = Api(opened)
+    api = Api(api_resource(opened, max_value_size=MAX_VALUE_SIZE))
     await api.put("/k", b"old")
     await api.put("/doc/a", b"old")
     seq = await api.last_seq()
@@ -907,7 +775,7 @@ async def test_health_reports_a_failing_backend() -> None:
     backend fails."""
     backend = FailingBackend()
     opened = await Store.open(backend)
-    api = Api(opened)
+    api = Api(api_resource(opened, max_value_size=MAX_VALUE_SIZE))
     healthy = await api.get("/_health")
     assert healthy.status == 200
     document = healthy.json()

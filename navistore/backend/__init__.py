@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, unquote
 
 import attrs
 
-from ..interfaces import IStorageBackend
+from navistore.interfaces import IStorageBackend
 
 __all__ = [
     "ENTRY_POINT_GROUP",

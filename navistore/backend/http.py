@@ -16,24 +16,26 @@ network error, a timeout, a 5xx or any answer outside the protocol is
 left may still have been stored; applying the same record again is harmless (equal stamps are
 no-ops), so retrying is the way to find out.
 
-The protocol, shared with the server, is :mod:`navistore.backend.http_protocol`.
+The protocol, shared with the server, is :mod:`navistore.protocol.backend_rpc`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Coroutine, Mapping
 from typing import Any, Callable, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, fail, succeed
+from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from ..errors import BackendClosed, InvalidRecord, StorageFailure
-from ..interfaces import ANY, Expectation, IStorageBackend
-from ..record import Record, check_record
-from . import BackendURL, BackendURLError
-from .http_protocol import RPC_PATHS, MalformedRecord, apply_params, decode_record
+from navistore.backend import BackendURL, BackendURLError
+from navistore.errors import BackendClosed, InvalidRecord, StorageFailure
+from navistore.interfaces import ANY, Expectation, IStorageBackend
+from navistore.links import BadAnswer, HTTPClient, exchange
+from navistore.protocol.backend_rpc import RPC_PATHS, apply_params
+from navistore.protocol.records import MalformedRecord, record_from_json
+from navistore.record import Record, check_record
 
 __all__ = ["DEFAULT_CONNECTIONS", "DEFAULT_TIMEOUT", "HttpBackend", "open_http"]
 
@@ -50,8 +52,7 @@ class HttpBackend:
     """The backend contract as requests to a node serving the backend RPC.
 
     :param base_url: the node, e.g. ``http://10.0.0.5:8888`` (a path prefix is kept).
-    :param http_client: a treq-like client (``request(method, url, ...)`` firing with a response
-        that has ``code`` and ``content()``).
+    :param http_client: sends the requests (treq over a pool of its own, see :func:`open_http`).
     :param reactor: what times the calls out.
     :param close_client: called once by :meth:`close` after the last call finished, to release
         the client's connections (its pool).
@@ -67,8 +68,8 @@ class HttpBackend:
         self,
         base_url: str,
         *,
-        http_client: Any,
-        reactor: Any,
+        http_client: HTTPClient,
+        reactor: IReactorTime,
         close_client: Callable[[], object] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         connections: int = DEFAULT_CONNECTIONS,
@@ -114,35 +115,34 @@ class HttpBackend:
         url = f"{self.base_url}/{path}"
         if params:
             url += "?" + urlencode(params, quote_via=quote)
-        exchange = Deferred.fromCoroutine(self._exchange(method, url, body))
-        exchange.addTimeout(self._timeout, self._reactor)
         try:
-            status, content = await exchange
+            answer = await exchange(
+                self._client, self._reactor, method, url, timeout=self._timeout, body=body
+            )
         except Exception as exc:
             raise StorageFailure(f"{operation}() on {self.base_url} failed: {exc!r}") from exc
-        document = _json_or_none(content)
-        if status == 200 and document is not None:
-            return document
-        error, message = _error_of(document, content)
-        if status == 400 and error == "invalid_record":
+        if answer.status == 200:
+            try:
+                return answer.json()
+            except BadAnswer:
+                pass
+        refusal = answer.refusal()
+        message = refusal.message
+        if answer.status == 400 and refusal.code == "invalid_record":
             raise InvalidRecord(message)
-        if status == 404 and error == "unknown_endpoint":
+        if answer.status == 404 and refusal.code == "unknown_endpoint":
             message = "the node does not serve the backend RPC (start it with --serve-backend)"
+        code = refusal.code or ""
         raise StorageFailure(
-            f"{operation}() on {self.base_url}: HTTP {status} {error or ''}: {message}"
+            f"{operation}() on {self.base_url}: HTTP {answer.status} {code}: {message}"
         )
-
-    async def _exchange(self, method: str, url: str, body: bytes | None) -> tuple[int, bytes]:
-        response = await self._client.request(method, url, data=body)
-        content: bytes = await response.content()
-        return response.code, content
 
     @staticmethod
     def _decode(operation: str, documents: Any) -> list[Record]:
         try:
             if not isinstance(documents, list):
                 raise MalformedRecord("'records' must be a list")
-            return [decode_record(document) for document in documents]
+            return [record_from_json(document) for document in documents]
         except MalformedRecord as exc:
             raise StorageFailure(f"{operation}(): the node answered a bad record: {exc}") from None
 
@@ -282,20 +282,6 @@ class HttpBackend:
             released = self._close_client()
             if isinstance(released, Deferred):
                 await released
-
-
-def _json_or_none(content: bytes) -> Any:
-    try:
-        return json.loads(content)
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
-def _error_of(document: Any, content: bytes) -> tuple[str | None, str]:
-    """The error code and message of an error answer (JSON, or whatever text came)."""
-    if isinstance(document, dict) and isinstance(document.get("error"), str):
-        return document["error"], str(document.get("message", ""))
-    return None, content[:200].decode("utf-8", "replace")
 
 
 def _integer(document: Any, name: str, operation: str) -> int:

@@ -12,8 +12,9 @@ from bisect import bisect_left, bisect_right, insort
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
-from ..errors import BackendClosed, InvalidRecord
-from ..interfaces import (
+from navistore.backend import BackendURL, BackendURLError
+from navistore.errors import BackendClosed, InvalidRecord
+from navistore.interfaces import (
     ANY,
     Expectation,
     IImmediateReads,
@@ -21,9 +22,8 @@ from ..interfaces import (
     expectation_holds,
     supersedes,
 )
-from ..keys import prefix_upper_bound
-from ..record import Record, check_record
-from . import BackendURL, BackendURLError
+from navistore.keys import prefix_upper_bound
+from navistore.record import Record, check_record
 
 __all__ = ["MemoryBackend", "open_memory"]
 

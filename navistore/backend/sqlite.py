@@ -58,18 +58,18 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..errors import BackendClosed, BackendError, InvalidRecord, StorageFailure
-from ..interfaces import (
+from navistore.backend import BackendURL, BackendURLError
+from navistore.backend import sqlite_schema as schema
+from navistore.errors import BackendClosed, BackendError, InvalidRecord, StorageFailure
+from navistore.interfaces import (
     ANY,
     Expectation,
     IImmediateReads,
     IStorageBackend,
     WouldBlock,
 )
-from ..keys import prefix_upper_bound
-from ..record import Record, check_record
-from . import BackendURL, BackendURLError
-from . import sqlite_schema as schema
+from navistore.keys import prefix_upper_bound
+from navistore.record import Record, check_record
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime

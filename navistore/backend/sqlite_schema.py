@@ -12,10 +12,10 @@ from typing import Any, Callable
 
 from twisted.enterprise import adbapi
 
-from ..clock import Stamp
-from ..errors import StorageFailure
-from ..interfaces import Expectation, expectation_holds, supersedes
-from ..record import Record
+from navistore.clock import Stamp
+from navistore.errors import StorageFailure
+from navistore.interfaces import Expectation, expectation_holds, supersedes
+from navistore.record import Record
 
 __all__ = [
     "BUSY_TIMEOUT_MS",

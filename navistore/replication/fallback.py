@@ -18,20 +18,18 @@ and could keep a value that the writer's own replication is about to overtake an
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from collections.abc import Iterable
 from typing import Any, Callable
 from urllib.parse import quote, urlencode
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..clock import InvalidStamp, Stamp
-from ..record import Record
+from navistore.clock import InvalidStamp, Stamp
+from navistore.links import BadAnswer, PeerLink
+from navistore.protocol.records import InvalidValue, decode_value
+from navistore.record import Record
 
 __all__ = ["DEFAULT_FALLBACK_TIMEOUT", "ReadFallback"]
 
@@ -46,18 +44,11 @@ def _entry_record(entry: Any, key: str) -> Record | None:
     if not isinstance(entry, dict) or entry.get("key") != key:
         return None
     try:
-        text = entry["value"]
-        encoding = entry.get("encoding", "utf-8")
-        if not isinstance(text, str) or not isinstance(entry["content_type"], str):
-            raise TypeError("value and content_type must be text")
-        if encoding == "utf-8":
-            value = text.encode("utf-8")
-        elif encoding == "base64":
-            value = base64.b64decode(text, validate=True)
-        else:
-            raise ValueError(f"unknown encoding {encoding!r}")
+        value = decode_value(entry["value"], entry.get("encoding", "utf-8"))
+        if not isinstance(entry["content_type"], str):
+            raise TypeError("content_type must be text")
         return Record(key, value, entry["content_type"], Stamp.decode(entry["version"]))
-    except (KeyError, TypeError, ValueError, InvalidStamp, binascii.Error) as exc:
+    except (KeyError, TypeError, InvalidValue, InvalidStamp) as exc:
         log.warn("a peer's entry for {key} is unusable: {error}", key=key, error=str(exc))
         return None
 
@@ -65,9 +56,7 @@ def _entry_record(entry: Any, key: str) -> Record | None:
 class ReadFallback:
     """A MissResolver that asks the peers for a key this node does not hold.
 
-    :param http_client: treq-like: ``get(url, headers=, timeout=)`` returning
-        Deferreds of responses with ``code`` and ``content()``.
-    :param clock: times the per-peer timeout.
+    :param link: the client and clock the peers are asked with.
     :param peers: returns the peer URLs to ask now (the replication service's
         ``peer_urls``), so peers added or removed at run time are followed.
     :param timeout: how long a peer may take; a read that misses everywhere waits at most this.
@@ -76,13 +65,11 @@ class ReadFallback:
     def __init__(
         self,
         *,
-        http_client: Any,
-        clock: IReactorTime,
+        link: PeerLink,
         peers: Callable[[], Iterable[str]],
         timeout: float = DEFAULT_FALLBACK_TIMEOUT,
     ) -> None:
-        self._http = http_client
-        self._clock = clock
+        self._link = link
         self._peers = peers
         self._timeout = timeout
 
@@ -116,7 +103,6 @@ class ReadFallback:
                 found.callback(None)
 
         for url, question in zip(urls, asking):
-            question.addTimeout(self._timeout, self._clock)
             question.addBoth(settled, url)
         try:
             return await found
@@ -127,18 +113,18 @@ class ReadFallback:
     async def _ask(self, url: str, key: str) -> Record | None:
         """Whether the peer at ``url`` holds ``key`` live, as a record."""
         query = urlencode({"prefix": key, "limit": "1", "values": "true"}, quote_via=quote)
-        response = await self._http.get(
+        answer = await self._link.exchange(
+            "GET",
             f"{url}/_keys?{query}",
             headers={b"Accept": [b"application/json"]},
             timeout=self._timeout,
         )
-        body: bytes = await response.content()
-        if response.code != 200:
-            log.debug("read fallback to {url}: HTTP {status}", url=url, status=response.code)
+        if answer.status != 200:
+            log.debug("read fallback to {url}: HTTP {status}", url=url, status=answer.status)
             return None
         try:
-            entries = json.loads(body)["keys"]
-        except (ValueError, KeyError, TypeError):
+            entries = answer.json("the listing")["keys"]
+        except (BadAnswer, KeyError, TypeError):
             log.warn("read fallback to {url}: not a key listing", url=url)
             return None
         return _entry_record(entries[0], key) if isinstance(entries, list) and entries else None

@@ -20,7 +20,7 @@ to resync (410) rather than silently missing a delete.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
 import attrs
 from twisted.application.service import Service
@@ -28,12 +28,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from ..record import Record
-from ..store import Store
-from .peers import cursor_meta
-
-if TYPE_CHECKING:
-    from .service import ReplicationService
+from navistore.record import Record
+from navistore.store import Store
 
 __all__ = [
     "DEFAULT_INTERVAL",
@@ -42,7 +38,6 @@ __all__ = [
     "PurgeBound",
     "TombstoneCollector",
     "purge_bound",
-    "replication_cursors",
 ]
 
 log = Logger()
@@ -54,7 +49,8 @@ DEFAULT_INTERVAL = 3600.0
 #: Records read per page while looking for the bound.
 _SCAN_PAGE = 1000
 
-#: Returns every push peer's persisted cursor, or None while the peer set is not known yet.
+#: Returns every push peer's persisted cursor, or None while the peer set is not known yet
+#: (:meth:`~navistore.replication.service.ReplicationService.cursors`).
 Cursors = Callable[[], Awaitable[Optional[Sequence[int]]]]
 
 
@@ -94,27 +90,6 @@ def purge_bound(
         if record.deleted:
             before_seq = seq + 1
     return PurgeBound(before_seq, False)
-
-
-def replication_cursors(replication: ReplicationService) -> Cursors:
-    """The cursors of ``replication``'s push peers, as persisted in the Store's meta data.
-
-    None until the service has loaded its peer set: an empty list then would mean "no peers"
-    and let everything go.
-    """
-
-    async def cursors() -> Sequence[int] | None:
-        if not replication.peers_known:
-            return None
-        found: list[int] = []
-        for url in replication.peer_urls():
-            text = await replication.store.get_meta(cursor_meta(url))
-            found.append(int(text) if text else 0)
-        if not replication.peers_known:
-            return None
-        return found
-
-    return cursors
 
 
 class TombstoneCollector(Service):

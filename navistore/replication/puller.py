@@ -14,16 +14,15 @@ a node that lost its data: point ``clone_from`` at a healthy peer.
 
 from __future__ import annotations
 
-from random import Random
 from typing import Any
 
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from ..store import Store
-from .peers import pull_cursor_meta, pull_node_meta
-from .wire import MalformedBatch, decode_batch
-from .worker import PeerRefused, Worker
+from navistore.links import PeerLink
+from navistore.protocol.batches import MalformedBatch, decode_batch
+from navistore.replication.peers import pull_cursor_meta, pull_node_meta
+from navistore.replication.worker import Worker
+from navistore.store import Store
 
 __all__ = ["Puller"]
 
@@ -48,23 +47,11 @@ class Puller(Worker):
         store: Store,
         url: str,
         *,
-        http_client: Any,
-        clock: IReactorTime,
-        random: Random,
+        link: PeerLink,
         page_records: int = 500,
         interval: float = 1.0,
-        max_backoff: float = 30.0,
-        request_timeout: float = 30.0,
     ) -> None:
-        super().__init__(
-            store,
-            url,
-            http_client=http_client,
-            clock=clock,
-            random=random,
-            max_backoff=max_backoff,
-            request_timeout=request_timeout,
-        )
+        super().__init__(store, url, link=link)
         if page_records < 1:
             raise ValueError("page_records must be at least 1")
         self.cursor = 0
@@ -124,8 +111,8 @@ class Puller(Worker):
             self._horizon = None
         elif self._horizon:  # 0: nothing was ever purged there, no need to say so
             url += f"&horizon={self._horizon}"
-        status, content = await self._request(url)
-        if status == 410 and self.cursor > 0:
+        answer = await self._request(url)
+        if answer.status == 410 and self.cursor > 0:
             # Tombstones after our cursor were purged there: read everything again rather than
             # keep a silent gap (a key deleted there before the purge may linger here).
             log.warn(
@@ -135,9 +122,9 @@ class Puller(Worker):
             )
             await self._move(0)
             return False
-        if not 200 <= status < 300:
-            raise PeerRefused(status, content)
-        batch = decode_batch(content)
+        if not answer.ok:
+            raise answer.refusal()
+        batch = decode_batch(answer.body)
         if batch.last_seq is None:
             raise MalformedBatch("a pulled page carries no 'last_seq'")
         if batch.source == self._store.node_id:

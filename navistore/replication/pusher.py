@@ -23,18 +23,18 @@ comes back then gets the write while the client still waits for it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from random import Random
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from ..record import Record
-from ..store import Store
-from .peers import cursor_meta, node_meta
-from .wire import MalformedBatch, decode_ack, encode_batch, record_size
-from .worker import PeerRefused, Worker
+from navistore.links import PeerLink
+from navistore.protocol.batches import MalformedBatch, decode_ack, encode_batch, record_size
+from navistore.record import Record
+from navistore.replication.peers import cursor_meta, node_meta
+from navistore.replication.worker import Worker
+from navistore.store import Store
 
 __all__ = ["URGENT_RETRY", "Pusher", "cut_batch"]
 
@@ -76,25 +76,13 @@ class Pusher(Worker):
         store: Store,
         url: str,
         *,
-        http_client: Any,
-        clock: IReactorTime,
-        random: Random,
+        link: PeerLink,
         batch_records: int = 500,
         batch_bytes: int = 1_048_576,
-        max_backoff: float = 30.0,
-        request_timeout: float = 30.0,
         node_hint: Callable[[], str | None] | None = None,
         on_progress: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(
-            store,
-            url,
-            http_client=http_client,
-            clock=clock,
-            random=random,
-            max_backoff=max_backoff,
-            request_timeout=request_timeout,
-        )
+        super().__init__(store, url, link=link)
         if batch_records < 1 or batch_bytes < 1:
             raise ValueError("batch_records and batch_bytes must be at least 1")
         self.cursor = 0
@@ -322,14 +310,14 @@ class Pusher(Worker):
     async def _deliver(self, records: list[Record]) -> bool:
         """Send a batch and check the acknowledgement; return True if the peer is a new node.
 
-        :raises PeerRefused: a non-2xx answer.
+        :raises Refused: a non-2xx answer.
         :raises MalformedBatch: the answer is not an acknowledgement of this batch.
         """
         body = encode_batch(self._store.node_id, records)
-        status, content = await self._request(self.url + "/_replicate", body)
-        if not 200 <= status < 300:
-            raise PeerRefused(status, content)
-        node_id, received, _applied = decode_ack(content)
+        answer = await self._request(self.url + "/_replicate", body)
+        if not answer.ok:
+            raise answer.refusal()
+        node_id, received, _applied = decode_ack(answer.body)
         if received != len(records):
             raise MalformedBatch(f"the peer acknowledged {received} of {len(records)} records")
         self._succeeded()

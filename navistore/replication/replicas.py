@@ -28,30 +28,37 @@ What a wait answers, and when:
 Cancelling a wait (the client went away) removes its timer, its place among the waiting writes and
 its requests to expedite pushers, at once.
 
-The report type and ``"all"`` come from :mod:`navistore.web.hooks`: that module is the protocol
-the web layer asks for, which this module implements (as a backend imports ``interfaces``).
+The report type and ``"all"`` come from :mod:`navistore.hooks`: that module is the protocol
+the web layer asks for, which this module implements (as a backend implements ``interfaces``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Union
+from collections.abc import Sequence
+from typing import Callable, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
-from ..record import Record
-from ..web.hooks import ALL_REPLICAS, ReplicaReport
-from .pusher import Pusher
+from navistore.hooks import ALL_REPLICAS, ReplicaReport, Wanted
+from navistore.record import Record
+from navistore.replication.pusher import Pusher
 
-if TYPE_CHECKING:
-    from .service import ReplicationService
-
-__all__ = ["PEERS_NOT_LOADED", "ReplicaTracker"]
+__all__ = ["PEERS_NOT_LOADED", "Pushers", "ReplicaTracker"]
 
 #: Named among the missing peers by a report made before the peer set was read.
 PEERS_NOT_LOADED = "(peer set not loaded yet)"
 
-Wanted = Union[int, str]
+
+class Pushers(Protocol):
+    """Where the tracker reads who holds what: the replication service's pushers."""
+
+    @property
+    def peers_known(self) -> bool:
+        """Whether the whole peer set has been read (before that, "every peer" means none)."""
+
+    def pushers(self) -> Sequence[Pusher]:
+        """The pushers, in peer order."""
 
 
 class _Waiting:
@@ -72,12 +79,14 @@ class ReplicaTracker:
     Made by :meth:`ReplicationService.replica_waiter`, which calls :meth:`refresh` whenever what
     peers hold may have changed.
 
-    :param service: the node's replication service: its pushers and its Store.
+    :param service: the node's pushers (the replication service).
+    :param node_id: this node's id: a peer URL that turns out to be this node is no replica.
     :param clock: times the waits.
     """
 
-    def __init__(self, service: ReplicationService, *, clock: IReactorTime) -> None:
+    def __init__(self, service: Pushers, node_id: str, *, clock: IReactorTime) -> None:
         self._service = service
+        self._node_id = node_id
         self._clock = clock
         self._waiting: set[_Waiting] = set()
 
@@ -90,7 +99,7 @@ class ReplicaTracker:
 
     def _replicas(self) -> list[Pusher]:
         """The pushers of the peers that count as replicas: all but this node itself."""
-        own = self._service.store.node_id
+        own = self._node_id
         return [pusher for pusher in self._service.pushers() if pusher.node_id != own]
 
     def report(self, record: Record) -> ReplicaReport:

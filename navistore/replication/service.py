@@ -11,31 +11,19 @@ cursor move and every change to the peer set.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from random import Random
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredLock, gatherResults
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from ..store import Store
-from .peers import (
-    InvalidPeer,
-    cursor_meta,
-    host_port,
-    load_peers,
-    node_meta,
-    normalize_peer_url,
-    save_peers,
-    unique,
-)
-from .puller import Puller
-from .pusher import Pusher
-from .replicas import ReplicaTracker
-
-if TYPE_CHECKING:
-    from ..web.routes import Endpoints
+from navistore.links import PeerLink
+from navistore.peer_urls import InvalidPeer, host_port, normalize_peer_url, unique
+from navistore.replication.peers import cursor_meta, load_peers, node_meta, save_peers
+from navistore.replication.puller import Puller
+from navistore.replication.pusher import Pusher
+from navistore.replication.replicas import ReplicaTracker
+from navistore.store import Store
 
 __all__ = ["ReplicationService"]
 
@@ -45,16 +33,16 @@ log = Logger()
 class ReplicationService(Service):
     """Pushes every change of ``store`` to each peer, and clones ``clone_from`` if given.
 
-    :param http_client: treq-like client (``treq``, ``treq.HTTPClient``, ``StubTreq``).
-    :param clock: the IReactorTime that times backoff, deadlines and pulls.
+    It is the node's :class:`~navistore.hooks.PeerControl` (what ``/_peers`` manages) and, through
+    :meth:`replica_waiter`, its :class:`~navistore.hooks.ReplicaWaiter`.
+
+    :param link: the client, clock, jitter, timeout and backoff cap every pusher and the clone
+        puller talk to their peer with.
     :param self_urls: URLs that reach this node; a peer with the same host and port is refused.
     :param initial_peers: merged into the persisted set when the service starts.
     :param clone_from: a node to pull the whole state from, then keep in step with.
-    :param random: draws backoff jitter (seed it for reproducible runs).
     :param batch_records: the most records per pushed batch (and per pulled page).
     :param batch_bytes: about the most bytes per pushed batch; a bigger record goes alone.
-    :param max_backoff: the longest pause between retries of a failing peer, in seconds.
-    :param request_timeout: the longest wait for a peer's complete answer, in seconds.
     :param pull_interval: seconds between pulls once the clone has caught up.
     :raises InvalidPeer: an initial peer or the clone source is not a valid peer URL.
     """
@@ -63,23 +51,17 @@ class ReplicationService(Service):
         self,
         store: Store,
         *,
-        http_client: Any,
-        clock: IReactorTime,
+        link: PeerLink,
         self_urls: Iterable[str] = (),
         initial_peers: Iterable[str] = (),
         clone_from: str | None = None,
-        random: Random | None = None,
         batch_records: int = 500,
         batch_bytes: int = 1_048_576,
-        max_backoff: float = 30.0,
-        request_timeout: float = 30.0,
         pull_interval: float = 1.0,
     ) -> None:
         self.setName("replication")
         self.store = store
-        self._http = http_client
-        self._clock = clock
-        self._random = random if random is not None else Random()
+        self._link = link
         self._self_addresses = {host_port(normalize_peer_url(url)) for url in self_urls}
         self._initial_peers = unique(self.check_peer(url) for url in initial_peers)
         self._clone_from = self.check_peer(clone_from) if clone_from else None
@@ -87,8 +69,6 @@ class ReplicationService(Service):
             raise ValueError("batch_records and batch_bytes must be at least 1")
         self._batch_records = batch_records
         self._batch_bytes = batch_bytes
-        self._max_backoff = max_backoff
-        self._request_timeout = request_timeout
         self._pull_interval = pull_interval
         self._lock = DeferredLock()
         self._urls: list[str] = []
@@ -155,13 +135,9 @@ class ReplicationService(Service):
                 puller = Puller(
                     self.store,
                     self._clone_from,
-                    http_client=self._http,
-                    clock=self._clock,
-                    random=self._random,
+                    link=self._link,
                     page_records=self._batch_records,
                     interval=self._pull_interval,
-                    max_backoff=self._max_backoff,
-                    request_timeout=self._request_timeout,
                 )
                 await puller.load()
                 self._puller = puller
@@ -201,7 +177,7 @@ class ReplicationService(Service):
 
     # -- the peer set -------------------------------------------------------------------------
 
-    async def set_peers(self, urls: Iterable[str]) -> list[str]:
+    async def set_peers(self, urls: Sequence[str]) -> list[str]:
         """Replace the whole peer set (all URLs are checked first; an invalid one changes nothing).
 
         Removed peers are stopped and their cursors forgotten; kept ones carry on.
@@ -261,13 +237,9 @@ class ReplicationService(Service):
         pusher = Pusher(
             self.store,
             url,
-            http_client=self._http,
-            clock=self._clock,
-            random=self._random,
+            link=self._link,
             batch_records=self._batch_records,
             batch_bytes=self._batch_bytes,
-            max_backoff=self._max_backoff,
-            request_timeout=self._request_timeout,
             node_hint=lambda: self._source_node_id(url),
             on_progress=self._progressed,
         )
@@ -296,7 +268,7 @@ class ReplicationService(Service):
         One tracker per service, told of every cursor move and peer set change.
         """
         if self._replicas is None:
-            self._replicas = ReplicaTracker(self, clock=self._clock)
+            self._replicas = ReplicaTracker(self, self.store.node_id, clock=self._link.clock)
         return self._replicas
 
     @property
@@ -339,9 +311,16 @@ class ReplicationService(Service):
             workers.append(self._puller)
         return all(worker.is_idle() for worker in workers)
 
-    def endpoints(self) -> Endpoints:
-        """The HTTP endpoints of replication, for ``make_site(..., extra_endpoints=...)``."""
-        # Imported here: the web layer depends on replication, not the other way round.
-        from ..web.replication import replication_endpoints
-
-        return replication_endpoints(self)
+    async def cursors(self) -> Sequence[int] | None:
+        """Every push peer's persisted cursor (what the tombstone collector may purge below);
+        None until the peer set is known: an empty list then would mean "no peers" and let
+        every tombstone go."""
+        if not self.peers_known:
+            return None
+        found: list[int] = []
+        for url in self.peer_urls():
+            text = await self.store.get_meta(cursor_meta(url))
+            found.append(int(text) if text else 0)
+        if not self.peers_known:
+            return None
+        return found

@@ -7,98 +7,29 @@ waits of that loop (an HTTP exchange, a backoff pause, waiting for a change) are
 
 from __future__ import annotations
 
-import json
-from datetime import datetime, timezone
-from random import Random
 from typing import Any, TypeVar
 
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from ..store import Store
-from ..waiters import Waiters
-from .wire import MEDIA_TYPE
+from navistore.links import Answer, PeerLink, describe, iso_time
+from navistore.protocol.batches import MEDIA_TYPE
+from navistore.store import Store
+from navistore.waiters import Waiters
 
-__all__ = [
-    "BACKOFF_BASE",
-    "BACKOFF_FACTOR",
-    "PeerRefused",
-    "Worker",
-    "backoff_delay",
-    "iso_time",
-]
+__all__ = ["Worker"]
 
 log = Logger()
 
 T = TypeVar("T")
-
-#: The first retry waits up to this many seconds; each failure doubles the bound.
-BACKOFF_BASE = 0.5
-BACKOFF_FACTOR = 2.0
-
-
-def backoff_delay(
-    failures: int,
-    rng: Random,
-    *,
-    cap: float,
-    base: float = BACKOFF_BASE,
-    factor: float = BACKOFF_FACTOR,
-) -> float:
-    """How long to wait after ``failures`` consecutive failures (0 for the first): "full jitter".
-
-    A uniform draw in ``[0, min(cap, base * factor ** failures)]``: peers that failed together
-    (a partition healing) do not retry in lockstep.
-    """
-    bound = min(cap, base * factor ** min(failures, 64))
-    return rng.uniform(0.0, bound)
-
-
-def iso_time(seconds: float | None) -> str | None:
-    """A reactor time (seconds since the epoch) as ISO 8601 UTC text, or None."""
-    if seconds is None:
-        return None
-    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class PeerRefused(Exception):
-    """The peer answered with a non-2xx status; its JSON error, when it sent one, is kept."""
-
-    def __init__(self, status: int, body: bytes) -> None:
-        self.status = status
-        self.code: str | None = None
-        message = body[:300].decode("utf-8", "replace")
-        try:
-            document = json.loads(body)
-        except ValueError:
-            document = None
-        if isinstance(document, dict):
-            self.code = str(document.get("error"))
-            message = f"{self.code}: {document.get('message')}"
-        super().__init__(f"HTTP {status} {message}")
-
-
-def describe(error: BaseException, timeout: float) -> str:
-    """One line saying why an exchange with a peer failed."""
-    if isinstance(error, TimeoutError):
-        return f"no complete answer within {timeout:g} s"
-    if isinstance(error, PeerRefused):
-        return str(error)
-    text = str(error) or repr(error)
-    return f"{type(error).__name__}: {text}"
 
 
 class Worker:
     """A loop talking to one peer; subclasses implement :meth:`_run` and :meth:`status`.
 
     :param url: the peer's normalised base URL.
-    :param http_client: treq-like: ``post(url, data=, headers=, timeout=)`` and
-        ``get(url, timeout=)`` returning Deferreds of responses with ``code`` and ``content()``.
-    :param clock: times the backoff pauses and the request deadlines.
-    :param random: draws the backoff jitter.
+    :param link: the client, clock, jitter, timeout and backoff cap it talks to the peer with.
     """
 
     #: The states in which the worker has nothing to do until something changes.
@@ -109,21 +40,14 @@ class Worker:
         store: Store,
         url: str,
         *,
-        http_client: Any,
-        clock: IReactorTime,
-        random: Random,
-        max_backoff: float,
-        request_timeout: float,
+        link: PeerLink,
     ) -> None:
         self.url = url
         self.state = "stopped"
         self.last_error: str | None = None
         self._store = store
-        self._http = http_client
-        self._clock = clock
-        self._random = random
-        self._max_backoff = max_backoff
-        self._timeout = request_timeout
+        self._link = link
+        self._clock = link.clock
         self._failures = 0
         self._last_success: float | None = None
         self._retry_at: float | None = None
@@ -210,28 +134,20 @@ class Worker:
     async def _pause(self, seconds: float) -> None:
         await self._interruptibly(deferLater(self._clock, seconds))
 
-    async def _request(self, url: str, body: bytes | None = None) -> tuple[int, bytes]:
+    async def _request(self, url: str, body: bytes | None = None) -> Answer:
         """POST ``body`` (or GET when None) and read the whole answer, within the timeout."""
-
-        async def exchange() -> tuple[int, bytes]:
-            if body is None:
-                response = await self._http.get(url, timeout=self._timeout)
-            else:
-                headers = {"Content-Type": MEDIA_TYPE}
-                response = await self._http.post(
-                    url, data=body, headers=headers, timeout=self._timeout
-                )
-            content: bytes = await response.content()
-            return int(response.code), content
-
-        attempt = Deferred.fromCoroutine(exchange())
-        attempt.addTimeout(self._timeout, self._clock)
+        if body is None:
+            attempt = self._link.exchange("GET", url)
+        else:
+            attempt = self._link.exchange(
+                "POST", url, body=body, headers={"Content-Type": MEDIA_TYPE}
+            )
         return await self._interruptibly(attempt)
 
     # -- outcomes -----------------------------------------------------------------------------
 
     def _now(self) -> float:
-        return float(self._clock.seconds())
+        return self._link.now()
 
     def _succeeded(self) -> None:
         if self._failures:
@@ -241,9 +157,9 @@ class Worker:
 
     async def _back_off(self, error: BaseException) -> None:
         """Record a failure and wait the backoff delay (interrupted by :meth:`stop`)."""
-        delay = backoff_delay(self._failures, self._random, cap=self._max_backoff)
+        delay = self._link.backoff(self._failures)
         self._failures += 1
-        self.last_error = describe(error, self._timeout)
+        self.last_error = describe(error, self._link.request_timeout)
         self.state = "backoff"
         self._retry_at = self._now() + delay
         log.warn(

@@ -17,14 +17,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .compliance import BackendComplianceTests
+    from navistore.testing.compliance import BackendComplianceTests
 
 __all__ = ["BackendComplianceTests"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "BackendComplianceTests":
-        from .compliance import BackendComplianceTests
+        from navistore.testing.compliance import BackendComplianceTests
 
         return BackendComplianceTests
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

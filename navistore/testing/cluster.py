@@ -1,8 +1,9 @@
 """A cluster of Navistore nodes in one process, on a :class:`~.fakenet.FakeNetwork`.
 
 Every node is a :class:`~navistore.store.Store` over its own
-:class:`~navistore.backend.memory.MemoryBackend`, served by the real resource tree with the
-replication service's endpoints, and pushing to its peers through the fake network. One
+:class:`~navistore.backend.memory.MemoryBackend`, wired by :func:`navistore.node.build_node`
+exactly as ``twistd navistore`` wires it (replication, tombstone collector, watch hub, every
+endpoint family), served through the fake network and pushing to its peers over it. One
 ``task.Clock`` drives everything; each node's wall clock is that clock plus a fixed skew. The
 cluster is driven synchronously: each operation runs until its Deferred fires, moving the clock
 only as far as it must, so a test reads like a script and a run is a pure function of its seed.
@@ -19,12 +20,16 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from ..backend.memory import MemoryBackend
-from ..clock import Stamp
-from ..record import Record
-from ..store import NODE_ID_META, Store
-from ..web import make_site
-from .fakenet import FakeNetwork, Faults
+from navistore.backend.memory import MemoryBackend
+from navistore.clock import Stamp
+from navistore.links import PeerLink
+from navistore.node import Node as NodeParts
+from navistore.node import NodeConfig, build_node
+from navistore.record import Record
+from navistore.replication.gc import Cursors
+from navistore.replication.service import ReplicationService
+from navistore.store import NODE_ID_META, Store
+from navistore.testing.fakenet import FakeNetwork, Faults
 
 __all__ = ["EPOCH_MS", "Ack", "Cluster", "Node", "RecordState", "SimulationError"]
 
@@ -70,7 +75,7 @@ class Node:
     skew_ms: int
     peers: list[str]
     store: Store | None = None
-    service: Any = None
+    parts: NodeParts | None = None
     starts: int = 0
 
     @property
@@ -78,11 +83,11 @@ class Node:
         """Whether the node's process is running."""
         return self.store is not None
 
-
-def _default_service_factory() -> Callable[..., Any]:
-    from ..replication.service import ReplicationService
-
-    return ReplicationService
+    @property
+    def service(self) -> ReplicationService:
+        """The running node's replication service."""
+        assert self.parts is not None, f"{self.name} is down"
+        return self.parts.replication
 
 
 def _topology(
@@ -110,10 +115,13 @@ class Cluster:
         the names it pushes to.
     :param faults: the network's fault policy (none by default); see :attr:`network`.
     :param max_skew_ms: each node's wall clock is off by a random amount up to this.
-    :param service_factory: makes a node's replication service (default: ReplicationService);
-        called as ``factory(store, http_client=, clock=, self_urls=, initial_peers=, random=,
-        **service_options)``.
-    :param service_options: more keyword arguments for the service (timeouts, batch sizes).
+    :param config: what every node is (batch sizes, tombstone retention, ...); each node's
+        ``peers`` come from ``topology``.
+    :param request_timeout: how long a node waits for a peer's answer.
+    :param max_backoff: the longest pause before a node retries a failing peer.
+    :param tombstone_cursors: given a node's replication service, where its tombstone
+        collector reads the peers' cursors (default: the service's own); a test hands in a
+        careless one to show that the checks notice.
     :param log: called with a line for each operation (and each network event if given).
     """
 
@@ -125,8 +133,10 @@ class Cluster:
         topology: str | Mapping[str, Sequence[str]] = "mesh",
         faults: Faults | None = None,
         max_skew_ms: int = 3000,
-        service_factory: Callable[..., Any] | None = None,
-        service_options: Mapping[str, Any] | None = None,
+        config: NodeConfig | None = None,
+        request_timeout: float = 5.0,
+        max_backoff: float = 10.0,
+        tombstone_cursors: Callable[[ReplicationService], Cursors] | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.clock = Clock()
@@ -135,9 +145,10 @@ class Cluster:
         observer = (lambda event: log(str(event))) if log is not None else None
         net_rng = random.Random(self.rng.getrandbits(64))
         self.network = FakeNetwork(self.clock, net_rng, faults, observer=observer)
-        self.service_factory = service_factory or _default_service_factory()
-        self.service_options: dict[str, Any] = {"request_timeout": 5.0, "max_backoff": 10.0}
-        self.service_options.update(service_options or {})
+        self.config = config or NodeConfig(backend_url="memory:")
+        self.request_timeout = request_timeout
+        self.max_backoff = max_backoff
+        self.tombstone_cursors = tombstone_cursors
         self.acks: list[Ack] = []
         names = [f"node-{index}" for index in range(size)]
         peers = _topology(names, topology)
@@ -267,21 +278,27 @@ class Cluster:
 
         store = self.resolve(Store.open(node.backend, wall_ms=wall_ms))
         node.starts += 1
-        service = self.service_factory(
-            store,
-            http_client=self.network.client_for(node.name),
-            clock=self.clock,
-            self_urls=(node.url,),
-            initial_peers=tuple(node.peers),
-            random=random.Random(self.rng.getrandbits(64)),
-            **self.service_options,
+        link = PeerLink(
+            self.network.client_for(node.name),
+            self.clock,
+            random.Random(self.rng.getrandbits(64)),
+            request_timeout=self.request_timeout,
+            max_backoff=self.max_backoff,
         )
-        node.store, node.service = store, service
-        started = service.startService()
-        if isinstance(started, Deferred):
-            self.resolve(started)
-        site = make_site(store, extra_endpoints=service.endpoints(), reactor=self.clock)
-        self.network.attach(node.name, site.resource)
+        parts = build_node(
+            attrs.evolve(self.config, peers=tuple(node.peers)),
+            store,
+            reactor=self.clock,
+            link=link,
+            self_urls=(node.url,),
+            tombstone_cursors=self.tombstone_cursors,
+        )
+        node.store, node.parts = store, parts
+        for service in parts.services:
+            started = service.startService()
+            if isinstance(started, Deferred):
+                self.resolve(started)
+        self.network.attach(node.name, parts.site.resource)
         self.note(f"start {node.name} ({node.node_id}) #{node.starts}")
 
     def stop(self, name: str | int) -> None:
@@ -290,10 +307,13 @@ class Cluster:
         assert node.up, f"{node.name} is already down"
         self.note(f"stop {node.name}")
         self.network.detach(node.name)
-        service, node.service, node.store = node.service, None, None
-        stopped = service.stopService()
-        if stopped is not None:
-            self.resolve(stopped)
+        parts, node.parts, node.store = node.parts, None, None
+        assert parts is not None
+        parts.watch_hub.close()
+        for service in reversed(parts.services):
+            stopped = service.stopService()
+            if isinstance(stopped, Deferred):
+                self.resolve(stopped)
 
     def restart(self, name: str | int, downtime: float = 0.0) -> None:
         """Stop a node, let ``downtime`` seconds pass, and start it again on the same backend."""

@@ -23,10 +23,10 @@ import pytest_twisted  # type: ignore[import-untyped]
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from zope.interface.verify import verifyObject
 
-from ..clock import Stamp
-from ..errors import BackendClosed, InvalidRecord
-from ..interfaces import ABSENT, ANY, Expectation, IStorageBackend
-from ..record import DEFAULT_CONTENT_TYPE, Record
+from navistore.clock import Stamp
+from navistore.errors import BackendClosed, InvalidRecord
+from navistore.interfaces import ABSENT, ANY, Expectation, IStorageBackend
+from navistore.record import DEFAULT_CONTENT_TYPE, Record
 
 __all__ = [
     "NODE_A",

@@ -12,7 +12,6 @@ seed: :attr:`FakeNetwork.trace` records every event for replay and comparison.
 
 from __future__ import annotations
 
-import json
 import random
 import zlib
 from collections.abc import Iterable
@@ -21,13 +20,15 @@ from urllib.parse import urlsplit
 
 import attrs
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost, ConnectionRefusedError, TimeoutError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
+
+from navistore.testing.responses import FakeResponse
 
 __all__ = ["PORT", "FakeClient", "FakeNetwork", "FakeResponse", "Faults", "TraceEvent"]
 
@@ -85,27 +86,6 @@ class TraceEvent:
     def __str__(self) -> str:
         line = f"{self.time:10.4f} {self.event:<14} {self.source} -> {self.target} "
         return line + f"{self.method} {self.path} {self.detail}".rstrip()
-
-
-class FakeResponse:
-    """An answer like treq's: ``code``, ``headers``, ``content()``, ``text()``, ``json()``."""
-
-    def __init__(self, code: int, headers: Headers, body: bytes) -> None:
-        self.code = code
-        self.headers = headers
-        self.body = body
-
-    def content(self) -> Deferred[bytes]:
-        """The whole body (already received)."""
-        return succeed(self.body)
-
-    def text(self, encoding: str = "utf-8") -> Deferred[str]:
-        """The body decoded as text."""
-        return succeed(self.body.decode(encoding))
-
-    def json(self) -> Deferred[Any]:
-        """The body parsed as JSON."""
-        return succeed(json.loads(self.body))
 
 
 @attrs.define(eq=False)

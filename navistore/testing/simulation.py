@@ -10,11 +10,11 @@ every acknowledged write is either there or beaten by a newer acknowledged one.
 from __future__ import annotations
 
 import random
-from typing import Any, Callable
 
-from ..store import StoreError
-from .cluster import Ack, Cluster, Node, RecordState, SimulationError
-from .fakenet import FakeClient, FakeNetwork, FakeResponse, Faults, TraceEvent
+from navistore.node import NodeConfig
+from navistore.store import StoreError
+from navistore.testing.cluster import Ack, Cluster, Node, RecordState, SimulationError
+from navistore.testing.fakenet import FakeClient, FakeNetwork, FakeResponse, Faults, TraceEvent
 
 __all__ = [
     "Ack",
@@ -61,13 +61,11 @@ def run_schedule(
     steps: int = 100,
     *,
     verbose: bool = False,
-    service_factory: Callable[..., Any] | None = None,
 ) -> Cluster:
     """Run the random schedule of ``seed`` and check the cluster; return the cluster.
 
     :param steps: how many operations to run before healing and checking.
     :param verbose: print every operation and network event as it happens.
-    :param service_factory: the replication service to test (default: ReplicationService).
     :raises SimulationError: the cluster diverged, lost an acknowledged write or never went
         quiet; the message says how to replay the seed.
     """
@@ -75,16 +73,15 @@ def run_schedule(
     size = rng.choice((3, 3, 4))
     topology = "ring" if rng.random() < 0.2 else "mesh"
     faults = Faults.chosen_by(rng)
-    options = {"batch_records": rng.choice((5, 50, 500))}
+    config = NodeConfig(backend_url="memory:", batch_records=rng.choice((5, 50, 500)))
     if verbose:
-        print(f"seed {seed}: {size} nodes, {topology}, {faults}, {options}")
+        print(f"seed {seed}: {size} nodes, {topology}, {faults}, {config}")
     cluster = Cluster(
         size,
         seed=rng.getrandbits(32),
         topology=topology,
         faults=faults,
-        service_factory=service_factory,
-        service_options=options,
+        config=config,
         log=print if verbose else None,
     )
     keys = [f"/k{index}" for index in range(rng.randint(3, 10))] + ["/app/db/host"]

@@ -1,24 +1,35 @@
-"""The HTTP face of a node: :func:`make_site` builds the twisted.web Site over a Store."""
+"""The HTTP face of a node: :func:`make_site` builds the twisted.web Site over a Store.
+
+- :mod:`~navistore.web.api`: the resource routing every path; :mod:`~navistore.web.key_routes`,
+  :mod:`~navistore.web.listings` and :mod:`~navistore.web.feeds` answer keys, prefixes and the
+  change feeds; :mod:`~navistore.web.bulk`, :mod:`~navistore.web.replication` and
+  :mod:`~navistore.web.backend_rpc` are endpoint families the node adds as it is configured.
+- :mod:`~navistore.web.rendering` owns each request's lifecycle, :mod:`~navistore.web.errors`
+  maps every error to its status, :mod:`~navistore.web.responses` holds the answer types,
+  :mod:`~navistore.web.params` and :mod:`~navistore.web.conditions` read requests.
+- :mod:`~navistore.web.site` is the Site, which refuses bodies over the limits as they arrive.
+
+The web layer knows the Store and the hooks (:mod:`navistore.hooks`), never a backend, treq or
+the replication machinery.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from twisted.internet.interfaces import IReactorTime
 
-from ..store import Store
-from ..watch import WatchHub
-from .hooks import MissResolver, ReplicaReport, ReplicaWaiter, WriteForwarder
-from .limits import DEFAULT_MAX_VALUE_SIZE, NavistoreSite
-from .routes import ApiResource, Endpoints, Handler
+from navistore.hooks import MissResolver, ReplicaWaiter, WriteForwarder
+from navistore.store import Store
+from navistore.watch_hub import WatchHub
+from navistore.web.api import ApiResource
+from navistore.web.responses import Endpoints, Handler
+from navistore.web.site import DEFAULT_MAX_VALUE_SIZE, NavistoreSite
 
 __all__ = [
     "DEFAULT_MAX_VALUE_SIZE",
     "ApiResource",
     "Endpoints",
     "Handler",
-    "MissResolver",
-    "ReplicaReport",
-    "ReplicaWaiter",
-    "WriteForwarder",
+    "NavistoreSite",
     "make_site",
 ]
 
@@ -26,17 +37,20 @@ __all__ = [
 def make_site(
     store: Store,
     *,
+    watch_hub: WatchHub,
+    reactor: IReactorTime,
     max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
     access_log: bool = False,
     extra_endpoints: Endpoints | None = None,
     miss_resolver: MissResolver | None = None,
     write_forwarder: WriteForwarder | None = None,
     replica_waiter: ReplicaWaiter | None = None,
-    watch_hub: WatchHub | None = None,
-    reactor: Any = None,
 ) -> NavistoreSite:
     """Build the Site serving the API of ``store``.
 
+    :param watch_hub: serves the watches (long-poll, event stream, ``?wait``); the caller
+        closes it at shutdown.
+    :param reactor: what the Site times with (its clock for dates and timeouts).
     :param max_value_size: the largest request body accepted, in bytes; larger ones get 413
         before they are read.
     :param access_log: log one line per request through twisted.logger.
@@ -44,20 +58,16 @@ def make_site(
     :param miss_resolver: finds keys this node lacks (cache node, read fallback).
     :param write_forwarder: forwards writes instead of applying them (cache node).
     :param replica_waiter: makes ``?replicas=`` writes wait for peers.
-    :param watch_hub: serves the watches (long-poll, event stream, ``?wait``); the caller
-        closes it at shutdown (default: one made on first use, never closed).
-    :param reactor: the reactor the Site uses for its clock (default: the global one).
     """
     resource = ApiResource(
         store,
         max_value_size=max_value_size,
+        watch_hub=watch_hub,
         extra_endpoints=extra_endpoints,
         miss_resolver=miss_resolver,
         write_forwarder=write_forwarder,
         replica_waiter=replica_waiter,
-        watch_hub=watch_hub,
     )
     site = NavistoreSite(resource, max_value_size=max_value_size, access_log=access_log)
-    if reactor is not None:
-        site.reactor = reactor
+    site.reactor = reactor
     return site

@@ -10,7 +10,7 @@ Such a node should be dedicated to the one process using it: the client's record
 node's records, so its ``reset`` wipes them, and writes through these endpoints bypass the
 node's own Store (its clock, its change notifications, its watchers and replication).
 
-Endpoints (the codecs are :mod:`navistore.backend.http_protocol`'s; values are base64 in every
+Endpoints (the codecs are :mod:`navistore.protocol.backend_rpc`'s; values are base64 in every
 JSON answer; errors are the API's JSON errors):
 
 - ``GET /_backend_get?key=K`` → ``{"record": <record>|null}`` (tombstones included).
@@ -39,23 +39,17 @@ from typing import Any
 
 from twisted.web.server import Request
 
-from ..backend.http_protocol import (
-    RPC_PATHS,
-    MalformedRecord,
-    record_document,
-    record_from_params,
-)
-from ..errors import InvalidRecord
-from ..interfaces import IStorageBackend
-from ..record import Record, check_record
-from ..store import Store
-from .params import flag, int_arg, query, query_arg, request_body
-from .rendering import BadRequest, Response, json_bytes
-from .routes import Endpoints
+from navistore.errors import InvalidRecord
+from navistore.interfaces import IStorageBackend
+from navistore.protocol.backend_rpc import RPC_PATHS, record_from_params
+from navistore.protocol.records import MalformedRecord, record_to_json
+from navistore.record import Record, check_record
+from navistore.store import Store
+from navistore.web.errors import BadRequest
+from navistore.web.params import flag, int_arg, query, query_arg, request_body
+from navistore.web.responses import Endpoints, Response, json_response
 
 __all__ = ["MAX_PAGE", "META_PREFIX", "PAGE_BYTES", "backend_rpc_endpoints"]
-
-_JSON = {b"Content-Type": b"application/json"}
 
 #: The most records one scan or changes answer carries.
 MAX_PAGE = 10_000
@@ -80,10 +74,10 @@ def _page(records: list[Record], wanted: int, asked: int) -> Response:
     for record in records:
         if kept and size + len(record.value) > PAGE_BYTES:
             break
-        kept.append(record_document(record))
+        kept.append(record_to_json(record))
         size += len(record.value)
     truncated = len(kept) < len(records) or (wanted > asked and len(records) == asked)
-    return Response(200, json_bytes({"records": kept, "truncated": truncated}), _JSON)
+    return json_response({"records": kept, "truncated": truncated})
 
 
 class BackendRpc:
@@ -112,8 +106,8 @@ class BackendRpc:
     async def get(self, request: Request) -> Response:
         """The stored record of a key, tombstone included, or null."""
         record = await self.backend.get(_required(request, "key"))
-        document = None if record is None else record_document(record)
-        return Response(200, json_bytes({"record": document}), _JSON)
+        document = None if record is None else record_to_json(record)
+        return json_response({"record": document})
 
     async def apply(self, request: Request) -> Response:
         """Apply the record the query describes (the body is its value), atomically."""
@@ -127,7 +121,7 @@ class BackendRpc:
         except InvalidRecord as exc:
             raise BadRequest("invalid_record", str(exc)) from None
         seq = None if stored is None else stored.seq
-        return Response(200, json_bytes({"seq": seq}), _JSON)
+        return json_response({"seq": seq})
 
     async def scan(self, request: Request) -> Response:
         """A page of records under a prefix, in key order."""
@@ -150,12 +144,12 @@ class BackendRpc:
 
     async def last_seq(self, request: Request) -> Response:
         """The greatest seq the backend ever assigned."""
-        return Response(200, json_bytes({"last_seq": await self.backend.last_seq()}), _JSON)
+        return json_response({"last_seq": await self.backend.last_seq()})
 
     async def purge(self, request: Request) -> Response:
         """Purge tombstones below ``before_seq``."""
         purged = await self.backend.purge_tombstones(int_arg(request, "before_seq", 0))
-        return Response(200, json_bytes({"purged": purged}), _JSON)
+        return json_response({"purged": purged})
 
     async def reset(self, request: Request) -> Response:
         """Wipe every record; with ``?meta=forget`` forget the clients' meta data too."""
@@ -165,12 +159,12 @@ class BackendRpc:
         await self.backend.reset()
         if forget == "forget":
             await self.backend.set_meta(_GENERATION_META, str(await self._generation() + 1))
-        return Response(200, json_bytes({"reset": True}), _JSON)
+        return json_response({"reset": True})
 
     async def get_meta(self, request: Request) -> Response:
         """A client's meta value, or null."""
         value = await self.backend.get_meta(await self._meta_name(request))
-        return Response(200, json_bytes({"value": value}), _JSON)
+        return json_response({"value": value})
 
     async def set_meta(self, request: Request) -> Response:
         """Store a client's meta value (the body, UTF-8 text)."""
@@ -179,7 +173,7 @@ class BackendRpc:
         except UnicodeDecodeError:
             raise BadRequest("invalid_parameter", "a meta value must be UTF-8 text") from None
         await self.backend.set_meta(await self._meta_name(request), value)
-        return Response(200, json_bytes({"stored": True}), _JSON)
+        return json_response({"stored": True})
 
     async def _generation(self) -> int:
         text = await self.backend.get_meta(_GENERATION_META)

@@ -28,27 +28,24 @@ forwarded to the upstream, like every write there.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from typing import Any
 
 from twisted.web.server import Request
 
-from ..errors import InvalidRecord
-from ..keys import InvalidKey
-from ..record import check_content_type
-from ..store import Store
-from .hooks import WriteForwarder
-from .limits import bulk_body_limit
-from .params import flag, request_body
-from .rendering import BadRequest, Response, json_bytes
-from .routes import Endpoints
+from navistore.errors import InvalidRecord
+from navistore.hooks import WriteForwarder
+from navistore.keys import InvalidKey
+from navistore.protocol.records import InvalidValue, decode_value
+from navistore.record import check_content_type
+from navistore.store import Store
+from navistore.web.errors import BadRequest
+from navistore.web.params import flag, forwarded_write, request_body
+from navistore.web.responses import Endpoints, Response, forwarded_response, json_response
+from navistore.web.site import bulk_body_limit
 
 __all__ = ["BulkEndpoints", "bulk_endpoints"]
 
-_JSON = {b"Content-Type": b"application/json"}
-_ENCODINGS = ("utf-8", "base64")
 _FIELDS = frozenset({"key", "value", "encoding", "content_type", "version"})
 
 
@@ -94,7 +91,8 @@ class BulkEndpoints:
         body = request_body(request, self.max_body_size)
         if self.write_forwarder is not None:
             # A cache node holds only copies: the upstream takes the load and answers it.
-            return await self.write_forwarder.forward(request, body)
+            forwarded = await self.write_forwarder.forward(forwarded_write(request, body))
+            return forwarded_response(forwarded)
         entries = self.parse(body)
         stored = await self.store.put_many(entries)
         document: dict[str, Any] = {"received": len(entries), "written": len(stored)}
@@ -103,7 +101,7 @@ class BulkEndpoints:
                 {"key": record.key, "version": record.stamp.encode(), "seq": record.seq}
                 for record in stored
             ]
-        return Response(200, json_bytes(document), _JSON)
+        return json_response(document)
 
     def parse(self, body: bytes) -> list[tuple[str, bytes, str | None]]:
         """Decode and check a whole body; raise BadRequest (nothing written) at the first fault."""
@@ -133,7 +131,7 @@ class BulkEndpoints:
         if not isinstance(raw_key, str):
             raise InvalidEntry(index, '"key" must be a string', field="key")
         try:
-            key = self.store.key(raw_key)
+            key = self.store.canonical_key(raw_key)
         except InvalidKey as exc:
             raise InvalidEntry(index, str(exc), key=raw_key, reason=exc.reason) from None
         value = self._value(index, key, entry)
@@ -154,19 +152,10 @@ class BulkEndpoints:
         text = entry.get("value")
         if not isinstance(text, str):
             raise InvalidEntry(index, '"value" must be a string', key=key, field="value")
-        encoding = entry.get("encoding")
-        if encoding is None:  # absent or null: text, as a listing says for UTF-8 values
-            encoding = "utf-8"
-        if encoding not in _ENCODINGS:
-            raise InvalidEntry(index, f'"encoding" must be one of {", ".join(_ENCODINGS)}', key=key)
         try:
-            if encoding == "base64":
-                value = base64.b64decode(text.encode("ascii"), validate=True)
-            else:
-                value = text.encode("utf-8")
-        except (UnicodeEncodeError, binascii.Error) as exc:
-            message = f"the value is not valid {encoding}: {exc}"
-            raise InvalidEntry(index, message, key=key) from None
+            value = decode_value(text, entry.get("encoding"))
+        except InvalidValue as exc:
+            raise InvalidEntry(index, str(exc), key=key) from None
         if len(value) > self.max_value_size:
             raise InvalidEntry(
                 index,

@@ -8,7 +8,7 @@ from email.utils import formatdate
 import attrs
 from twisted.web.server import Request
 
-from ..record import Record
+from navistore.record import Record
 
 __all__ = ["Condition", "condition", "etag_of", "last_modified"]
 

@@ -1,5 +1,5 @@
 """Reading a request: its body, query parameters (bare flags included), booleans, bounded
-integers."""
+integers, and the request as a write to forward."""
 
 from __future__ import annotations
 
@@ -7,9 +7,21 @@ from urllib.parse import parse_qs
 
 from twisted.web.server import Request
 
-from .rendering import BadRequest, TooLarge
+from navistore.hooks import ForwardedWrite
+from navistore.web.errors import BadRequest, TooLarge
 
-__all__ = ["flag", "int_arg", "query", "query_arg", "request_body", "wants_json"]
+__all__ = [
+    "DEFAULT_PAGE",
+    "MAX_PAGE",
+    "flag",
+    "forwarded_write",
+    "int_arg",
+    "page_limit",
+    "query",
+    "query_arg",
+    "request_body",
+    "wants_json",
+]
 
 _TRUE = ("", "1", "true", "yes", "on")
 
@@ -69,3 +81,30 @@ def int_arg(request: Request, name: str, default: int, maximum: int | None = Non
         bound = f" and at most {maximum}" if maximum is not None else ""
         raise BadRequest("invalid_parameter", f"parameter {name!r} must be >= 0{bound}")
     return value
+
+
+def forwarded_write(request: Request, body: bytes) -> ForwardedWrite:
+    """The write ``request`` asks for, to hand on to another node (a cache node's upstream).
+
+    Only origin-form targets (``/path?query``) are forwarded: the node forwarding decides where
+    the write goes, never the client.
+    """
+    target = request.uri
+    if not target.startswith(b"/"):
+        raise BadRequest("invalid_target", "only origin-form request targets are forwarded")
+    headers = {name: list(values) for name, values in request.requestHeaders.getAllRawHeaders()}
+    method = request.method.decode("ascii")
+    return ForwardedWrite(method, target, request.path, headers, body)
+
+
+#: Entries a listing or feed page holds unless ``limit=`` says otherwise, and the most it may.
+DEFAULT_PAGE = 1000
+MAX_PAGE = 10_000
+
+
+def page_limit(request: Request) -> int:
+    """``?limit=``: how many entries a page may hold, from 1 to :data:`MAX_PAGE`."""
+    limit = int_arg(request, "limit", DEFAULT_PAGE, MAX_PAGE)
+    if limit == 0:
+        raise BadRequest("invalid_parameter", "parameter 'limit' must be at least 1")
+    return limit

@@ -1,144 +1,27 @@
 """The one place that owns a twisted.web request's lifecycle.
 
-Handlers are coroutines that return a :class:`Response` (or raise). :func:`render_async` runs one,
-maps every exception to a status code and a JSON error body, writes the answer, streams bodies that
-come as async iterators with backpressure, and never writes to a client that went away.
+Handlers are coroutines that return a :class:`~navistore.web.responses.Response` (or raise).
+:func:`render_async` runs one, maps every exception to a status code and a JSON error body (through
+:func:`~navistore.web.errors.as_api_error`), writes the answer, streams bodies that come as async
+iterators with backpressure, and never writes to a client that went away.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Awaitable, Iterable
-from typing import Any, Callable
+from collections.abc import AsyncIterator, Awaitable
+from typing import Callable
 
-import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
-from ..clock import ClockDriftError
-from ..errors import BackendError, InvalidRecord
-from ..keys import InvalidKey
-from ..store import Conflict, NotFound, PreconditionFailed, StoreError
+from navistore.web.errors import ApiError, as_api_error, error_body
+from navistore.web.responses import Response
 
-__all__ = [
-    "ApiError",
-    "BadRequest",
-    "MethodNotAllowed",
-    "Response",
-    "TooLarge",
-    "error_body",
-    "json_bytes",
-    "render_async",
-    "render_deferred",
-]
+__all__ = ["render_async", "render_deferred"]
 
 log = Logger()
-
-
-def json_bytes(document: Any) -> bytes:
-    """Encode a JSON document compactly as UTF-8 (non-ASCII kept readable)."""
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-class ApiError(Exception):
-    """An error answered as ``status`` with ``{"error": code, "message": ..., "detail": ...}``."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        detail: Any = None,
-        headers: dict[bytes, bytes] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.detail = detail
-        self.headers = headers or {}
-
-
-class BadRequest(ApiError):
-    """A parameter, header or body the API cannot accept (400)."""
-
-    def __init__(self, code: str, message: str, detail: Any = None) -> None:
-        super().__init__(400, code, message, detail)
-
-
-class MethodNotAllowed(ApiError):
-    """The route exists but not for this method (405, with ``Allow``)."""
-
-    def __init__(self, method: str, allowed: Iterable[str]) -> None:
-        names = sorted(set(allowed))
-        super().__init__(
-            405,
-            "method_not_allowed",
-            f"{method} is not allowed here; use {', '.join(names)}",
-            {"allowed": names},
-            {b"Allow": ", ".join(names).encode("ascii")},
-        )
-
-
-class TooLarge(ApiError):
-    """The request body is over the configured limit (413)."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(
-            413,
-            "value_too_large",
-            f"the request body is larger than the limit of {limit} bytes",
-            {"max_value_size": limit},
-        )
-
-
-def error_body(code: str, message: str, detail: Any = None) -> bytes:
-    """The JSON body every error answer carries."""
-    document: dict[str, Any] = {"error": code, "message": message}
-    if detail is not None:
-        document["detail"] = detail
-    return json_bytes(document)
-
-
-def _as_api_error(failure: Failure) -> ApiError:
-    """Map any exception a handler raised to the answer the client gets."""
-    exc = failure.value
-    if isinstance(exc, ApiError):
-        return exc
-    if isinstance(exc, InvalidKey):
-        return ApiError(400, "invalid_key", str(exc), {"reason": exc.reason})
-    if isinstance(exc, NotFound):
-        return ApiError(404, exc.code, str(exc), {"key": exc.key})
-    if isinstance(exc, Conflict):
-        detail = {"key": exc.key, "version": exc.current.stamp.encode()}
-        return ApiError(409, exc.code, str(exc), detail)
-    if isinstance(exc, PreconditionFailed):
-        version = None if exc.current is None else exc.current.stamp.encode()
-        return ApiError(412, exc.code, str(exc), {"key": exc.key, "version": version})
-    if isinstance(exc, StoreError):
-        return ApiError(400, exc.code, str(exc))
-    if isinstance(exc, ClockDriftError):
-        return ApiError(400, "clock_drift", str(exc), {"ahead_ms": exc.ahead_ms})
-    if isinstance(exc, InvalidRecord):
-        # What the client sent cannot be stored (e.g. a control character in Content-Type).
-        return ApiError(400, "invalid_record", str(exc))
-    if isinstance(exc, BackendError):
-        log.error("backend failure: {error}", error=str(exc))
-        return ApiError(503, "backend_unavailable", f"the storage backend failed: {exc}")
-    log.failure("unexpected error while answering a request", failure)
-    return ApiError(500, "internal_error", "the server failed to answer; see its log")
-
-
-@attrs.frozen
-class Response:
-    """A complete answer: status, headers, and a body given whole or as an async stream."""
-
-    status: int = 200
-    body: bytes = b""
-    headers: dict[bytes, bytes] = attrs.Factory(dict)
-    stream: AsyncIterator[bytes] | None = None
 
 
 class _Backpressure:
@@ -258,14 +141,14 @@ def render_async(
         except CancelledError:
             return
         except Exception:
-            exchange.send_error(_as_api_error(Failure()))
+            exchange.send_error(as_api_error(Failure()))
             return
         try:
             await exchange.send(response)
         except CancelledError:
             return
         except Exception:
-            exchange.send_error(_as_api_error(Failure()))
+            exchange.send_error(as_api_error(Failure()))
 
     done = Deferred.fromCoroutine(run())
     if cancel_on_disconnect:
@@ -285,7 +168,7 @@ def render_deferred(request: Request, answer: Deferred[Response]) -> int:
 
     def failed(failure: Failure) -> None:
         if not failure.check(CancelledError):
-            exchange.send_error(_as_api_error(failure))
+            exchange.send_error(as_api_error(failure))
 
     answer.addCallbacks(exchange.send_whole, failed)
     answer.addErrback(lambda failure: log.failure("answering failed", failure))

@@ -1,6 +1,6 @@
 """The HTTP endpoints of replication: receiving batches, serving pulls, managing peers.
 
-- ``POST /_replicate``: a batch (see :mod:`navistore.replication.wire`) applied with
+- ``POST /_replicate``: a batch (see :mod:`navistore.protocol.batches`) applied with
   last-writer-wins; answers ``{"node_id", "received", "applied"}``. A malformed batch is 400
   ``malformed_batch``, a stamp beyond the drift limit 400 ``clock_drift``; either applies nothing.
 - ``GET /_replicate?since=N&limit=L``: the change feed after seq N with values, as a batch with
@@ -14,27 +14,27 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.web.server import Request
 
-from ..replication.peers import InvalidPeer, normalize_peer_url, parse_peer_list
-from ..replication.wire import MEDIA_TYPE, MalformedBatch, decode_batch, encode_ack, encode_batch
-from ..watch import ResyncRequired, check_horizon
-from .params import int_arg, query_arg, request_body
-from .rendering import ApiError, BadRequest, Response, json_bytes
-from .routes import Endpoints
-from .watches import horizon_arg, resync_error
-
-if TYPE_CHECKING:
-    from ..replication.service import ReplicationService
+from navistore.hooks import PeerControl
+from navistore.peer_urls import normalize_peer_url, parse_peer_list
+from navistore.protocol.batches import MEDIA_TYPE, decode_batch, encode_ack, encode_batch
+from navistore.store import Store
+from navistore.store.feed import check_horizon
+from navistore.web.errors import ApiError, BadRequest
+from navistore.web.feeds import horizon_arg
+from navistore.web.params import int_arg, page_limit, query_arg, request_body
+from navistore.web.responses import (
+    JSON_HEADERS,
+    Endpoints,
+    Response,
+    json_response,
+    text_response,
+)
 
 __all__ = ["ReplicationEndpoints", "replication_endpoints"]
-
-_JSON = {b"Content-Type": b"application/json"}
-_TEXT = {b"Content-Type": b"text/plain; charset=utf-8"}
-_DEFAULT_PAGE = 1000
-_MAX_PAGE = 10_000
 
 
 def _text(request: Request) -> str:
@@ -44,16 +44,12 @@ def _text(request: Request) -> str:
         raise BadRequest("invalid_peer", "the body is not UTF-8 text") from None
 
 
-def _invalid_peer(error: InvalidPeer) -> BadRequest:
-    return BadRequest("invalid_peer", str(error))
-
-
 class ReplicationEndpoints:
-    """The handlers, over one :class:`ReplicationService` (and its Store)."""
+    """The handlers, over one node's Store and its peer set (the replication service)."""
 
-    def __init__(self, service: ReplicationService) -> None:
-        self.service = service
-        self.store = service.store
+    def __init__(self, store: Store, peers: PeerControl) -> None:
+        self.store = store
+        self.service = peers
 
     def endpoints(self) -> Endpoints:
         """The endpoints by name and method, for ``make_site(..., extra_endpoints=...)``."""
@@ -77,36 +73,29 @@ class ReplicationEndpoints:
 
     async def receive(self, request: Request) -> Response:
         """Apply a pushed batch (all or nothing on validation and drift) and acknowledge it."""
-        try:
-            batch = decode_batch(request_body(request))
-        except MalformedBatch as exc:
-            raise BadRequest("malformed_batch", str(exc)) from None
-        # ClockDriftError (raised before anything is applied) is answered 400 clock_drift.
+        # MalformedBatch, and ClockDriftError (raised before anything is applied), are answered
+        # 400 malformed_batch and 400 clock_drift.
+        batch = decode_batch(request_body(request))
         outcomes = await self.store.apply_remote_batch(batch.records)
         applied = sum(1 for outcome in outcomes if outcome is not None)
         ack = encode_ack(self.store.node_id, len(batch.records), applied)
-        return Response(200, ack, _JSON)
+        return Response(200, ack, dict(JSON_HEADERS))
 
     async def pull(self, request: Request) -> Response:
         """One page of the change feed with values, in the batch format."""
         since = int_arg(request, "since", 0)
-        limit = int_arg(request, "limit", _DEFAULT_PAGE, _MAX_PAGE)
-        if limit == 0:
-            raise BadRequest("invalid_parameter", "parameter 'limit' must be at least 1")
+        limit = page_limit(request)
         # Read before the page: when the page is short, everything up to ``newest`` is in it,
         # while a seq read after it could belong to a write the page missed.
         # A reader paging through the whole feed from 0 passes back the horizon it saw at the
         # start: it is refused only if tombstones were purged since then (it may have missed
         # them), while one resuming from a cursor below the horizon is always told to resync.
         started_at = horizon_arg(request)
-        try:
-            await check_horizon(self.store, since, started_at=started_at)
-            newest = await self.store.last_seq()
-            page = await self.store.changes(since, limit=limit)
-            # Checked again after the read: a purge that ran meanwhile leaves a gap too.
-            horizon = await check_horizon(self.store, since, started_at=started_at)
-        except ResyncRequired as exc:
-            raise resync_error(exc) from None
+        await check_horizon(self.store, since, started_at=started_at)
+        newest = await self.store.last_seq()
+        page = await self.store.changes(since, limit=limit)
+        # Checked again after the read: a purge that ran meanwhile leaves a gap too.
+        horizon = await check_horizon(self.store, since, started_at=started_at)
         records = page.records
         last = records[-1].seq if records else since
         assert last is not None
@@ -124,7 +113,7 @@ class ReplicationEndpoints:
 
     async def list_peers(self, request: Request) -> Response:
         """Every peer's status: node id, cursor, lag, state, last error and success."""
-        return Response(200, json_bytes(self._statuses()), _JSON)
+        return json_response(self._statuses())
 
     async def add_peer(self, request: Request) -> Response:
         """Add the peer whose URL is the body (text, or JSON ``{"url": ...}``)."""
@@ -135,48 +124,38 @@ class ReplicationEndpoints:
                 url = json.loads(text).get("url")
             except (ValueError, AttributeError):
                 raise BadRequest("invalid_peer", 'the body must be a URL or {"url": URL}') from None
-        try:
-            normal = self.service.check_peer(url)
-            added = await self.service.add_peer(normal)
-        except InvalidPeer as exc:
-            raise _invalid_peer(exc) from None
+        normal = self.service.check_peer(url)  # InvalidPeer: 400 invalid_peer
+        added = await self.service.add_peer(normal)
         status = next(each for each in self.service.peers() if each["url"] == normal)
-        return Response(201 if added else 200, json_bytes(status), _JSON)
+        return json_response(status, 201 if added else 200)
 
     async def remove_peer(self, request: Request) -> Response:
         """Remove the peer ``?url=``: stop pushing to it and forget its cursor."""
         url = query_arg(request, "url")
         if not url:
             raise BadRequest("invalid_parameter", "say which peer to remove with ?url=")
-        try:
-            normal = normalize_peer_url(url)
-            removed = await self.service.remove_peer(normal)
-        except InvalidPeer as exc:
-            raise _invalid_peer(exc) from None
-        if not removed:
+        normal = normalize_peer_url(url)
+        if not await self.service.remove_peer(normal):
             raise ApiError(404, "unknown_peer", f"{normal} is not a peer", {"url": normal})
-        return Response(200, json_bytes({"url": normal, "removed": True}), _JSON)
+        return json_response({"url": normal, "removed": True})
 
     # -- classic /_replication_slaves ---------------------------------------------------------
 
     async def get_slaves(self, request: Request) -> Response:
         """The peer set as the classic comma-separated list."""
-        return Response(200, ",".join(self.service.peer_urls()).encode("utf-8"), _TEXT)
+        return text_response(",".join(self.service.peer_urls()).encode("utf-8"))
 
     async def put_slaves(self, request: Request) -> Response:
         """Replace the peer set with the body's comma-separated URLs (empty: no peers)."""
-        try:
-            await self.service.set_peers(parse_peer_list(_text(request)))
-        except InvalidPeer as exc:
-            raise _invalid_peer(exc) from None
-        return Response(200, b"OK", _TEXT)
+        await self.service.set_peers(parse_peer_list(_text(request)))
+        return text_response()
 
     async def delete_slaves(self, request: Request) -> Response:
         """Remove every peer."""
         await self.service.set_peers([])
-        return Response(200, b"OK", _TEXT)
+        return text_response()
 
 
-def replication_endpoints(service: ReplicationService) -> Endpoints:
-    """The replication endpoints of ``service``, ready for ``extra_endpoints``."""
-    return ReplicationEndpoints(service).endpoints()
+def replication_endpoints(store: Store, peers: PeerControl) -> Endpoints:
+    """The replication endpoints of a node, ready for ``extra_endpoints``."""
+    return ReplicationEndpoints(store, peers).endpoints()

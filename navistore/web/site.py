@@ -14,7 +14,7 @@ from typing import Any
 from twisted.web import http
 from twisted.web.server import Request, Site
 
-from .rendering import TooLarge, error_body
+from navistore.web.errors import TooLarge, error_body
 
 __all__ = [
     "DEFAULT_MAX_BULK_SIZE",

@@ -34,7 +34,6 @@ It talks HTTP with the standard library: one short connection per request, no re
 from __future__ import annotations
 
 import argparse
-import base64
 import http.client
 import json
 import os
@@ -44,7 +43,8 @@ from collections.abc import Sequence
 from typing import Any, BinaryIO, Callable, NoReturn, TextIO
 from urllib.parse import quote, urlencode, urlsplit
 
-from .keys import InvalidKey, normalize_key, normalize_prefix
+from navistore.keys import InvalidKey, normalize_key, normalize_prefix
+from navistore.protocol.records import decode_value
 
 __all__ = ["DEFAULT_URL", "ENV_URL", "Failed", "build_parser", "exit_status", "main"]
 
@@ -186,8 +186,7 @@ def cmd_get(node: Node, args: argparse.Namespace, io: Streams) -> None:
         if not entries:
             raise Failed(NOT_FOUND, f"get {key}: no such key")
         entry = entries[0]
-        text = entry["value"]
-        io.out.write(text.encode() if entry["encoding"] == "utf-8" else base64.b64decode(text))
+        io.out.write(decode_value(entry["value"], entry.get("encoding")))
         return
     io.out.write(node.request("GET", _path(key)).expect(f"get {key}").body)
 

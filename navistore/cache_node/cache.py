@@ -16,31 +16,32 @@ None: seconds since the copies last matched the upstream (0 or 1 while in contac
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from collections.abc import Sequence
-from random import Random
 from typing import Any
-from urllib.parse import quote, unquote_to_bytes
+from urllib.parse import unquote_to_bytes
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredLock, succeed
-from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
-from twisted.web.server import Request
 
-from ..clock import ClockDriftError, InvalidStamp, Stamp, validate_node_id
-from ..record import DEFAULT_CONTENT_TYPE, Record
-from ..store import Store
-from ..web.rendering import ApiError, Response
-from .peers import normalize_peer_url
-from .wire import MalformedBatch
-from .worker import PeerRefused, backoff_delay, describe, iso_time
+from navistore.cache_node.upstream import HOP_BY_HOP, Change, Upstream, parse_etag
+from navistore.clock import ClockDriftError, Stamp
+from navistore.hooks import (
+    ForwardedAnswer,
+    ForwardedWrite,
+    UpstreamIsSelf,
+    UpstreamRefused,
+    UpstreamUnavailable,
+)
+from navistore.links import BadAnswer, PeerLink, Refused, describe, iso_time
+from navistore.peer_urls import normalize_peer_url
+from navistore.record import DEFAULT_CONTENT_TYPE, Record
+from navistore.store import Store
 
-__all__ = ["CURSOR_META", "SYNCED_META", "UPSTREAM_NODE_META", "UpstreamCache", "parse_etag"]
+__all__ = ["CURSOR_META", "SYNCED_META", "UPSTREAM_NODE_META", "UpstreamCache"]
 
 log = Logger()
 
@@ -52,32 +53,6 @@ SYNCED_META = "cache.synced_at"
 #: How often the moment of the last sync is persisted (it bounds staleness after a restart).
 _PERSIST_SYNC_EVERY = 30.0
 
-#: Headers that belong to one connection, or that the node sets itself, never passed on.
-_HOP_BY_HOP = frozenset(
-    b"connection keep-alive proxy-authenticate proxy-authorization te trailer transfer-encoding "
-    b"upgrade host content-length expect accept-encoding content-encoding date server".split()
-)
-_URL_SAFE = "/%?&=:@!$'()*+,;~-._"
-
-
-def parse_etag(values: Sequence[bytes] | None) -> Stamp:
-    """The stamp a Navistore ETag (``"<stamp>"``) names; raise MalformedBatch otherwise."""
-    text = values[0].decode("latin-1").strip() if values else ""
-    try:
-        return Stamp.decode(text[1:-1] if text[:1] == text[-1:] == '"' else text)
-    except InvalidStamp as exc:
-        raise MalformedBatch(f"the upstream's answer has no usable ETag: {exc}") from None
-
-
-def _unavailable(upstream: str, error: BaseException, timeout: float) -> ApiError:
-    return ApiError(
-        503,
-        "upstream_unavailable",
-        f"the upstream {upstream} cannot be reached ({describe(error, timeout)}); "
-        "this cache node serves only the copies it holds and cannot take writes now",
-        {"upstream": upstream},
-    )
-
 
 class UpstreamCache(Service):
     """The cache side of a node: a MissResolver, a WriteForwarder, and the feed follower.
@@ -85,12 +60,9 @@ class UpstreamCache(Service):
     Hand it to ``make_site`` as both ``miss_resolver`` and ``write_forwarder``, and make it a
     child of the node's service so that it starts once the Store is open.
 
-    :param http_client: treq-like: ``request(method, url, data=, headers=, timeout=)``
-        returning Deferreds of responses with ``code``, ``headers`` and ``content()``.
-    :param clock: times polls, backoff and request deadlines.
+    :param link: the client, clock, jitter, timeout and backoff cap it reaches the upstream with.
     :param upstream: the base URL of the node to cache, ``http://host:port``.
     :param poll_interval: seconds between looks at the upstream's feed while in contact.
-    :param request_timeout: the longest wait for one complete answer of the upstream.
     :param page_records: changes asked for per feed page.
     """
 
@@ -98,13 +70,9 @@ class UpstreamCache(Service):
         self,
         store: Store,
         *,
-        http_client: Any,
-        clock: IReactorTime,
+        link: PeerLink,
         upstream: str,
-        random: Random | None = None,
         poll_interval: float = 1.0,
-        request_timeout: float = 10.0,
-        max_backoff: float = 30.0,
         page_records: int = 1000,
     ) -> None:
         self.setName("upstream-cache")
@@ -114,12 +82,11 @@ class UpstreamCache(Service):
         self.cursor = 0
         self.upstream_node_id: str | None = None
         self.last_error: str | None = None
-        self._http = http_client
-        self._clock = clock
-        self._random = random if random is not None else Random()
+        self._link = link
+        self._remote = Upstream(self.upstream, link=link)
+        self._clock = link.clock
         self._interval = poll_interval
-        self._timeout = request_timeout
-        self._max_backoff = max_backoff
+        self._timeout = link.request_timeout
         self._page_records = page_records
         self._failures = 0
         self._started_at = self._now()
@@ -172,7 +139,7 @@ class UpstreamCache(Service):
                 if self.state == "self":
                     log.error("the upstream {url} is this node itself", url=self.upstream)
                     return
-                delay = backoff_delay(self._failures, self._random, cap=self._max_backoff)
+                delay = self._link.backoff(self._failures)
                 self._failures += 1
                 self.last_error = describe(error, self._timeout)
                 self.state = "backoff"
@@ -189,7 +156,7 @@ class UpstreamCache(Service):
     # -- staleness and status -----------------------------------------------------------------
 
     def _now(self) -> float:
-        return float(self._clock.seconds())
+        return self._link.now()
 
     def staleness(self) -> float:
         """Seconds since the copies were last known to match the upstream (never None here:
@@ -211,37 +178,7 @@ class UpstreamCache(Service):
             "stale_seconds": self.staleness(),
         }
 
-    # -- HTTP ---------------------------------------------------------------------------------
-
-    async def _exchange(
-        self,
-        method: str,
-        url: str,
-        body: bytes | None = None,
-        headers: dict[bytes, list[bytes]] | None = None,
-    ) -> tuple[int, Headers, bytes]:
-        """One request to the upstream, answered completely within the timeout."""
-
-        async def exchange() -> tuple[int, Headers, bytes]:
-            response = await self._http.request(
-                method, url, data=body, headers=headers or {}, timeout=self._timeout
-            )
-            content: bytes = await response.content()
-            return int(response.code), response.headers, content
-
-        attempt = Deferred.fromCoroutine(exchange())
-        attempt.addTimeout(self._timeout, self._clock)
-        return await attempt
-
-    async def _get_json(self, path: str) -> Any:
-        """GET a JSON document from the upstream; raise unless it answers 200 with JSON."""
-        status, _headers, body = await self._exchange("GET", self.upstream + path)
-        if status != 200:
-            raise PeerRefused(status, body)
-        try:
-            return json.loads(body)
-        except ValueError as exc:
-            raise MalformedBatch(f"the upstream's {path} is not JSON: {exc}") from None
+    # -- copies -------------------------------------------------------------------------------
 
     def _chain(self, stamp: Stamp) -> tuple[str, ...]:
         """The chain of a copy: its writer, then the upstream it came through."""
@@ -250,16 +187,11 @@ class UpstreamCache(Service):
 
     async def _fetch(self, key: str) -> Record | None:
         """The upstream's live record of ``key`` (None on 404); raise if it cannot say."""
-        url = self.upstream + quote(key.encode("utf-8"), safe="/")
-        status, headers, body = await self._exchange("GET", url)
-        if status == 404:
+        found = await self._remote.fetch(key)
+        if found is None:
             return None
-        if status != 200:
-            raise PeerRefused(status, body)
-        stamp = parse_etag(headers.getRawHeaders(b"ETag"))
-        content_type = headers.getRawHeaders(b"Content-Type")
-        kind = content_type[0].decode("latin-1") if content_type else DEFAULT_CONTENT_TYPE
-        return Record(key, body, kind, stamp, chain=self._chain(stamp))
+        value, kind, stamp = found
+        return Record(key, value, kind, stamp, chain=self._chain(stamp))
 
     # -- reads: MissResolver ------------------------------------------------------------------
 
@@ -290,7 +222,10 @@ class UpstreamCache(Service):
 
     def _check_not_self(self) -> None:
         if self.state == "self":
-            raise ApiError(503, "upstream_is_self", f"the upstream {self.upstream} is this node")
+            raise UpstreamIsSelf(self.upstream)
+
+    def _unavailable(self, error: BaseException) -> UpstreamUnavailable:
+        return UpstreamUnavailable(self.upstream, describe(error, self._timeout))
 
     async def _fill(self, key: str) -> Record | None:
         self._check_not_self()
@@ -298,13 +233,12 @@ class UpstreamCache(Service):
         try:
             try:
                 record = await self._fetch(key)
-            except PeerRefused as error:
+            except Refused as error:
                 if 400 <= error.status < 500:
-                    code = error.code or "upstream_refused"
-                    raise ApiError(error.status, code, str(error)) from None
-                raise _unavailable(self.upstream, error, self._timeout) from None
+                    raise UpstreamRefused(error.status, error.code, str(error)) from None
+                raise self._unavailable(error) from None
             except Exception as error:
-                raise _unavailable(self.upstream, error, self._timeout) from None
+                raise self._unavailable(error) from None
             if record is None:
                 return None
             try:
@@ -324,51 +258,41 @@ class UpstreamCache(Service):
 
     # -- writes: WriteForwarder ---------------------------------------------------------------
 
-    async def forward(self, request: Request, body: bytes) -> Response:
+    async def forward(self, write: ForwardedWrite) -> ForwardedAnswer:
         """Send the write to the upstream and answer with its answer (503 if unreachable)."""
         self._check_not_self()
-        method = request.method.decode("ascii")
-        raw_target = request.uri
-        if not raw_target.startswith(b"/"):
-            raise ApiError(400, "invalid_target", "only origin-form request targets are forwarded")
-        headers: dict[bytes, list[bytes]] = {}
-        for name, values in request.requestHeaders.getAllRawHeaders():
-            if name.lower() not in _HOP_BY_HOP:
-                headers[name] = list(values)
-        key = self._written_key(request)
+        key = self._written_key(write)
         if key is not None:
             self._in_flight[key] += 1
         try:
             try:
-                data = body if body or method != "DELETE" else None
-                url = self.upstream + quote(raw_target, safe=_URL_SAFE)
-                status, answer, content = await self._exchange(method, url, data, headers)
+                answer = await self._remote.send(write)
             except CancelledError:
                 raise
             except Exception as error:
-                raise _unavailable(self.upstream, error, self._timeout) from None
-            await self._after_write(request, key, body, status, answer)
+                raise self._unavailable(error) from None
+            await self._after_write(write, key, answer.status, answer.headers)
         finally:
             if key is not None:
                 self._release(key)
         kept = {
             name: b", ".join(values)
-            for name, values in answer.getAllRawHeaders()
-            if name.lower() not in _HOP_BY_HOP
+            for name, values in answer.headers.getAllRawHeaders()
+            if name.lower() not in HOP_BY_HOP
         }
-        return Response(status, content, kept)
+        return ForwardedAnswer(answer.status, kept, answer.body)
 
-    def _written_key(self, request: Request) -> str | None:
+    def _written_key(self, write: ForwardedWrite) -> str | None:
         """The canonical key a PUT or POST writes, or None (a DELETE, a prefix, not a key)."""
-        if request.method not in (b"PUT", b"POST") or request.path.endswith(b"/"):
+        if write.method not in ("PUT", "POST") or write.path.endswith(b"/"):
             return None
         try:
-            return self.store.key(unquote_to_bytes(request.path).decode("utf-8"))
+            return self.store.canonical_key(unquote_to_bytes(write.path).decode("utf-8"))
         except ValueError:  # InvalidKey, UnicodeDecodeError: the upstream says what is wrong
             return None
 
     async def _after_write(
-        self, request: Request, key: str | None, body: bytes, status: int, answer: Headers
+        self, write: ForwardedWrite, key: str | None, status: int, answer: Headers
     ) -> None:
         """Make the local copy match what the upstream now holds, so it never serves the old one.
 
@@ -382,9 +306,9 @@ class UpstreamCache(Service):
         if key is not None and 200 <= status < 300:
             try:
                 stamp = parse_etag(answer.getRawHeaders(b"ETag"))
-                raw_type = request.getHeader(b"Content-Type")
+                raw_type = write.header(b"Content-Type")
                 kind = raw_type.decode("latin-1") if raw_type else DEFAULT_CONTENT_TYPE
-                record = Record(key, body, kind, stamp, chain=self._chain(stamp))
+                record = Record(key, write.body, kind, stamp, chain=self._chain(stamp))
                 await self.store.apply_remote_batch([record])
                 return
             except Exception as error:
@@ -414,21 +338,16 @@ class UpstreamCache(Service):
 
     async def _sync_locked(self) -> None:
         asked_at = self._now()
-        health = await self._get_json("/_health")
-        try:
-            node_id = validate_node_id(health["node_id"])
-            last_seq = int(health["last_seq"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise MalformedBatch(f"the upstream's /_health answer is unusable: {exc}") from None
+        node_id, last_seq = await self._remote.health()
         if node_id == self.store.node_id:
             self.state = "self"
-            raise MalformedBatch(f"the upstream {self.upstream} is this node itself")
+            raise BadAnswer(f"the upstream {self.upstream} is this node itself")
         # Read at once, before anything else runs: see _rebase.
         quiet = not self._in_flight
         if node_id != self.upstream_node_id or last_seq < self.cursor:
             await self._rebase(node_id, last_seq, quiet)
         while self.cursor < last_seq:
-            page_last, changes = await self._changes_page()
+            page_last, changes = await self._remote.changes(self.cursor, self._page_records)
             await self._refresh(changes)
             if page_last <= self.cursor:
                 break
@@ -460,18 +379,7 @@ class UpstreamCache(Service):
         await self.store.set_meta(UPSTREAM_NODE_META, node_id)
         await self._move(last_seq if empty else 0)
 
-    async def _changes_page(self) -> tuple[int, list[tuple[str, Stamp, bool]]]:
-        document = await self._get_json(f"/_changes?since={self.cursor}&limit={self._page_records}")
-        try:
-            changes = [
-                (str(item["key"]), Stamp.decode(item["stamp"]), bool(item["deleted"]))
-                for item in document["results"]
-            ]
-            return int(document["last_seq"]), changes
-        except (ValueError, KeyError, TypeError) as exc:
-            raise MalformedBatch(f"the upstream's change feed is unusable: {exc}") from None
-
-    async def _refresh(self, changes: list[tuple[str, Stamp, bool]]) -> None:
+    async def _refresh(self, changes: list[Change]) -> None:
         """Refresh or drop the copies of the changed keys this node holds; skip the others."""
         tombstones: list[Record] = []
         for key, stamp, deleted in changes:

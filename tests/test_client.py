@@ -1,10 +1,10 @@
 """The ``navistore`` command: argument parsing, and every command against real nodes.
 
-The commands run as processes (``python -m navistore.client``, what the console script calls)
-against a ``twistd navistore`` node on 127.0.0.1, so exit statuses, stdin and binary stdout are
-what a shell sees. ``watch`` is checked against a real node (across a restart of it) and against
-a scripted fake node that loses connections and asks for a resync, which a real node cannot be
-made to do on cue.
+The commands run as processes (``python -m navistore.scripts.client``, what the console
+script calls) against a ``twistd navistore`` node on 127.0.0.1, so exit statuses, stdin and
+binary stdout are what a shell sees. ``watch`` is checked against a real node (across a
+restart of it) and against a scripted fake node that loses connections and asks for a
+resync, which a real node cannot be made to do on cue.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from test_e2e_server import (
+from support.processes import (
     Server,
     request,
     running,
@@ -31,7 +31,7 @@ from test_e2e_server import (
     wait_until,
 )
 
-from navistore.client import DEFAULT_URL, build_parser, exit_status
+from navistore.scripts.client import DEFAULT_URL, build_parser, exit_status
 
 #: How long one command may take.
 COMMAND_TIMEOUT = 30
@@ -41,7 +41,7 @@ def navistore(
     url: str, *arguments: str, stdin: bytes = b"", env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``navistore --url URL ARGUMENTS`` to completion (``url`` None: no ``--url``)."""
-    command = [sys.executable, "-m", "navistore.client"]
+    command = [sys.executable, "-m", "navistore.scripts.client"]
     if url:
         command += ["--url", url]
     return subprocess.run(
@@ -282,7 +282,7 @@ class Watcher:
         self.err = directory / "watch.err"
         with self.out.open("wb") as out, self.err.open("wb") as err:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "navistore.client", *arguments],
+                [sys.executable, "-m", "navistore.scripts.client", *arguments],
                 stdout=out,
                 stderr=err,
                 stdin=subprocess.DEVNULL,

@@ -1,4 +1,5 @@
-"""Watches (navistore.watch, navistore.web.watches): long-poll and event-stream feeds, ``?wait``.
+"""The feeds and watches (navistore.web.feeds over navistore.watch_hub and navistore.store.feed):
+long-poll and event-stream feeds, ``?wait``, the purge horizon, and the hub on its own.
 
 Each test runs one node over a memory backend (whose calls complete at once) behind the real
 resource tree through ``treq.testing.StubTreq``, with a ``task.Clock`` for timeouts and
@@ -13,7 +14,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Callable, TypeVar
 
 import pytest
-from helpers import fired
+from support.api import ORIGIN, Answer, api_resource
+from support.deferreds import fired
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
@@ -25,18 +27,10 @@ from navistore.backend.memory import MemoryBackend
 from navistore.clock import Stamp
 from navistore.record import Record
 from navistore.store import PURGED_BEFORE_META, Store
-from navistore.watch import (
-    ResyncRequired,
-    TooManyWatchers,
-    WatchesClosed,
-    WatchHub,
-    needs_resync,
-    read_changes,
-)
-from navistore.web import ApiResource
+from navistore.store.feed import ResyncRequired, needs_resync, read_changes
+from navistore.watch_hub import TooManyWatchers, WatchesClosed, WatchHub
 
 T = TypeVar("T")
-ORIGIN = "http://navistore.test"
 
 
 class Pending:
@@ -62,26 +56,7 @@ class Pending:
             response.raiseException()
         body = response.content()
         self.node.pump()
-        return Answer(response, fired(body))
-
-
-class Answer:
-    """Status, headers and body of a complete answer."""
-
-    def __init__(self, response: IResponse, body: bytes) -> None:
-        self.status = response.code
-        self.headers = response.headers
-        self.body = body
-
-    def header(self, name: str) -> str | None:
-        """The last value of a header, or None."""
-        values = self.headers.getRawHeaders(name)
-        return values[-1] if values else None
-
-    def json(self) -> Any:
-        """The body as JSON."""
-        assert self.header("Content-Type") == "application/json", self.body
-        return json.loads(self.body)
+        return Answer(response.code, response.headers, fired(body))
 
 
 class Events(Protocol):
@@ -123,7 +98,7 @@ class Node:
         self.clock = Clock()
         self.store = fired(Store.open(MemoryBackend()))
         self.hub = WatchHub(self.store, clock=self.clock, **hub_options)
-        self.stub = StubTreq(ApiResource(self.store, max_value_size=4096, watch_hub=self.hub))
+        self.stub = StubTreq(api_resource(self.store, watch_hub=self.hub))
 
     def pump(self) -> None:
         """Run what is due now (woken watchers) and move every byte across the connections."""

@@ -15,22 +15,20 @@ The hub caps the number of concurrent watchers (each holds a request and some me
 :meth:`WatchHub.close` ends them all at shutdown: long-polls answer with what they have, event
 streams end.
 
-Resync: once tombstones are purged (:meth:`~navistore.store.Store.purge_tombstones`), a reader
-resuming after a seq below the purge horizon could miss a delete. :func:`check_horizon` and
-:func:`read_changes` turn that into :class:`ResyncRequired` instead of a silent gap, like etcd v2's
-"event index cleared" (error 401), but with the seq to restart from.
+The HTTP side (the ``/_changes`` feeds and ``?wait=true``) is :mod:`navistore.web.feeds`; a reader
+that falls behind the tombstone purge horizon is told to resync (:mod:`navistore.store.feed`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from .record import Record
-from .store import ChangesPage, Store
+from navistore.record import Record
+from navistore.store import Store
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -39,15 +37,11 @@ __all__ = [
     "DEFAULT_HEARTBEAT",
     "DEFAULT_MAX_PENDING",
     "DEFAULT_MAX_WATCHERS",
-    "ResyncRequired",
     "TooManyWatchers",
     "WatchHub",
     "WatchRefused",
     "Watcher",
     "WatchesClosed",
-    "check_horizon",
-    "needs_resync",
-    "read_changes",
 ]
 
 log = Logger()
@@ -64,6 +58,7 @@ class WatchRefused(Exception):
     """A watch the hub will not start; ``code`` is the API's error name (answered 503)."""
 
     code = "watch_refused"
+    detail: Any = None
 
 
 class TooManyWatchers(WatchRefused):
@@ -74,6 +69,7 @@ class TooManyWatchers(WatchRefused):
     def __init__(self, max_watchers: int) -> None:
         super().__init__(f"this node already serves {max_watchers} watchers, its limit")
         self.max_watchers = max_watchers
+        self.detail = {"max_watchers": max_watchers}
 
 
 class WatchesClosed(WatchRefused):
@@ -83,69 +79,6 @@ class WatchesClosed(WatchRefused):
 
     def __init__(self) -> None:
         super().__init__("this node is shutting down; watch another node or retry")
-
-
-class ResyncRequired(Exception):
-    """The reader's position is older than the purge horizon: deletes after it may be gone.
-
-    :ivar since: the seq the reader asked to resume after.
-    :ivar last_seq: the node's newest seq: re-read the state, then watch after it.
-    :ivar purged_before: tombstones with a seq below this may have been purged.
-    """
-
-    def __init__(self, since: int, last_seq: int, purged_before: int) -> None:
-        super().__init__(
-            f"changes after seq {since} are no longer complete here (tombstones below seq "
-            f"{purged_before} were purged): re-read the state (e.g. /_keys) and watch from "
-            f"last_seq {last_seq}"
-        )
-        self.since = since
-        self.last_seq = last_seq
-        self.purged_before = purged_before
-
-
-def needs_resync(
-    since: int, purged_before: int, *, full_read: bool = True, started_at: int | None = None
-) -> bool:
-    """Tell whether resuming after seq ``since`` could miss a purged tombstone.
-
-    Every purged tombstone has a seq below ``purged_before``, so ``since >= purged_before - 1``
-    misses none. With ``full_read``, ``since == 0`` is never refused: the feed from 0 lists every
-    live key at its latest seq, which is the state itself (a reader must replace its copy with
-    it, not merge into it); that is what a resync would read anyway. A reader paging through
-    that full read passes back, as ``started_at``, the horizon its first page reported: while
-    the horizon has not moved since, nothing it is still to read was purged.
-    """
-    if full_read and since == 0:
-        return False
-    if started_at is not None and started_at == purged_before:
-        return False
-    return since + 1 < purged_before
-
-
-async def check_horizon(
-    store: Store, since: int, *, full_read: bool = True, started_at: int | None = None
-) -> int:
-    """Return the purge horizon, or raise :class:`ResyncRequired` if reading after ``since``
-    could miss a purged delete."""
-    horizon = await store.purged_before()
-    if needs_resync(since, horizon, full_read=full_read, started_at=started_at):
-        raise ResyncRequired(since, await store.last_seq(), horizon)
-    return horizon
-
-
-async def read_changes(
-    store: Store, since: int, *, limit: int, prefix: str, started_at: int | None = None
-) -> tuple[ChangesPage, int]:
-    """Read a page of the change feed with the purge horizon, or raise
-    :class:`ResyncRequired` for a gap.
-
-    The horizon is checked *after* the read: a purge raises it before removing anything, so a
-    page read while a purge ran is refused rather than returned with a hole in it.
-    """
-    page = await store.changes(since, limit=limit, prefix=prefix)
-    horizon = await check_horizon(store, since, started_at=started_at)
-    return page, horizon
 
 
 class Watcher:
@@ -260,7 +193,7 @@ def _seq(record: Record) -> int:
 class WatchHub:
     """Every watch of one node, fed by one subscription to its Store.
 
-    :param clock: times long-poll timeouts and heartbeats (default: the global reactor).
+    :param clock: times long-poll timeouts and heartbeats.
     :param max_watchers: the most concurrent watchers; :meth:`watch` refuses more.
     :param heartbeat: seconds between heartbeats on an idle event stream.
     :param max_pending: records one watcher may hold before it must re-read the feed instead.
@@ -270,17 +203,13 @@ class WatchHub:
         self,
         store: Store,
         *,
-        clock: IReactorTime | None = None,
+        clock: IReactorTime,
         max_watchers: int = DEFAULT_MAX_WATCHERS,
         heartbeat: float = DEFAULT_HEARTBEAT,
         max_pending: int = DEFAULT_MAX_PENDING,
     ) -> None:
         if max_watchers < 0 or heartbeat <= 0 or max_pending < 1:
             raise ValueError("max_watchers >= 0, heartbeat > 0 and max_pending >= 1, please")
-        if clock is None:
-            from twisted.internet import reactor
-
-            clock = cast("IReactorTime", reactor)
         self.store = store
         self.clock = clock
         self.max_watchers = max_watchers

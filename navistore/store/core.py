@@ -1,4 +1,4 @@
-"""The node: identity, clock, key rules, conditional writes and change notifications.
+"""The Store: one node's identity, clock, key rules, conditional writes and change notifications.
 
 The web layer and the replication service talk only to a :class:`Store`; the Store talks only to
 its :class:`~navistore.interfaces.IStorageBackend`. Writes are compare-and-set loops over the
@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Callable
 
-import attrs
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
-from .clock import (
+from navistore.clock import (
     DEFAULT_MAX_DRIFT_MS,
     ClockDriftError,
     HybridClock,
@@ -25,31 +24,26 @@ from .clock import (
     new_node_id,
     validate_node_id,
 )
-from .interfaces import ABSENT, ANY, Expectation, IImmediateReads, IStorageBackend, WouldBlock
-from .keys import DEFAULT_MAX_KEY_BYTES, normalize_key, normalize_prefix
-from .record import DEFAULT_CONTENT_TYPE, Record
+from navistore.interfaces import (
+    ABSENT,
+    ANY,
+    Expectation,
+    IImmediateReads,
+    IStorageBackend,
+    WouldBlock,
+)
+from navistore.keys import DEFAULT_MAX_KEY_BYTES, normalize_key, normalize_prefix
+from navistore.record import DEFAULT_CONTENT_TYPE, Record
+from navistore.store.errors import Conflict, NotFound, PreconditionFailed
+from navistore.store.horizon import PurgeHorizon
+from navistore.store.pages import ChangesPage, KeysPage, WriteResult
 
-__all__ = [
-    "MATCH_ANY",
-    "PURGED_BEFORE_META",
-    "ChangeListener",
-    "ChangesPage",
-    "Conflict",
-    "KeysPage",
-    "NotFound",
-    "PreconditionFailed",
-    "Store",
-    "StoreError",
-    "WriteResult",
-]
+__all__ = ["MATCH_ANY", "NODE_ID_META", "ChangeListener", "Store"]
 
 log = Logger()
 
 #: The node id lives in the backend's meta data under this name.
 NODE_ID_META = "node_id"
-
-#: The purge horizon (see :meth:`Store.purged_before`) lives in meta data under this name.
-PURGED_BEFORE_META = "tombstones.purged_before"
 
 #: ``If-Match: *``: the key must exist, whatever its version.
 MATCH_ANY = "*"
@@ -58,69 +52,6 @@ MATCH_ANY = "*"
 _MAX_WRITE_ATTEMPTS = 100
 
 ChangeListener = Callable[[Record], None]
-
-
-class StoreError(Exception):
-    """A request the Store refuses; ``code`` is the stable error name the API reports."""
-
-    code = "store_error"
-
-
-class NotFound(StoreError):
-    """The key does not exist (never written, or deleted)."""
-
-    code = "not_found"
-
-    def __init__(self, key: str) -> None:
-        super().__init__(f"no key {key!r}")
-        self.key = key
-
-
-class Conflict(StoreError):
-    """A create-only write found the key already there."""
-
-    code = "conflict"
-
-    def __init__(self, key: str, current: Record) -> None:
-        super().__init__(f"key {key!r} already exists (version {current.stamp})")
-        self.key = key
-        self.current = current
-
-
-class PreconditionFailed(StoreError):
-    """An ``If-Match`` / ``If-None-Match`` condition does not hold for the stored key."""
-
-    code = "precondition_failed"
-
-    def __init__(self, key: str, condition: str, current: Record | None) -> None:
-        state = "is absent" if current is None else f"is at version {current.stamp}"
-        super().__init__(f"condition {condition} failed: key {key!r} {state}")
-        self.key = key
-        self.current = current
-
-
-@attrs.frozen
-class WriteResult:
-    """What a write did: the stored record, and whether the key was absent before."""
-
-    record: Record
-    created: bool
-
-
-@attrs.frozen
-class KeysPage:
-    """One page of a listing; ``next`` is the ``after`` cursor of the next page, or None."""
-
-    records: list[Record]
-    next: str | None
-
-
-@attrs.frozen
-class ChangesPage:
-    """A page of the change feed; resume with ``since=last_seq``."""
-
-    records: list[Record]
-    last_seq: int
 
 
 def _live(record: Record | None) -> Record | None:
@@ -148,7 +79,7 @@ class Store:
         self.clock = clock
         self.max_key_bytes = max_key_bytes
         self._listeners: list[ChangeListener] = []
-        self._purged_before: int | None = None
+        self._horizon = PurgeHorizon(backend)
         self._peek: Callable[[str], Record | None] | None = None
         if IImmediateReads.providedBy(backend):
             self._peek = backend.peek
@@ -191,12 +122,12 @@ class Store:
 
     # -- keys ---------------------------------------------------------------------------------
 
-    def key(self, raw: str | bytes) -> str:
-        """Validate a client's key and return its canonical form (raises InvalidKey)."""
+    def canonical_key(self, raw: str | bytes) -> str:
+        """The canonical form of a client's key, by this node's rules; InvalidKey otherwise."""
         return normalize_key(raw, max_bytes=self.max_key_bytes)
 
-    def prefix(self, raw: str | bytes) -> str:
-        """Validate a client's listing prefix and return its canonical form."""
+    def canonical_prefix(self, raw: str | bytes) -> str:
+        """The canonical form of a client's listing prefix; InvalidKey otherwise."""
         return normalize_prefix(raw, max_bytes=self.max_key_bytes)
 
     # -- reads ------------------------------------------------------------------------------
@@ -447,41 +378,25 @@ class Store:
         feed reader resuming from before the reset is told to resync instead of keeping keys
         that are gone.
         """
-        await self._raise_horizon(await self.backend.last_seq() + 1)
+        await self._horizon.raise_to(await self.backend.last_seq() + 1)
         await self.backend.reset()
 
     # -- tombstone purge ----------------------------------------------------------------------
 
     async def purged_before(self) -> int:
-        """The purge horizon: tombstones with a seq below it may be gone (0: none ever purged).
-
-        A reader of the change feed that resumes after seq ``since`` misses no delete as long as
-        ``since >= purged_before() - 1``; below that it must re-read the state (resync). The
-        value is kept in memory once read: this Store is the only one purging its backend.
-        """
-        if self._purged_before is None:
-            text = await self.backend.get_meta(PURGED_BEFORE_META)
-            if self._purged_before is None:  # a purge meanwhile knows better
-                self._purged_before = int(text) if text else 0
-        return self._purged_before
+        """The purge horizon (:mod:`navistore.store.horizon`): tombstones with a seq below it
+        may be gone (0: none ever purged)."""
+        return await self._horizon.current()
 
     async def purge_tombstones(self, before_seq: int) -> int:
         """Remove tombstones whose seq is below ``before_seq``; return how many were removed.
 
-        The horizon is raised (in memory, then durably) before anything is removed, so a feed
-        reader that checks it after reading can never take a purged gap for "nothing changed",
-        and a crash in between only makes the horizon cautious, never wrong.
+        The horizon is raised before anything is removed, so a feed reader that checks it after
+        reading is told to resync rather than miss a delete.
         """
-        await self._raise_horizon(before_seq)
+        await self._horizon.raise_to(before_seq)
         purged: int = await self.backend.purge_tombstones(before_seq)
         return purged
-
-    async def _raise_horizon(self, before_seq: int) -> None:
-        """Move the purge horizon up to ``before_seq`` (in memory, then durably); never down."""
-        horizon = max(await self.purged_before(), before_seq)
-        if horizon != self._purged_before:
-            self._purged_before = horizon
-            await self.backend.set_meta(PURGED_BEFORE_META, str(horizon))
 
     @staticmethod
     def _advance_clock(clock: HybridClock, stamp: Stamp) -> None:

@@ -1,38 +1,32 @@
-"""The replication wire format: batches of records between nodes, as JSON.
+"""Replication batches: records between nodes, as JSON.
 
 A batch (``POST /_replicate`` body, and the answer of ``GET /_replicate?since=``)::
 
     {"source": "<sender's node id>",
      "last_seq": 1234,                          # pull answers only: resume from here
      "purged_before": 0,                        # pull answers only: the purge horizon
-     "records": [{"key": "/app/db/host",
-                  "stamp": "019ab0c1f2e3-000000-3f2a9c0d1e4b5a69",
-                  "deleted": false,
-                  "content_type": "text/plain",
-                  "value": "ZGIxLmxhbg==",      # base64: values are arbitrary bytes
-                  "chain": ["3f2a9c0d1e4b5a69"],  # the nodes it passed through, sender last
-                  "seq": 17}]}                   # the sender's seq, informative
+     "records": [<record>, ...]}                # see navistore.protocol.records
 
-The origin of a record is its stamp's node id; ``chain`` lists every node the record passed
-through, starting with that origin and ending with the sender, so that a receiver never sends it
-back to any of them. The answer to a push is ``{"node_id": "<receiver>", "received": n,
-"applied": m}``. Decoding validates everything first: a malformed batch raises
-:class:`MalformedBatch` and nothing in it may be applied.
+Each record is in the record format (:mod:`navistore.protocol.records`) with ``chain`` extended
+by the sender and ``seq`` the sender's (informative). The origin of a record is its stamp's node
+id; ``chain`` lists every node the record passed through, starting with that origin and ending
+with the sender, so that a receiver never sends it back to any of them. The answer to a push is
+``{"node_id": "<receiver>", "received": n, "applied": m}``. Decoding validates everything first:
+a malformed batch raises :class:`MalformedBatch` and nothing in it may be applied.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from collections.abc import Iterable
 from typing import Any
 
 import attrs
 
-from ..clock import InvalidStamp, Stamp, validate_node_id
-from ..errors import InvalidRecord
-from ..record import Record, check_record
+from navistore.clock import InvalidStamp, validate_node_id
+from navistore.errors import InvalidRecord
+from navistore.protocol.records import MalformedRecord, record_from_json, record_to_json
+from navistore.record import Record, check_record
 
 __all__ = [
     "MEDIA_TYPE",
@@ -51,7 +45,9 @@ MEDIA_TYPE = "application/json"
 
 
 class MalformedBatch(ValueError):
-    """A batch or an answer does not follow the wire format; the message says where."""
+    """A batch or an acknowledgement does not follow the format; the message says where."""
+
+    code = "malformed_batch"
 
 
 @attrs.frozen
@@ -77,18 +73,6 @@ def record_size(record: Record) -> int:
     return len(record.value) * 4 // 3 + len(record.key) + 40 * (len(record.chain) + 3)
 
 
-def _record_document(record: Record, sender: str) -> dict[str, Any]:
-    return {
-        "key": record.key,
-        "stamp": record.stamp.encode(),
-        "deleted": record.deleted,
-        "content_type": record.content_type,
-        "value": base64.b64encode(record.value).decode("ascii"),
-        "chain": list(forwarded_chain(record, sender)),
-        "seq": record.seq,
-    }
-
-
 def encode_batch(
     source: str,
     records: Iterable[Record],
@@ -98,7 +82,9 @@ def encode_batch(
     """Encode records sent by node ``source`` (each chain gets ``source`` appended)."""
     document: dict[str, Any] = {
         "source": source,
-        "records": [_record_document(record, source) for record in records],
+        "records": [
+            record_to_json(record, chain=forwarded_chain(record, source)) for record in records
+        ],
     }
     if last_seq is not None:
         document["last_seq"] = last_seq
@@ -107,37 +93,26 @@ def encode_batch(
     return json.dumps(document, separators=(",", ":")).encode("utf-8")
 
 
-def _field(document: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
+def _field(document: dict[str, Any], name: str, kind: type, where: str) -> Any:
     if name not in document:
         raise MalformedBatch(f"{where}: missing {name!r}")
     value = document[name]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    if not isinstance(value, kind):
         raise MalformedBatch(f"{where}: {name!r} has the wrong type ({type(value).__name__})")
     return value
 
 
 def _decode_record(document: Any, where: str) -> Record:
-    if not isinstance(document, dict):
-        raise MalformedBatch(f"{where}: not an object")
     try:
-        stamp = Stamp.decode(_field(document, "stamp", str, where))
-        chain = tuple(validate_node_id(node) for node in _field(document, "chain", list, where))
-        value = base64.b64decode(_field(document, "value", str, where), validate=True)
-    except (InvalidStamp, binascii.Error, TypeError) as exc:
+        record = record_from_json(document)
+    except MalformedRecord as exc:
         raise MalformedBatch(f"{where}: {exc}") from None
-    record = Record(
-        _field(document, "key", str, where),
-        value,
-        _field(document, "content_type", str, where),
-        stamp,
-        _field(document, "deleted", bool, where),
-        None,
-        chain,
-    )
-    if not chain or chain[0] != stamp.node_id:
-        raise MalformedBatch(f"{where}: the chain must start with the writer {stamp.node_id}")
+    if not record.chain or record.chain[0] != record.stamp.node_id:
+        raise MalformedBatch(
+            f"{where}: the chain must start with the writer {record.stamp.node_id}"
+        )
     try:
-        return check_record(record)
+        return check_record(record.with_seq(None))
     except InvalidRecord as exc:
         raise MalformedBatch(f"{where}: {exc}") from None
 

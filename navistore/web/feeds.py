@@ -25,18 +25,13 @@ from typing import Any, Callable
 import attrs
 from twisted.web.server import Request
 
-from ..record import Record
-from ..store import ChangesPage, Store
-from ..watch import (
-    ResyncRequired,
-    Watcher,
-    WatchHub,
-    WatchRefused,
-    check_horizon,
-    read_changes,
-)
-from .params import int_arg, query_arg
-from .rendering import ApiError, BadRequest, MethodNotAllowed, Response, json_bytes
+from navistore.record import Record
+from navistore.store import ChangesPage, Store
+from navistore.store.feed import ResyncRequired, check_horizon, read_changes
+from navistore.watch_hub import Watcher, WatchHub
+from navistore.web.errors import ApiError, BadRequest, MethodNotAllowed, as_api_error, error_body
+from navistore.web.params import int_arg, query_arg
+from navistore.web.responses import JSON_HEADERS, Response, json_bytes
 
 __all__ = [
     "DEFAULT_WAIT",
@@ -57,7 +52,6 @@ SEQ_HEADER = b"X-Navistore-Seq"
 DEFAULT_WAIT = 60.0
 MAX_WAIT = 300.0
 
-_JSON = {b"Content-Type": b"application/json"}
 _EVENT_STREAM = {
     b"Content-Type": b"text/event-stream",
     b"Cache-Control": b"no-cache",
@@ -130,16 +124,6 @@ async def _index_arg(request: Request, store: Store) -> int:
     return _seq_value("parameter 'index'", text)
 
 
-def resync_error(exc: ResyncRequired) -> ApiError:
-    detail = {"last_seq": exc.last_seq, "purged_before": exc.purged_before}
-    return ApiError(410, "resync_required", str(exc), detail)
-
-
-def _refused_error(exc: WatchRefused) -> ApiError:
-    detail = {"max_watchers": exc.max_watchers} if hasattr(exc, "max_watchers") else None
-    return ApiError(503, exc.code, str(exc), detail, {b"Retry-After": b"1"})
-
-
 def _with_seq(response: Response, seq: int) -> Response:
     return attrs.evolve(response, headers={**response.headers, SEQ_HEADER: b"%d" % seq})
 
@@ -150,13 +134,13 @@ def _with_seq(response: Response, seq: int) -> Response:
 async def changes_answer(
     request: Request,
     store: Store,
-    hub: Callable[[], WatchHub],
+    hub: WatchHub,
     *,
     since: int,
     limit: int,
     prefix: str,
 ) -> Response:
-    """Answer ``/_changes`` in the feed the request asks for (``hub`` is made on first use)."""
+    """Answer ``/_changes`` in the feed the request asks for."""
     feed = query_arg(request, "feed") or "normal"
     if feed not in FEEDS:
         raise BadRequest(
@@ -164,19 +148,14 @@ async def changes_answer(
         )
     if feed != "normal" and request.method == b"HEAD":
         raise MethodNotAllowed("HEAD", ["GET"])
-    try:
-        if feed == "eventsource":
-            return await _event_stream(request, store, hub(), since=since, prefix=prefix)
-        if feed == "longpoll":
-            return await _long_poll(request, store, hub(), since=since, limit=limit, prefix=prefix)
-        page, horizon = await read_changes(
-            store, since, limit=limit, prefix=prefix, started_at=horizon_arg(request)
-        )
-    except ResyncRequired as exc:
-        raise resync_error(exc) from None
-    except WatchRefused as exc:
-        raise _refused_error(exc) from None
-    return Response(200, changes_body(page, horizon), _JSON)
+    if feed == "eventsource":
+        return await _event_stream(request, store, hub, since=since, prefix=prefix)
+    if feed == "longpoll":
+        return await _long_poll(request, store, hub, since=since, limit=limit, prefix=prefix)
+    page, horizon = await read_changes(
+        store, since, limit=limit, prefix=prefix, started_at=horizon_arg(request)
+    )
+    return Response(200, changes_body(page, horizon), dict(JSON_HEADERS))
 
 
 async def _long_poll(
@@ -193,7 +172,7 @@ async def _long_poll(
             page, _ = await read_changes(store, cursor, limit=limit, prefix=prefix)
             remaining = deadline - hub.clock.seconds()
             if page.records or last_look or remaining <= 0 or watcher.closed:
-                return Response(200, changes_body(page), _JSON)
+                return Response(200, changes_body(page), dict(JSON_HEADERS))
             # Nothing under the prefix up to last_seq: later reads start there.
             cursor = page.last_seq
             watcher.skip_through(cursor)
@@ -226,9 +205,8 @@ def _event(record: Record) -> bytes:
 
 
 def _resync_event(exc: ResyncRequired) -> bytes:
-    error = resync_error(exc)
-    data = json_bytes({"error": error.code, "message": error.message, "detail": error.detail})
-    return b"event: resync\ndata: %s\n\n" % data
+    error = as_api_error(exc)
+    return b"event: resync\ndata: %s\n\n" % error_body(error.code, error.message, error.detail)
 
 
 async def _events(
@@ -294,14 +272,9 @@ async def wait_for_key(
     """
     timeout = timeout_arg(request)
     index = await _index_arg(request, store)
-    try:
-        # An index of 0 gets no pass here: a purged delete of this very key would be missed.
-        await check_horizon(store, index, full_read=False)
-        watcher = hub.watch(key, since=index, exact=True)
-    except ResyncRequired as exc:
-        raise resync_error(exc) from None
-    except WatchRefused as exc:
-        raise _refused_error(exc) from None
+    # An index of 0 gets no pass here: a purged delete of this very key would be missed.
+    await check_horizon(store, index, full_read=False)
+    watcher = hub.watch(key, since=index, exact=True)
 
     def changed(record: Record) -> Response:
         headers = {SEQ_HEADER: b"%d" % (record.seq or 0)}
@@ -350,27 +323,22 @@ async def wait_for_prefix(
     before the listing, so waiting after it misses nothing."""
     timeout = timeout_arg(request)
     index = await _index_arg(request, store)
+    await check_horizon(store, index, full_read=False)
+    watcher = hub.watch(prefix, since=index)
     try:
-        await check_horizon(store, index, full_read=False)
-        watcher = hub.watch(prefix, since=index)
-        try:
+        page, _ = await read_changes(store, index, limit=1, prefix=prefix)
+        deadline = hub.clock.seconds() + timeout
+        watcher.skip_through(page.last_seq)
+        while not page.records and not watcher.closed:
+            remaining = deadline - hub.clock.seconds()
+            if remaining <= 0:
+                break
+            batch = await watcher.next(remaining)
+            if not batch and not watcher.overflowed:
+                break
+            watcher.recovered()
             page, _ = await read_changes(store, index, limit=1, prefix=prefix)
-            deadline = hub.clock.seconds() + timeout
-            watcher.skip_through(page.last_seq)
-            while not page.records and not watcher.closed:
-                remaining = deadline - hub.clock.seconds()
-                if remaining <= 0:
-                    break
-                batch = await watcher.next(remaining)
-                if not batch and not watcher.overflowed:
-                    break
-                watcher.recovered()
-                page, _ = await read_changes(store, index, limit=1, prefix=prefix)
-        finally:
-            watcher.release()
-    except ResyncRequired as exc:
-        raise resync_error(exc) from None
-    except WatchRefused as exc:
-        raise _refused_error(exc) from None
+    finally:
+        watcher.release()
     last = await store.last_seq()
     return _with_seq(await listing(), last)

@@ -1,34 +1,29 @@
 """The protocol between the ``http://`` backend and the backend RPC a node serves.
 
 One definition for both ends: :mod:`navistore.backend.http` (the client) and
-:mod:`navistore.web.backend_rpc` (the server, which documents the endpoints). Records cross as
-JSON with every field and the value in base64 (:func:`record_document`, :func:`decode_record`),
-the chain exactly as stored (unlike replication batches, which extend it). An ``apply`` sends the
-value as the raw request body and the other fields as query parameters (:func:`apply_params`,
-:func:`record_from_params`): base64 would make a value the client accepted a third larger than
-the serving node's body limit.
+:mod:`navistore.web.backend_rpc` (the server, which documents the endpoints). Records cross in the
+record format of :mod:`navistore.protocol.records`, the chain exactly as stored (unlike
+replication batches, which extend it). An ``apply`` sends the value as the raw request body and
+the other fields as query parameters (:func:`apply_params`, :func:`record_from_params`): base64
+would make a value the client accepted a third larger than the serving node's body limit.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping
-from typing import Any
 
-from ..clock import InvalidStamp, Stamp, validate_node_id
-from ..errors import InvalidRecord
-from ..interfaces import ABSENT, ANY, Expectation
-from ..record import Record
+from navistore.clock import InvalidStamp, Stamp
+from navistore.errors import InvalidRecord
+from navistore.interfaces import ABSENT, ANY, Expectation
+from navistore.protocol.records import MalformedRecord
+from navistore.record import Record
 
 __all__ = [
     "RPC_PATHS",
     "MalformedRecord",
     "apply_params",
     "decode_expectation",
-    "decode_record",
     "encode_expectation",
-    "record_document",
     "record_from_params",
 ]
 
@@ -43,57 +38,6 @@ RPC_PATHS = {
     "reset": "_backend_reset",
     "meta": "_backend_meta",
 }
-
-
-class MalformedRecord(ValueError):
-    """A record on the wire does not follow the protocol; the message says which field."""
-
-
-# -- the protocol -----------------------------------------------------------------------------
-
-
-def record_document(record: Record) -> dict[str, Any]:
-    """A stored record as JSON: every field, the value in base64, the chain exactly as stored."""
-    return {
-        "key": record.key,
-        "value": base64.b64encode(record.value).decode("ascii"),
-        "content_type": record.content_type,
-        "stamp": record.stamp.encode(),
-        "deleted": record.deleted,
-        "chain": list(record.chain),
-        "seq": record.seq,
-    }
-
-
-def _typed(document: Mapping[str, Any], name: str, kind: type) -> Any:
-    value = document.get(name)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise MalformedRecord(f"field {name!r} is missing or not a {kind.__name__}")
-    return value
-
-
-def decode_record(document: Any) -> Record:
-    """The record :func:`record_document` made; raise :class:`MalformedRecord` otherwise."""
-    if not isinstance(document, dict):
-        raise MalformedRecord("a record must be a JSON object")
-    try:
-        value = base64.b64decode(_typed(document, "value", str), validate=True)
-        stamp = Stamp.decode(_typed(document, "stamp", str))
-        chain = tuple(validate_node_id(node) for node in _typed(document, "chain", list))
-    except (binascii.Error, InvalidStamp, TypeError) as exc:
-        raise MalformedRecord(str(exc)) from None
-    seq = document.get("seq")
-    if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
-        raise MalformedRecord("field 'seq' must be an integer or null")
-    return Record(
-        _typed(document, "key", str),
-        value,
-        _typed(document, "content_type", str),
-        stamp,
-        _typed(document, "deleted", bool),
-        seq,
-        chain,
-    )
 
 
 def encode_expectation(expect: Expectation) -> str:

@@ -1,4 +1,4 @@
-"""Request-body limits (navistore.web.limits) against a real server listening on 127.0.0.1.
+"""Request-body limits (navistore.web.site) against a real server listening on 127.0.0.1.
 
 StubTreq cannot show *when* a body is refused, so these tests speak raw HTTP/1.1 over TCP to
 ``make_site(store, max_value_size=1024)``: a declared 65 MiB body is refused from its headers
@@ -14,98 +14,23 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import endpoints, protocol
-from twisted.internet.defer import Deferred, TimeoutError
-from twisted.internet.interfaces import IListeningPort, IReactorTime
+from support.rawhttp import (
+    Server,
+    connect,
+    listen,
+    parse_response,
+    until_closed,
+)
 from twisted.internet.task import deferLater
-from twisted.python.failure import Failure
 
 from navistore.backend.memory import MemoryBackend
 from navistore.store import Store
+from navistore.watch_hub import WatchHub
 from navistore.web import make_site
-from navistore.web.limits import replication_body_limit
+from navistore.web.site import replication_body_limit
 
 LIMIT = 1024
 HUGE = 65 * 1024 * 1024  # 68157440: far more than anyone should buffer
-TIMEOUT = 10.0
-
-
-class Server:
-    """A node listening on 127.0.0.1: its store, its port and the reactor it runs in."""
-
-    def __init__(self, store: Store, port: IListeningPort, reactor: Any) -> None:
-        self.store = store
-        self.port = port
-        self.reactor = reactor
-
-    @property
-    def port_number(self) -> int:
-        number: int = self.port.getHost().port
-        return number
-
-
-class RawClient(protocol.Protocol):
-    """Collects every byte the server sends; ``closed`` fires when the connection is gone."""
-
-    def __init__(self) -> None:
-        self.received = b""
-        self.closed: Deferred[bytes] = Deferred()
-        self.lost = False
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        self.lost = True
-        self.closed.callback(self.received)
-
-    def send(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
-
-
-async def connect(server: Server) -> RawClient:
-    """Open a raw TCP connection to the server (bounded by TIMEOUT)."""
-    endpoint = endpoints.TCP4ClientEndpoint(
-        server.reactor, "127.0.0.1", server.port_number, timeout=int(TIMEOUT)
-    )
-    client = RawClient()
-    connecting = endpoints.connectProtocol(endpoint, client)
-    connecting.addTimeout(TIMEOUT, server.reactor)
-    await connecting
-    return client
-
-
-async def until_closed(server: Server, client: RawClient) -> bytes:
-    """Wait (at most TIMEOUT) for the server to close the connection; return what it sent."""
-    waiting = client.closed
-    waiting.addTimeout(TIMEOUT, server.reactor)
-    try:
-        received: bytes = await waiting
-    except TimeoutError:
-        assert client.transport is not None
-        client.transport.abortConnection()
-        pytest.fail(f"the server did not close the connection; it sent {client.received!r}")
-    return received
-
-
-def parse_response(data: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Split one HTTP/1.1 response (with Content-Length) into status, headers and body; fail
-    if anything follows it."""
-    head, separator, rest = data.partition(b"\r\n\r\n")
-    assert separator, f"no complete response head in {data!r}"
-    lines = head.decode("latin-1").split("\r\n")
-    version, status, _reason = lines[0].split(" ", 2)
-    assert version == "HTTP/1.1"
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    length = int(headers["content-length"])
-    body, trailing = rest[:length], rest[length:]
-    assert len(body) == length, f"body cut short: {data!r}"
-    assert trailing == b"", f"bytes after the response: {trailing!r}"
-    return int(status), headers, body
 
 
 def assert_refused(data: bytes) -> None:
@@ -120,27 +45,16 @@ def assert_refused(data: bytes) -> None:
     assert isinstance(document["message"], str)
 
 
-@pytest.fixture
-def reactor() -> IReactorTime:
-    """The reactor pytest-twisted runs."""
-    from twisted.internet import reactor as running
-
-    return running
-
-
 @pytest_twisted.async_yield_fixture
 async def server(reactor: Any) -> AsyncIterator[Server]:
     """A node (memory backend, 1 KiB value limit) listening on an ephemeral 127.0.0.1 port."""
     store = await Store.open(MemoryBackend())
-    site = make_site(store, max_value_size=LIMIT, reactor=reactor)
-    listening = endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
-    listening.addTimeout(TIMEOUT, reactor)
-    port = await listening
-    yield Server(store, port, reactor)
-    stopping = port.stopListening()
-    if stopping is not None:
-        stopping.addTimeout(TIMEOUT, reactor)
-        await stopping
+    hub = WatchHub(store, clock=reactor)
+    listening = await listen(
+        store, make_site(store, max_value_size=LIMIT, watch_hub=hub, reactor=reactor), reactor
+    )
+    yield listening
+    await listening.stop()
     await store.close()
 
 

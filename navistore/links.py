@@ -1,0 +1,308 @@
+"""Links to other nodes: the HTTP client every link uses, one exchange, backoff, and settings.
+
+Replication (pushers and the clone puller), read fallback, the cache node's upstream and the
+``http://`` backend all talk to another Navistore node over HTTP. They share:
+
+- :class:`HTTPClient`, the part of treq's API they use (``request(method, url, data=, headers=,
+  timeout=)`` firing with a response that has ``code``, ``headers`` and ``deliverBody``), so that
+  ``treq``, ``treq.HTTPClient``, ``treq.testing.StubTreq`` and the fakes of
+  :mod:`navistore.testing` all fit;
+- :func:`exchange`: send one request and read its whole answer within a deadline and a byte
+  limit, as an :class:`Answer`; cancelling it abandons the request;
+- the errors an exchange ends in (:class:`Refused`, :class:`BadAnswer`, :class:`AnswerTooLarge`,
+  a timeout, a connection error) and :func:`describe`, one line saying which;
+- :func:`backoff_delay` ("full jitter") for retrying a failing node, and :class:`PeerLink`, the
+  settings a link is made with.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from random import Random
+from typing import Any, Protocol
+
+import attrs
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol as ByteProtocol
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
+
+__all__ = [
+    "BACKOFF_BASE",
+    "BACKOFF_FACTOR",
+    "Answer",
+    "AnswerTooLarge",
+    "BadAnswer",
+    "HTTPClient",
+    "HTTPResponse",
+    "PeerLink",
+    "Refused",
+    "backoff_delay",
+    "describe",
+    "exchange",
+    "iso_time",
+    "read_body",
+]
+
+#: The first retry waits up to this many seconds; each failure doubles the bound.
+BACKOFF_BASE = 0.5
+BACKOFF_FACTOR = 2.0
+
+
+class HTTPResponse(Protocol):
+    """The part of an ``IResponse`` (as treq hands it over) a link reads."""
+
+    code: int
+    headers: Headers
+
+    def deliverBody(self, protocol: Any) -> None:
+        """Deliver the body to ``protocol`` (``dataReceived``, then ``connectionLost``)."""
+
+
+class HTTPClient(Protocol):
+    """The part of treq's ``HTTPClient`` API every link uses: one method, ``request``.
+
+    ``data`` is the request body, ``timeout`` the seconds after which the client may give up by
+    itself (the exchange also enforces its own deadline on the link's clock).
+    """
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        data: bytes | None = ...,
+        headers: Headers | None = ...,
+        timeout: float | None = ...,
+    ) -> Deferred[Any]:
+        """Send a request; fire with an :class:`HTTPResponse`."""
+
+
+class Refused(Exception):
+    """The other node answered with a non-2xx status; its JSON error, when it sent one, is kept.
+
+    :ivar status: the HTTP status.
+    :ivar code: the ``error`` of its JSON body, or None.
+    :ivar message: the ``message`` of its JSON body, or the start of whatever body came.
+    """
+
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status = status
+        self.code: str | None = None
+        self.message = body[:300].decode("utf-8", "replace")
+        try:
+            document = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            document = None
+        if isinstance(document, dict) and "error" in document:
+            self.code = str(document.get("error"))
+            self.message = str(document.get("message", ""))
+            super().__init__(f"HTTP {status} {self.code}: {self.message}")
+        else:
+            super().__init__(f"HTTP {status} {self.message}")
+
+
+class BadAnswer(ValueError):
+    """The other node answered something outside the protocol; the message says what."""
+
+
+class AnswerTooLarge(BadAnswer):
+    """The answer's body is longer than the exchange allows; the rest was not read."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the answer is larger than the limit of {limit} bytes")
+        self.limit = limit
+
+
+@attrs.frozen
+class Answer:
+    """A complete answer: status, headers, and the whole body."""
+
+    status: int
+    headers: Headers
+    body: bytes
+
+    @property
+    def ok(self) -> bool:
+        """Whether the status is 2xx."""
+        return 200 <= self.status < 300
+
+    def refusal(self) -> Refused:
+        """This (non-2xx) answer as the error it means."""
+        return Refused(self.status, self.body)
+
+    def json(self, what: str = "the answer") -> Any:
+        """The body as JSON; :class:`BadAnswer` if it is not."""
+        try:
+            return json.loads(self.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadAnswer(f"{what} is not JSON: {exc}") from None
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of a header, or None."""
+        values = self.headers.getRawHeaders(name)
+        return values[0] if values else None
+
+
+class _BoundedBody(ByteProtocol):
+    """Collects a response body, giving up (and dropping the connection) past a limit."""
+
+    def __init__(self, finished: Deferred[bytes], limit: int | None) -> None:
+        self._finished = finished
+        self._limit = limit
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._finished.called:
+            return
+        self._size += len(data)
+        if self._limit is not None and self._size > self._limit:
+            self._chunks = []
+            stop = getattr(self.transport, "stopProducing", None)
+            if stop is not None:
+                stop()  # a response body's transport is its connection's producer: drop it
+            self._finished.errback(AnswerTooLarge(self._limit))
+            return
+        self._chunks.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._finished.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self._finished.callback(b"".join(self._chunks))
+        else:
+            self._finished.errback(reason)
+
+
+def read_body(response: HTTPResponse | IResponse, max_bytes: int | None = None) -> Deferred[bytes]:
+    """Read a response's whole body, or fail with :class:`AnswerTooLarge` past ``max_bytes``."""
+    finished: Deferred[bytes] = Deferred()
+    response.deliverBody(_BoundedBody(finished, max_bytes))
+    return finished
+
+
+def exchange(
+    client: HTTPClient,
+    clock: IReactorTime,
+    method: str,
+    url: str,
+    *,
+    timeout: float,
+    body: bytes | None = None,
+    headers: Mapping[Any, Any] | None = None,
+    max_bytes: int | None = None,
+) -> Deferred[Answer]:
+    """Send one request and read its whole answer within ``timeout`` seconds (on ``clock``).
+
+    :param headers: header names with a value or a list of values each.
+    :param max_bytes: the longest body read; a longer one fails with :class:`AnswerTooLarge`.
+    :returns: a Deferred firing with the :class:`Answer` of any status (a non-2xx one is no
+        error here: the caller decides); it fails with ``TimeoutError`` at the deadline, with
+        the client's error when no answer came, and cancelling it abandons the request.
+    """
+
+    raw: dict[Any, list[Any]] = {}
+    for name, value in (headers or {}).items():
+        raw[name] = [value] if isinstance(value, (bytes, str)) else list(value)
+
+    async def run() -> Answer:
+        response = await client.request(
+            method, url, data=body, headers=Headers(raw), timeout=timeout
+        )
+        content = await read_body(response, max_bytes)
+        return Answer(int(response.code), response.headers, content)
+
+    attempt = Deferred.fromCoroutine(run())
+    attempt.addTimeout(timeout, clock)
+    return attempt
+
+
+def describe(error: BaseException, timeout: float) -> str:
+    """One line saying why an exchange with another node failed."""
+    if isinstance(error, TimeoutError):
+        return f"no complete answer within {timeout:g} s"
+    if isinstance(error, (Refused, BadAnswer)):
+        return str(error)
+    text = str(error) or repr(error)
+    return f"{type(error).__name__}: {text}"
+
+
+def backoff_delay(
+    failures: int,
+    rng: Random,
+    *,
+    cap: float,
+    base: float = BACKOFF_BASE,
+    factor: float = BACKOFF_FACTOR,
+) -> float:
+    """How long to wait after ``failures`` consecutive failures (0 for the first): "full jitter".
+
+    A uniform draw in ``[0, min(cap, base * factor ** failures)]``: nodes that failed together
+    (a partition healing) do not retry in lockstep.
+    """
+    bound = min(cap, base * factor ** min(failures, 64))
+    return rng.uniform(0.0, bound)
+
+
+def iso_time(seconds: float | None) -> str | None:
+    """A reactor time (seconds since the epoch) as ISO 8601 UTC text, or None."""
+    if seconds is None:
+        return None
+    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@attrs.frozen
+class PeerLink:
+    """How a node talks to other nodes: what every pusher, puller and upstream link shares.
+
+    :ivar http_client: sends the requests.
+    :ivar clock: times the deadlines, backoff pauses and polls.
+    :ivar random: draws the backoff jitter (seed it for reproducible runs).
+    :ivar request_timeout: the longest wait for one complete answer, in seconds.
+    :ivar max_backoff: the longest pause between retries of a failing node, in seconds.
+    """
+
+    http_client: HTTPClient
+    clock: IReactorTime
+    random: Random = attrs.field(factory=Random)
+    request_timeout: float = 30.0
+    max_backoff: float = 30.0
+
+    def exchange(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes | None = None,
+        headers: Mapping[Any, Any] | None = None,
+        max_bytes: int | None = None,
+        timeout: float | None = None,
+    ) -> Deferred[Answer]:
+        """:func:`exchange` over this link's client and clock, within its request timeout."""
+        return exchange(
+            self.http_client,
+            self.clock,
+            method,
+            url,
+            timeout=self.request_timeout if timeout is None else timeout,
+            body=body,
+            headers=headers,
+            max_bytes=max_bytes,
+        )
+
+    def backoff(self, failures: int) -> float:
+        """The pause after ``failures`` consecutive failures (see :func:`backoff_delay`)."""
+        return backoff_delay(failures, self.random, cap=self.max_backoff)
+
+    def now(self) -> float:
+        """The link's clock, in seconds."""
+        return float(self.clock.seconds())

@@ -1,0 +1,167 @@
+"""Listening: the ports of a node, the connections on them, and the requests being served.
+
+What :class:`~navistore.node.NavistoreService` needs to bind before anything else and to shut
+down gracefully: :class:`Connections` is the factory every endpoint listens with (it refuses
+connections until there is a Site, and closes them after their answers at shutdown),
+:class:`RequestTracker` knows which requests are still being served, and :func:`self_urls` says
+under which URLs peers could reach the node (so that it never peers with itself).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Protocol
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.web.server import Request, Site
+
+from navistore.waiters import Waiters
+
+__all__ = ["Connections", "RequestTracker", "describe_address", "self_urls"]
+
+
+def self_urls(addresses: Iterable[IAddress]) -> list[str]:
+    """The URLs under which peers could reach this node, so that it never peers with itself.
+
+    A port bound to every interface is reachable as localhost, the loopback addresses and this
+    host's names; replication also recognises itself by node id at run time.
+    """
+    names = {"127.0.0.1", "localhost", "::1", socket.gethostname(), socket.getfqdn()}
+    urls: list[str] = []
+    for address in addresses:
+        host = getattr(address, "host", None)
+        port = getattr(address, "port", None)
+        if host is None or port is None:
+            continue
+        hosts = names | {"0.0.0.0", "::"} if host in ("0.0.0.0", "::") else {host}
+        for name in sorted(hosts):
+            literal = f"[{name}]" if ":" in name else name
+            urls.append(f"http://{literal}:{port}")
+    return urls
+
+
+def describe_address(address: IAddress) -> str:
+    """Say where a port listens, as ``tcp:127.0.0.1:8888`` or ``unix:/path``.
+
+    The end-to-end tests read the port of ``tcp:0`` servers from this text in the log.
+    """
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is not None and port is not None:
+        return f"{str(getattr(address, 'type', 'TCP')).lower()}:{host}:{port}"
+    name = getattr(address, "name", None)
+    if name is not None:
+        return f"unix:{name.decode() if isinstance(name, bytes) else name}"
+    return repr(address)
+
+
+class RequestTracker:
+    """Stands in for a Site's request factory, to know which requests are being served.
+
+    Shutdown waits for them, so that a client whose write was accepted gets its answer. A request
+    counts from its first line until it is finished or its connection is lost: twisted.web fires
+    ``notifyFinish`` for every request it creates, one way or the other.
+    """
+
+    def __init__(self, request_factory: Callable[..., Request]) -> None:
+        self._request_factory = request_factory
+        self._serving: set[Request] = set()
+        self._idle = Waiters()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Request:
+        request = self._request_factory(*args, **kwargs)
+        self._serving.add(request)
+        request.notifyFinish().addBoth(self._finished, request)
+        return request
+
+    def _finished(self, _result: object, request: Request) -> None:
+        self._serving.discard(request)
+        if not self._serving:
+            self._idle.fire()
+
+    @property
+    def serving(self) -> int:
+        """How many requests are being served now."""
+        return len(self._serving)
+
+    def idle(self) -> Deferred[None]:
+        """Fire once no request is being served (at once if none is)."""
+        return succeed(None) if not self._serving else self._idle.wait()
+
+
+class _Refused(Protocol):
+    """A connection that arrived while there is nothing to serve: closed at once."""
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+
+class Connections(WrappingFactory):
+    """The factory every endpoint listens with; it serves the Site once there is one.
+
+    It exists before the Site, so that ports are bound first; until :meth:`serve` is called (and
+    again once :meth:`refuse` is), a new connection is closed at once. Wrapping each connection
+    (Twisted's own way of knowing them) lets shutdown close them gracefully, after their
+    answers are flushed, rather than the reactor cutting them at exit.
+    """
+
+    noisy = False
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self._refusing = True
+        self._empty = Waiters()
+
+    def logPrefix(self) -> str:
+        return "Navistore"
+
+    def serve(self, site: Site) -> None:
+        """Start answering new connections with ``site``."""
+        self.wrappedFactory = site
+        site.doStart()
+        self._refusing = False
+
+    def refuse(self) -> None:
+        """Close every new connection from now on."""
+        self._refusing = True
+
+    # The Site is started once by ``serve`` and stopped once by the service, not once per port.
+    def doStart(self) -> None:
+        super(WrappingFactory, self).doStart()
+
+    def doStop(self) -> None:
+        super(WrappingFactory, self).doStop()
+
+    def buildProtocol(self, addr: IAddress | None) -> ProtocolWrapper:
+        if self._refusing or self.wrappedFactory is None:
+            return self.protocol(self, _Refused())
+        return super().buildProtocol(addr)
+
+    def unregisterProtocol(self, protocol: Protocol) -> None:
+        super().unregisterProtocol(protocol)
+        if not self.protocols:
+            self._empty.fire()
+
+    def close_all(self) -> Deferred[None]:
+        """Close every connection once what was written to it is sent; fire when all are gone."""
+        if not self.protocols:
+            return succeed(None)
+        gone = self._empty.wait()
+        for wrapper in list(self.protocols):
+            wrapper.loseConnection()
+        return gone
+
+    def abort_all(self) -> None:
+        """Cut every connection still open, without waiting for anything."""
+        for wrapper in list(self.protocols):
+            transport = wrapper.transport
+            abort = getattr(transport, "abortConnection", None)
+            if abort is not None:
+                abort()
+            elif transport is not None:
+                transport.loseConnection()

@@ -1,0 +1,136 @@
+"""Records and values as JSON: the one codec every wire format is built from.
+
+A record crosses the wire as an object with every field and its value in base64::
+
+    {"key": "/app/db/host", "value": "ZGIxLmxhbg==", "content_type": "text/plain",
+     "stamp": "019ab0c1f2e3-000000-3f2a9c0d1e4b5a69", "deleted": false,
+     "chain": ["3f2a9c0d1e4b5a69"], "seq": 17}
+
+A value shown to people and scripts (listings with ``?values=true``, ``/_bulk`` entries) is an
+*entry*: ``{"value": <text>, "encoding": "utf-8" | "base64"}``, as text when it is UTF-8 and in
+base64 otherwise, so that any value round-trips.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from typing import Any
+
+from navistore.clock import InvalidStamp, Stamp, validate_node_id
+from navistore.record import Record
+
+__all__ = [
+    "VALUE_ENCODINGS",
+    "InvalidValue",
+    "MalformedRecord",
+    "decode_value",
+    "encode_value",
+    "record_from_json",
+    "record_to_json",
+    "value_entry",
+]
+
+#: How an entry's value may be encoded.
+VALUE_ENCODINGS = ("utf-8", "base64")
+
+
+class MalformedRecord(ValueError):
+    """A record on the wire does not follow the format; the message says which field."""
+
+
+class InvalidValue(ValueError):
+    """An entry's value cannot be decoded with its encoding; the message says why."""
+
+
+def record_to_json(record: Record, *, chain: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """A record as JSON: every field, the value in base64, the chain as given (default: its
+    own, exactly as stored)."""
+    return {
+        "key": record.key,
+        "value": base64.b64encode(record.value).decode("ascii"),
+        "content_type": record.content_type,
+        "stamp": record.stamp.encode(),
+        "deleted": record.deleted,
+        "chain": list(record.chain if chain is None else chain),
+        "seq": record.seq,
+    }
+
+
+def _field(document: Mapping[str, Any], name: str, kind: type) -> Any:
+    if name not in document:
+        raise MalformedRecord(f"missing {name!r}")
+    value = document[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise MalformedRecord(f"{name!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def record_from_json(document: Any) -> Record:
+    """The record :func:`record_to_json` made; raise :class:`MalformedRecord` otherwise.
+
+    Only the encoding is checked here (types, base64, stamp and node id syntax); whether a
+    backend may store the record is :func:`~navistore.record.check_record`'s business. ``seq``
+    may be absent or null.
+    """
+    if not isinstance(document, dict):
+        raise MalformedRecord("not an object")
+    try:
+        stamp = Stamp.decode(_field(document, "stamp", str))
+        chain = tuple(validate_node_id(node) for node in _field(document, "chain", list))
+        value = base64.b64decode(_field(document, "value", str), validate=True)
+    except (InvalidStamp, binascii.Error, TypeError) as exc:
+        raise MalformedRecord(str(exc)) from None
+    seq = document.get("seq")
+    if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
+        raise MalformedRecord("'seq' must be an integer or null")
+    return Record(
+        _field(document, "key", str),
+        value,
+        _field(document, "content_type", str),
+        stamp,
+        _field(document, "deleted", bool),
+        seq,
+        chain,
+    )
+
+
+def encode_value(value: bytes) -> tuple[str, str]:
+    """A value as ``(text, encoding)``: the text itself when it is UTF-8, else base64."""
+    try:
+        return value.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(value).decode("ascii"), "base64"
+
+
+def decode_value(text: object, encoding: object = None) -> bytes:
+    """The bytes of an entry's value; ``encoding`` None (absent or null) means ``utf-8``.
+
+    :raises InvalidValue: the value is not text, the encoding is unknown, or the text is not
+        valid in it.
+    """
+    if not isinstance(text, str):
+        raise InvalidValue('"value" must be a string')
+    if encoding is None:
+        encoding = "utf-8"
+    if encoding not in VALUE_ENCODINGS:
+        raise InvalidValue(f'"encoding" must be one of {", ".join(VALUE_ENCODINGS)}')
+    try:
+        if encoding == "base64":
+            return base64.b64decode(text.encode("ascii"), validate=True)
+        return text.encode("utf-8")
+    except (UnicodeEncodeError, binascii.Error) as exc:
+        raise InvalidValue(f"the value is not valid {encoding}: {exc}") from None
+
+
+def value_entry(record: Record) -> dict[str, Any]:
+    """A live record as a listing shows it with ``?values=true``."""
+    text, encoding = encode_value(record.value)
+    return {
+        "key": record.key,
+        "version": record.stamp.encode(),
+        "content_type": record.content_type,
+        "value": text,
+        "encoding": encoding,
+    }

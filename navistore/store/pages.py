@@ -1,0 +1,33 @@
+"""What Store calls answer: a write's outcome, a page of a listing, a page of the feed."""
+
+from __future__ import annotations
+
+import attrs
+
+from navistore.record import Record
+
+__all__ = ["ChangesPage", "KeysPage", "WriteResult"]
+
+
+@attrs.frozen
+class WriteResult:
+    """What a write did: the stored record, and whether the key was absent before."""
+
+    record: Record
+    created: bool
+
+
+@attrs.frozen
+class KeysPage:
+    """One page of a listing; ``next`` is the ``after`` cursor of the next page, or None."""
+
+    records: list[Record]
+    next: str | None
+
+
+@attrs.frozen
+class ChangesPage:
+    """A page of the change feed; resume with ``since=last_seq``."""
+
+    records: list[Record]
+    last_seq: int
