@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from typing import Union
 
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 from navistore.clock import Stamp
@@ -80,11 +81,11 @@ class IStorageBackend(Interface):
     kind = Attribute("A short name of the backend kind, e.g. 'memory' or 'sqlite'.")
     persistent = Attribute("True if data survives closing and reopening the storage.")
 
-    def get(key: str):  # type: ignore[no-untyped-def]
+    def get(key: str) -> Deferred[Record | None]:
         """Return a Deferred firing with the stored Record of ``key`` (tombstones included),
         or None when the key was never stored (or its tombstone was purged)."""
 
-    def apply(record: Record, expect: Expectation = ANY):  # type: ignore[no-untyped-def]
+    def apply(record: Record, expect: Expectation = ANY) -> Deferred[Record | None]:
         """Store ``record`` atomically if it wins, and return a Deferred firing with it.
 
         In one transaction: if ``record.stamp`` is greater than the stored record's stamp (or
@@ -94,37 +95,37 @@ class IStorageBackend(Interface):
         and commutative. A malformed record fails with InvalidRecord, storing nothing.
         """
 
-    def scan(  # type: ignore[no-untyped-def]
+    def scan(
         prefix: str = "/",
         after: str | None = None,
         limit: int = 1000,
         include_deleted: bool = False,
-    ):
+    ) -> Deferred[list[Record]]:
         """Return a Deferred firing with up to ``limit`` Records whose key starts with
         ``prefix`` (a canonical prefix; ``/`` matches all) and is greater than ``after``, in key
         order. Tombstones only with ``include_deleted``. Paging: pass the last key as ``after``."""
 
-    def changes(since: int = 0, limit: int = 1000):  # type: ignore[no-untyped-def]
+    def changes(since: int = 0, limit: int = 1000) -> Deferred[list[Record]]:
         """Return a Deferred firing with up to ``limit`` Records with ``seq > since`` in seq
         order, tombstones included. A key appears once, at its latest seq."""
 
-    def last_seq():  # type: ignore[no-untyped-def]
+    def last_seq() -> Deferred[int]:
         """Return a Deferred firing with the greatest seq ever assigned (0 if none)."""
 
-    def purge_tombstones(before_seq: int):  # type: ignore[no-untyped-def]
+    def purge_tombstones(before_seq: int) -> Deferred[int]:
         """Remove tombstones whose ``seq`` is below ``before_seq``; fire with how many."""
 
-    def reset():  # type: ignore[no-untyped-def]
+    def reset() -> Deferred[None]:
         """Remove every record, tombstones included. Meta data and the seq counter are kept,
         so seqs are never reused and the node keeps its identity. Fires with None."""
 
-    def get_meta(name: str):  # type: ignore[no-untyped-def]
+    def get_meta(name: str) -> Deferred[str | None]:
         """Return a Deferred firing with the text stored under ``name``, or None."""
 
-    def set_meta(name: str, value: str):  # type: ignore[no-untyped-def]
+    def set_meta(name: str, value: str) -> Deferred[None]:
         """Durably store text under ``name`` (replacing any); fire with None."""
 
-    def close():  # type: ignore[no-untyped-def]
+    def close() -> Deferred[None]:
         """Finish pending work and release the storage; fire with None. Closing twice is
         harmless; any other call after close fails with BackendClosed."""
 
@@ -141,7 +142,7 @@ class IImmediateReads(Interface):
     :meth:`peek`, and falls back to :meth:`IStorageBackend.get` when it raises WouldBlock.
     """
 
-    def peek(key: str):  # type: ignore[no-untyped-def]
+    def peek(key: str) -> Record | None:
         """Return what ``get(key)`` would fire with now, every apply issued before this call
         included, without blocking; raise WouldBlock when that needs waiting (e.g. an apply of
         the key is still being written), BackendClosed once closed."""

@@ -26,7 +26,7 @@ import attrs
 import pytest
 import pytest_twisted
 from support.api import api_resource
-from support.processes import LOOPBACK, Server, request, running, stop_process, twistd
+from support.processes import LOOPBACK, Server, request, running, stop_process, twistd, url_of
 from treq.testing import StubTreq
 from twisted.internet import reactor as global_reactor
 from twisted.internet.protocol import Factory, Protocol
@@ -58,11 +58,6 @@ ORIGIN = "http://node.test"
 def serve_backend_command(backend: str, port: str = LOOPBACK) -> list[str]:
     """The command running a node that serves the backend RPC (on a free loopback port)."""
     return [*twistd(backend, port=port), "--serve-backend"]
-
-
-def url_of(server: Server) -> str:
-    """The backend URL of a node."""
-    return f"http://127.0.0.1:{server.port}"
 
 
 def wipe(server: Server) -> None:
