@@ -3,8 +3,9 @@
 It keeps everything in dicts and rewrites one JSON file after every change, so it survives closing
 and reopening (though not a power failure in the middle of a write: the file is replaced
 atomically, but not fsynced). It uses only Navistore's public API: the interface and its helpers,
-records and keys. ``tests/test_writing_a_backend.py`` runs the compliance suite against it, both
-from this repository and from an installed copy of Navistore.
+records, keys and the record codec of ``navistore.protocol.records``.
+``tests/test_writing_a_backend.py`` runs the compliance suite against it, both from this
+repository and from an installed copy of Navistore.
 
 A package shipping it would register the scheme ``minimal`` in its ``pyproject.toml``::
 
@@ -14,16 +15,14 @@ A package shipping it would register the scheme ``minimal`` in its ``pyproject.t
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
-from navistore.clock import Stamp
 from navistore.interfaces import (
     ANY,
     BackendClosed,
@@ -34,36 +33,13 @@ from navistore.interfaces import (
     supersedes,
 )
 from navistore.keys import key_in_prefix
+from navistore.protocol.records import record_from_json, record_to_json
 from navistore.record import Record, check_record
 
 if TYPE_CHECKING:
     from navistore.backend import BackendURL
 
 __all__ = ["MinimalBackend", "open_minimal"]
-
-
-def _record_to_json(record: Record) -> dict[str, Any]:
-    return {
-        "key": record.key,
-        "value": base64.b64encode(record.value).decode("ascii"),
-        "content_type": record.content_type,
-        "stamp": record.stamp.encode(),
-        "deleted": record.deleted,
-        "seq": record.seq,
-        "chain": list(record.chain),
-    }
-
-
-def _record_from_json(data: dict[str, Any]) -> Record:
-    return Record(
-        key=data["key"],
-        value=base64.b64decode(data["value"]),
-        content_type=data["content_type"],
-        stamp=Stamp.decode(data["stamp"]),
-        deleted=data["deleted"],
-        seq=data["seq"],
-        chain=tuple(data["chain"]),
-    )
 
 
 @implementer(IStorageBackend)
@@ -81,13 +57,13 @@ class MinimalBackend:
         self._closed = False
         if self._path.exists():
             saved = json.loads(self._path.read_text(encoding="utf-8"))
-            self._records = {r["key"]: _record_from_json(r) for r in saved["records"]}
+            self._records = {r["key"]: record_from_json(r) for r in saved["records"]}
             self._meta = saved["meta"]
             self._last_seq = saved["last_seq"]
 
     def _save(self) -> None:
         state = {
-            "records": [_record_to_json(record) for record in self._records.values()],
+            "records": [record_to_json(record) for record in self._records.values()],
             "meta": self._meta,
             # Saved on its own: purging or resetting must not let a seq be handed out twice.
             "last_seq": self._last_seq,
