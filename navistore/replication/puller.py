@@ -83,13 +83,8 @@ class Puller(Worker):
     async def _run(self) -> None:
         self.state = "cloning"
         while not self._stopping:
-            self._busy = True
-            try:
-                short = await self._pull_once()
-            except Exception as error:
-                if self._stopping:
-                    return
-                await self._back_off(error)
+            short = await self._attempt(self._pull_once)
+            if short is None:
                 continue
             if self.state == "self":
                 return

@@ -259,15 +259,8 @@ class Pusher(Worker):
                 self.state = "self"
                 log.warn("peer {url} is this node itself; not pushing to it", url=self.url)
                 return
-            self._busy = True
-            try:
-                progressed = await self._push_once()
-            except Exception as error:
-                if self._stopping:
-                    return
-                await self._back_off(error)
-                continue
-            if progressed:
+            progressed = await self._attempt(self._push_once)
+            if progressed is None or progressed:
                 continue
             self._busy = False
             self.state = "idle"

@@ -10,8 +10,8 @@ cursor move and every change to the peer set.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Iterable, Sequence
+from typing import Any, Callable, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredLock, gatherResults
@@ -28,6 +28,8 @@ from navistore.store import Store
 __all__ = ["ReplicationService"]
 
 log = Logger()
+
+_T = TypeVar("_T")
 
 
 class ReplicationService(Service):
@@ -183,36 +185,30 @@ class ReplicationService(Service):
         Removed peers are stopped and their cursors forgotten; kept ones carry on.
         """
         wanted = unique(self.check_peer(url) for url in urls)
-        await self._lock.acquire()
-        try:
-            await self._load()
+
+        async def replace() -> list[str]:
             for url in [url for url in self._urls if url not in wanted]:
                 await self._drop_pusher(url)
             for url in wanted:
                 if url not in self._pushers:
                     await self._add_pusher(url)
-            self._urls = wanted
-            await save_peers(self.store, wanted)
-            self._progressed()
+            await self._save(wanted)
             return list(wanted)
-        finally:
-            self._lock.release()
+
+        return await self._changing(replace)
 
     async def add_peer(self, url: str) -> bool:
         """Add one peer; return False if it was there already."""
         normal = self.check_peer(url)
-        await self._lock.acquire()
-        try:
-            await self._load()
+
+        async def add() -> bool:
             if normal in self._urls:
                 return False
             await self._add_pusher(normal)
-            self._urls = [*self._urls, normal]
-            await save_peers(self.store, self._urls)
-            self._progressed()
+            await self._save([*self._urls, normal])
             return True
-        finally:
-            self._lock.release()
+
+        return await self._changing(add)
 
     async def remove_peer(self, url: str) -> bool:
         """Remove one peer: stop its pusher, forget its cursor; return False if unknown.
@@ -220,18 +216,31 @@ class ReplicationService(Service):
         :raises InvalidPeer: ``url`` is not a peer URL at all.
         """
         normal = normalize_peer_url(url)
-        await self._lock.acquire()
-        try:
-            await self._load()
+
+        async def remove() -> bool:
             if normal not in self._urls:
                 return False
             await self._drop_pusher(normal)
-            self._urls = [each for each in self._urls if each != normal]
-            await save_peers(self.store, self._urls)
-            self._progressed()
+            await self._save([each for each in self._urls if each != normal])
             return True
+
+        return await self._changing(remove)
+
+    async def _changing(self, change: Callable[[], Awaitable[_T]]) -> _T:
+        """Run a change of the peer set under the lock, the persisted set loaded first, so that
+        concurrent requests cannot interleave their updates."""
+        await self._lock.acquire()
+        try:
+            await self._load()
+            return await change()
         finally:
             self._lock.release()
+
+    async def _save(self, urls: list[str]) -> None:
+        """Make ``urls`` the peer set, durably, and re-check the writes waiting for replicas."""
+        self._urls = urls
+        await save_peers(self.store, urls)
+        self._progressed()
 
     async def _add_pusher(self, url: str) -> None:
         pusher = Pusher(

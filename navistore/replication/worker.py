@@ -7,7 +7,8 @@ waits of that loop (an HTTP exchange, a backoff pause, waiting for a change) are
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from collections.abc import Awaitable
+from typing import Any, Callable, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import deferLater
@@ -101,6 +102,21 @@ class Worker:
 
     async def _run(self) -> None:
         raise NotImplementedError
+
+    async def _attempt(self, step: Callable[[], Awaitable[bool]]) -> bool | None:
+        """Run one step of the loop, busy meanwhile; after a failure wait out the backoff and
+        answer None (the loop tries again).
+
+        :raises CancelledError: the worker is stopping (a failure then is the stop's doing).
+        """
+        self._busy = True
+        try:
+            return await step()
+        except Exception as error:
+            if self._stopping:
+                raise CancelledError() from None
+            await self._back_off(error)
+            return None
 
     def _ended(self) -> None:
         """Called once the loop has ended, however it ended."""
