@@ -28,6 +28,7 @@ from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol as ByteProtocol
 from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
@@ -40,6 +41,7 @@ __all__ = [
     "Answer",
     "AnswerTooLarge",
     "BadAnswer",
+    "Failures",
     "HTTPClient",
     "HTTPResponse",
     "PeerLink",
@@ -50,6 +52,8 @@ __all__ = [
     "iso_time",
     "read_body",
 ]
+
+log = Logger()
 
 #: The first retry waits up to this many seconds; each failure doubles the bound.
 BACKOFF_BASE = 0.5
@@ -306,3 +310,43 @@ class PeerLink:
     def now(self) -> float:
         """The link's clock, in seconds."""
         return float(self.clock.seconds())
+
+
+class Failures:
+    """The consecutive failures of one link: how many, the last one, and the pause they earn.
+
+    :param link: whose backoff and timeout apply.
+    :param what: names the link in the log, e.g. ``replication with http://b:8888``.
+    """
+
+    def __init__(self, link: PeerLink, what: str) -> None:
+        self.link = link
+        self.what = what
+        #: Failures in a row (0 while the link works).
+        self.count = 0
+        #: One line saying why the last exchange failed, or None.
+        self.last_error: str | None = None
+
+    def failed(self, error: BaseException, *, meanwhile: str = "") -> float:
+        """Count a failure and log it; return the pause before the next try ("full jitter").
+
+        :param meanwhile: what the node does until then, for the log line.
+        """
+        delay = self.link.backoff(self.count)
+        self.count += 1
+        self.last_error = describe(error, self.link.request_timeout)
+        log.warn(
+            "{what} failed ({failures} in a row): {error}; {meanwhile}retrying in {delay:.2f} s",
+            what=self.what,
+            failures=self.count,
+            error=self.last_error,
+            meanwhile=meanwhile,
+            delay=delay,
+        )
+        return delay
+
+    def recovered(self) -> None:
+        """The link works: say so once if it had failed, and count from zero again."""
+        if self.count:
+            log.info("{what} works again", what=self.what)
+        self.count = 0

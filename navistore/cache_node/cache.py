@@ -36,7 +36,7 @@ from navistore.hooks import (
     UpstreamRefused,
     UpstreamUnavailable,
 )
-from navistore.links import BadAnswer, PeerLink, Refused, describe, iso_time
+from navistore.links import BadAnswer, Failures, PeerLink, Refused, describe, iso_time
 from navistore.peer_urls import normalize_peer_url
 from navistore.record import DEFAULT_CONTENT_TYPE, Record
 from navistore.store import Store
@@ -81,14 +81,13 @@ class UpstreamCache(Service):
         self.state = "stopped"
         self.cursor = 0
         self.upstream_node_id: str | None = None
-        self.last_error: str | None = None
         self._link = link
         self._remote = Upstream(self.upstream, link=link)
         self._clock = link.clock
         self._interval = poll_interval
         self._timeout = link.request_timeout
         self._page_records = page_records
-        self._failures = 0
+        self._failures = Failures(link, f"the upstream {self.upstream}")
         self._started_at = self._now()
         self._synced_at: float | None = None
         self._persisted_sync: float | None = None
@@ -139,18 +138,8 @@ class UpstreamCache(Service):
                 if self.state == "self":
                     log.error("the upstream {url} is this node itself", url=self.upstream)
                     return
-                delay = self._link.backoff(self._failures)
-                self._failures += 1
-                self.last_error = describe(error, self._timeout)
+                delay = self._failures.failed(error, meanwhile="serving copies as they are, ")
                 self.state = "backoff"
-                log.warn(
-                    "the upstream {url} failed ({failures} in a row): {error}; serving copies "
-                    "as they are, retrying in {delay:.2f} s",
-                    url=self.upstream,
-                    failures=self._failures,
-                    error=self.last_error,
-                    delay=delay,
-                )
             await deferLater(self._clock, delay)
 
     # -- staleness and status -----------------------------------------------------------------
@@ -172,9 +161,9 @@ class UpstreamCache(Service):
             "state": self.state,
             "node_id": self.upstream_node_id,
             "cursor": self.cursor,
-            "last_error": self.last_error,
+            "last_error": self._failures.last_error,
             "last_success": iso_time(self._synced_at),
-            "failures": self._failures,
+            "failures": self._failures.count,
             "stale_seconds": self.staleness(),
         }
 
@@ -403,10 +392,8 @@ class UpstreamCache(Service):
 
     async def _synced(self, asked_at: float) -> None:
         """Record that the copies matched the upstream as of ``asked_at``."""
-        if self._failures:
-            log.info("the upstream {url} answers again", url=self.upstream)
-        self._failures = 0
-        self.last_error = None
+        self._failures.recovered()
+        self._failures.last_error = None
         self.state = "following"
         self._synced_at = asked_at
         if self._persisted_sync is None or asked_at - self._persisted_sync >= _PERSIST_SYNC_EVERY:

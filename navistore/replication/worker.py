@@ -14,7 +14,7 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from navistore.links import Answer, PeerLink, describe, iso_time
+from navistore.links import Answer, Failures, PeerLink, iso_time
 from navistore.protocol.batches import MEDIA_TYPE
 from navistore.store import Store
 from navistore.waiters import Waiters
@@ -45,11 +45,10 @@ class Worker:
     ) -> None:
         self.url = url
         self.state = "stopped"
-        self.last_error: str | None = None
         self._store = store
         self._link = link
         self._clock = link.clock
-        self._failures = 0
+        self._failures = Failures(link, f"replication with {url}")
         self._last_success: float | None = None
         self._retry_at: float | None = None
         self._busy = False
@@ -165,27 +164,20 @@ class Worker:
     def _now(self) -> float:
         return self._link.now()
 
+    @property
+    def last_error(self) -> str | None:
+        """Why the last exchange with the peer failed, or None if none ever did."""
+        return self._failures.last_error
+
     def _succeeded(self) -> None:
-        if self._failures:
-            log.info("replication with {url} works again", url=self.url)
-        self._failures = 0
+        self._failures.recovered()
         self._last_success = self._now()
 
     async def _back_off(self, error: BaseException) -> None:
         """Record a failure and wait the backoff delay (interrupted by :meth:`stop`)."""
-        delay = self._link.backoff(self._failures)
-        self._failures += 1
-        self.last_error = describe(error, self._link.request_timeout)
+        delay = self._failures.failed(error)
         self.state = "backoff"
         self._retry_at = self._now() + delay
-        log.warn(
-            "replication with {url} failed ({failures} in a row): {error}; "
-            "retrying in {delay:.2f} s",
-            url=self.url,
-            failures=self._failures,
-            error=self.last_error,
-            delay=delay,
-        )
         self._busy = False
         try:
             await self._pause(delay)
@@ -196,8 +188,8 @@ class Worker:
         return {
             "url": self.url,
             "state": self.state,
-            "last_error": self.last_error,
+            "last_error": self._failures.last_error,
             "last_success": iso_time(self._last_success),
             "retry_at": iso_time(self._retry_at),
-            "failures": self._failures,
+            "failures": self._failures.count,
         }
