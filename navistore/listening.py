@@ -1,6 +1,6 @@
 """Listening: the ports of a node, the connections on them, and the requests being served.
 
-What :class:`~navistore.node.NavistoreService` needs to bind before anything else and to shut
+What :class:`~navistore.daemon.NavistoreService` needs to bind before anything else and to shut
 down gracefully: :class:`Connections` is the factory every endpoint listens with (it refuses
 connections until there is a Site, and closes them after their answers at shutdown),
 :class:`RequestTracker` knows which requests are still being served, and :func:`self_urls` says

@@ -18,8 +18,9 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from navistore.backend import BackendURLError, known_schemes, parse_backend_url
+from navistore.daemon import NavistoreService
 from navistore.keys import DEFAULT_MAX_KEY_BYTES
-from navistore.node import DEFAULT_BACKEND, DEFAULT_ENDPOINTS, NavistoreService, NodeConfig
+from navistore.node import DEFAULT_BACKEND, DEFAULT_ENDPOINTS, NodeConfig
 from navistore.peer_urls import InvalidPeer, normalize_peer_url
 from navistore.replication.gc import DEFAULT_RETENTION
 from navistore.watch_hub import DEFAULT_MAX_WATCHERS

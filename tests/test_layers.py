@@ -34,7 +34,13 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "web": ("navistore.web",),
     "replication": ("navistore.replication",),
     "cache_node": ("navistore.cache_node",),
-    "wiring": ("navistore.node", "navistore.listening", "navistore.tap", "navistore.scripts"),
+    "wiring": (
+        "navistore.node",
+        "navistore.daemon",
+        "navistore.listening",
+        "navistore.tap",
+        "navistore.scripts",
+    ),
     "testing": ("navistore.testing",),
 }
 

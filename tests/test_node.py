@@ -1,4 +1,4 @@
-"""A node in this process (navistore.node.NavistoreService): serving, stopping, failing to start.
+"""A node in this process (navistore.daemon.NavistoreService): serving, stopping, failing to start.
 
 The service runs on 127.0.0.1 (port 0), over a memory backend, with the reactor pytest-twisted
 runs.
@@ -20,9 +20,10 @@ from twisted.web.client import Agent, HTTPConnectionPool, ResponseNeverReceived
 
 from navistore.backend import BackendURLError
 from navistore.backend.memory import MemoryBackend
+from navistore.daemon import NavistoreService
 from navistore.errors import StorageFailure
 from navistore.interfaces import ANY, Expectation, IStorageBackend
-from navistore.node import NavistoreService, NodeConfig
+from navistore.node import NodeConfig
 from navistore.record import Record
 
 # -- the service, in this process ---------------------------------------------------------------

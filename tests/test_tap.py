@@ -13,8 +13,8 @@ from support.processes import LOOPBACK, REPOSITORY
 from twisted.application.service import MultiService
 from twisted.python import usage
 
+from navistore.daemon import NavistoreService
 from navistore.keys import DEFAULT_MAX_KEY_BYTES
-from navistore.node import NavistoreService
 from navistore.tap import Options, makeService
 from navistore.web import DEFAULT_MAX_VALUE_SIZE
 
