@@ -18,6 +18,7 @@ Lifecycle:
 
 from __future__ import annotations
 
+import signal
 from typing import Any, Callable, cast
 
 from twisted.application.service import MultiService, Service
@@ -42,9 +43,11 @@ from navistore.errors import BackendError
 from navistore.interfaces import IStorageBackend
 from navistore.links import HTTPClient, PeerLink
 from navistore.listening import Connections, RequestTracker, describe_address, self_urls
-from navistore.node import Node, NodeConfig, build_node, default_http_client
+from navistore.node import Node, NodeConfig, access_policy, build_node, default_http_client
 from navistore.store import Store
+from navistore.tokens import TokenFileError, load_tokens
 from navistore.waiters import Waiters
+from navistore.web.access import describe_policy
 
 __all__ = ["NavistoreService", "describe_address"]
 
@@ -103,6 +106,7 @@ class NavistoreService(MultiService):
         self._stopped = Waiters()
         #: The node's Store, once open.
         self.store: Store | None = None
+        self._previous_sighup: Any = None
 
     @property
     def ports(self) -> list[IListeningPort]:
@@ -174,14 +178,21 @@ class NavistoreService(MultiService):
         await gatherResults(self._binding)
         if self._bind_failures:
             self._bind_failures[0].raiseException()
-        self.store = await Store.open(self._backend, max_key_bytes=self.config.max_key_bytes)
-        http_client = self._http_client or default_http_client(self._reactor)
+        access = access_policy(self.config)
+        self.store = await Store.open(
+            self._backend,
+            max_key_bytes=self.config.max_key_bytes,
+            max_value_size=self.config.max_value_size,
+            max_drift_ms=int(self.config.max_clock_drift * 1000),
+        )
+        http_client = self._http_client or default_http_client(self._reactor, self.config)
         node = build_node(
             self.config,
             self.store,
             reactor=self._reactor,
-            link=PeerLink(http_client, self._reactor),
+            link=PeerLink(http_client, self._reactor, token=self.config.peer_token),
             self_urls=self_urls(port.getHost() for port in self._ports),
+            access=access,
         )
         self.node = node
         for service in node.services:
@@ -203,6 +214,33 @@ class NavistoreService(MultiService):
             node_id=self.store.node_id,
             backend=self.config.backend_url,
         )
+        if access.open_mode:
+            log.warn("Navistore is OPEN: {policy}", policy=describe_policy(access))
+        else:
+            log.info("Navistore access: {policy}", policy=describe_policy(access))
+        if self.config.tokens_file is not None:
+            self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
+
+    def _sighup(self, _number: int, _frame: object) -> None:
+        self._reactor.callFromThread(self.reload_tokens)
+
+    def reload_tokens(self) -> bool:
+        """Read the tokens file again (on SIGHUP); keep the tokens in use if it is bad.
+
+        :returns: whether the new tokens are in use.
+        """
+        node, path = self.node, self.config.tokens_file
+        if node is None or path is None:
+            return False
+        try:
+            tokens = load_tokens(path)
+        except TokenFileError as exc:
+            kept = len(node.access.tokens or ())
+            log.error("tokens not reloaded, the {kept} in use stay: {why}", kept=kept, why=exc)
+            return False
+        node.access.tokens = tokens
+        log.info("tokens reloaded: {count} from {path}", count=len(tokens), path=path)
+        return True
 
     def _start_failed(self, failure: Failure) -> Deferred[None]:
         self.running = 0
@@ -288,6 +326,11 @@ class NavistoreService(MultiService):
                 service.disownServiceParent()
             if self._connections.wrappedFactory is node.site:
                 node.site.doStop()
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
+        if node is not None and node.access.audit is not None:
+            node.access.audit.close()
         backend, self._backend = self._backend, None
         if backend is not None:
             try:

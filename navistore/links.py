@@ -273,6 +273,8 @@ class PeerLink:
     :ivar random: draws the backoff jitter (seed it for reproducible runs).
     :ivar request_timeout: the longest wait for one complete answer, in seconds.
     :ivar max_backoff: the longest pause between retries of a failing node, in seconds.
+    :ivar token: the secret this node presents (``Authorization: Bearer``) to the nodes it
+        reaches, when they require one (``--peer-token``).
     """
 
     http_client: HTTPClient
@@ -280,6 +282,7 @@ class PeerLink:
     random: Random = attrs.field(factory=Random)
     request_timeout: float = 30.0
     max_backoff: float = 30.0
+    token: str | None = attrs.field(default=None, repr=False)
 
     def exchange(
         self,
@@ -291,7 +294,15 @@ class PeerLink:
         max_bytes: int | None = None,
         timeout: float | None = None,
     ) -> Deferred[Answer]:
-        """:func:`exchange` over this link's client and clock, within its request timeout."""
+        """:func:`exchange` over this link's client and clock, within its request timeout, with
+        this node's token unless ``headers`` carry a credential already (a forwarded write
+        carries its client's)."""
+        if self.token is not None and not any(
+            str(name if isinstance(name, str) else name.decode("latin-1")).lower()
+            == "authorization"
+            for name in (headers or {})
+        ):
+            headers = {**(headers or {}), "Authorization": f"Bearer {self.token}"}
         return exchange(
             self.http_client,
             self.clock,

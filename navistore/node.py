@@ -10,6 +10,7 @@ concrete objects; everything else receives them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any, Callable
 
@@ -17,8 +18,11 @@ import attrs
 from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
 
 from navistore.cache_node.cache import UpstreamCache
+from navistore.clock import DEFAULT_MAX_DRIFT_MS
 from navistore.hooks import MissResolver, WriteForwarder
 from navistore.keys import DEFAULT_MAX_KEY_BYTES
 from navistore.links import HTTPClient, PeerLink
@@ -31,8 +35,10 @@ from navistore.replication.gc import (
 )
 from navistore.replication.service import ReplicationService
 from navistore.store import Store
+from navistore.tokens import load_tokens
 from navistore.watch_hub import DEFAULT_MAX_WATCHERS, WatchHub
 from navistore.web import DEFAULT_MAX_VALUE_SIZE, make_site
+from navistore.web.access import AccessPolicy, AuditLog
 from navistore.web.backend_rpc import backend_rpc_endpoints
 from navistore.web.bulk import bulk_endpoints
 from navistore.web.replication import replication_endpoints
@@ -44,6 +50,7 @@ __all__ = [
     "DEFAULT_ENDPOINTS",
     "Node",
     "NodeConfig",
+    "access_policy",
     "build_node",
     "default_http_client",
 ]
@@ -88,6 +95,19 @@ class NodeConfig:
     :ivar batch_records: the most records per replication batch (and per pulled page).
     :ivar batch_bytes: about the most bytes per replication batch.
     :ivar pull_interval: seconds between a caught-up clone's pulls, and a cache node's polls.
+    :ivar tokens_file: the tokens file (:mod:`navistore.tokens`); None: protected mode, or open.
+    :ivar anonymous: what a request without a token may do, when there are tokens.
+    :ivar open_mode: without tokens, serve every caller everything (``--open``).
+    :ivar allowed_hosts: more ``Host`` names protected mode accepts from loopback callers.
+    :ivar cors_origins: web origins whose pages may send state-changing requests.
+    :ivar audit_log: the file writes and admin actions are logged to (JSON lines), or None.
+    :ivar peer_token: the secret this node presents to its peers, clone source and upstream.
+    :ivar peer_ca: certificates (PEM) that ``https`` peers must present one signed by
+        (default: the system's store).
+    :ivar peer_cert: with ``peer_key``, the client certificate (PEM) presented to ``https``
+        peers, for mutual TLS.
+    :ivar peer_key: the private key (PEM) of ``peer_cert``.
+    :ivar max_clock_drift: seconds a received stamp may lie ahead of this node's clock.
     """
 
     backend_url: str = DEFAULT_BACKEND
@@ -106,15 +126,55 @@ class NodeConfig:
     batch_records: int = 500
     batch_bytes: int = 1_048_576
     pull_interval: float = 1.0
+    tokens_file: str | None = None
+    anonymous: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+    open_mode: bool = False
+    allowed_hosts: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
+    cors_origins: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
+    audit_log: str | None = None
+    peer_token: str | None = attrs.field(default=None, repr=False)
+    peer_ca: str | None = None
+    peer_cert: str | None = None
+    peer_key: str | None = None
+    max_clock_drift: float = DEFAULT_MAX_DRIFT_MS / 1000
 
     def __attrs_post_init__(self) -> None:
         if not self.endpoints:
             raise ValueError("a Navistore node needs at least one endpoint to listen on")
+        if self.open_mode and self.tokens_file is not None:
+            raise ValueError("--open serves everyone without tokens: it cannot go with --tokens")
+        if self.anonymous and self.tokens_file is None:
+            raise ValueError(
+                "--anonymous says what a request without a token may do, so it needs --tokens"
+            )
+        if (self.peer_cert is None) != (self.peer_key is None):
+            raise ValueError("--peer-cert and --peer-key go together (a client certificate)")
         if self.upstream is not None and (self.peers or self.clone_from or self.read_fallback):
             raise ValueError(
                 "--upstream makes a cache node, which has no peers of its own: it cannot be "
                 "combined with --peer, --clone-from or --read-fallback"
             )
+
+
+def access_policy(config: NodeConfig) -> AccessPolicy:
+    """Who may do what on a node so configured: its tokens (read from the file now), protected
+    or open mode, browsers, and the audit log (opened now, for appending).
+
+    :raises TokenFileError: the tokens file cannot be read or is malformed.
+    :raises OSError: the audit log cannot be opened.
+    """
+    tokens = None if config.tokens_file is None else load_tokens(config.tokens_file)
+    audit = None
+    if config.audit_log is not None:
+        audit = AuditLog(open(config.audit_log, "a", encoding="utf-8"))  # noqa: SIM115
+    return AccessPolicy(
+        tokens=tokens,
+        anonymous=config.anonymous,
+        open_mode=config.open_mode,
+        allowed_hosts=config.allowed_hosts,
+        cors_origins=config.cors_origins,
+        audit=audit,
+    )
 
 
 @attrs.define(eq=False)
@@ -134,6 +194,7 @@ class Node:
     cache: UpstreamCache | None
     site: NavistoreSite
     services: list[IService]
+    access: AccessPolicy
 
 
 def build_node(
@@ -143,6 +204,7 @@ def build_node(
     reactor: IReactorTime,
     link: PeerLink,
     self_urls: Sequence[str] = (),
+    access: AccessPolicy | None = None,
     tombstone_cursors: Callable[[ReplicationService], Cursors] | None = None,
 ) -> Node:
     """Wire one node over an open Store, exactly as ``twistd navistore`` runs it.
@@ -151,11 +213,13 @@ def build_node(
     :param link: how the node reaches other nodes (client, clock, jitter, timeouts); a cache
         node's upstream gets it with :data:`DEFAULT_UPSTREAM_TIMEOUT`.
     :param self_urls: URLs that reach this node, so that it never peers with itself.
+    :param access: who may do what (default: :func:`access_policy` of ``config``).
     :param tombstone_cursors: given the replication service, where the collector reads the
         peers' cursors (default: the service's own :meth:`~ReplicationService.cursors`; the
         simulation hands in a careless reader to prove that its checks would notice).
     :raises InvalidPeer: a peer, the clone source or the upstream is no valid peer URL.
     """
+    access = access_policy(config) if access is None else access
     replication = ReplicationService(
         store,
         link=link,
@@ -192,7 +256,7 @@ def build_node(
         miss_resolver = write_forwarder = cache
     elif config.read_fallback:
         miss_resolver = ReadFallback(link=link, peers=replication.peer_urls)
-    endpoints = replication_endpoints(store, replication)
+    endpoints = replication_endpoints(store, replication, cache_node=cache is not None)
     endpoints.update(
         bulk_endpoints(store, max_value_size=config.max_value_size, write_forwarder=write_forwarder)
     )
@@ -202,20 +266,58 @@ def build_node(
         store,
         watch_hub=watch_hub,
         reactor=reactor,
+        access=access,
         max_value_size=config.max_value_size,
         extra_endpoints=endpoints,
         miss_resolver=miss_resolver,
         write_forwarder=write_forwarder,
         replica_waiter=replication.replica_waiter(),
     )
-    return Node(config, store, watch_hub, replication, collector, cache, site, services)
+    return Node(config, store, watch_hub, replication, collector, cache, site, services, access)
 
 
-def default_http_client(reactor: Any) -> HTTPClient:
-    """treq over a persistent connection pool, with a connect timeout, for talking to peers."""
+@implementer(IPolicyForHTTPS)
+class PeerTLS:
+    """How this node checks the ``https`` nodes it reaches: their certificate against
+    ``--peer-ca`` (or the system's store), and the client certificate it presents for mutual
+    TLS (``--peer-cert``, ``--peer-key``)."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        from twisted.internet import ssl
+
+        if config.peer_ca is not None:
+            with open(config.peer_ca, "rb") as ca:
+                found = re.findall(
+                    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", ca.read(), re.S
+                )
+            if not found:
+                raise ValueError(f"--peer-ca {config.peer_ca}: no PEM certificate in it")
+            certificates = [ssl.Certificate.loadPEM(pem) for pem in found]
+            self._trust: Any = ssl.trustRootFromCertificates(certificates)
+        else:
+            self._trust = ssl.platformTrust()
+        self._client: Any = None
+        if config.peer_cert is not None and config.peer_key is not None:
+            with open(config.peer_cert, "rb") as cert, open(config.peer_key, "rb") as key:
+                self._client = ssl.PrivateCertificate.loadPEM(cert.read() + b"\n" + key.read())
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        """The TLS settings of a connection to ``hostname`` (whose certificate must name it)."""
+        from twisted.internet import ssl
+
+        return ssl.optionsForClientTLS(
+            hostname.decode("idna"), trustRoot=self._trust, clientCertificate=self._client
+        )
+
+
+def default_http_client(reactor: Any, config: NodeConfig | None = None) -> HTTPClient:
+    """treq over a persistent connection pool, with a connect timeout, for talking to peers;
+    ``https`` peers are checked as ``config`` says (:class:`PeerTLS`)."""
     from treq.client import HTTPClient as TreqClient
     from twisted.web.client import Agent, HTTPConnectionPool
 
     pool = HTTPConnectionPool(reactor, persistent=True)
-    client: HTTPClient = TreqClient(Agent(reactor, connectTimeout=5, pool=pool))
+    policy = PeerTLS(config or NodeConfig())
+    agent = Agent(reactor, contextFactory=policy, connectTimeout=5, pool=pool)
+    client: HTTPClient = TreqClient(agent)
     return client

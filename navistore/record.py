@@ -12,10 +12,19 @@ from navistore.clock import Stamp
 from navistore.errors import InvalidRecord
 from navistore.keys import InvalidKey, normalize_key
 
-__all__ = ["DEFAULT_CONTENT_TYPE", "Record", "check_content_type", "check_record"]
+__all__ = [
+    "DEFAULT_CONTENT_TYPE",
+    "DEFAULT_MAX_VALUE_SIZE",
+    "Record",
+    "check_content_type",
+    "check_record",
+]
 
 #: The content type of a value whose writer did not say.
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+
+#: The largest value accepted by default: 16 MiB.
+DEFAULT_MAX_VALUE_SIZE = 16 * 1024 * 1024
 
 
 @attrs.frozen

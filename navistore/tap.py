@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 from twisted.application.service import MultiService
@@ -18,11 +19,13 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from navistore.backend import BackendURLError, known_schemes, parse_backend_url
+from navistore.clock import DEFAULT_MAX_DRIFT_MS
 from navistore.daemon import NavistoreService
 from navistore.keys import DEFAULT_MAX_KEY_BYTES
 from navistore.node import DEFAULT_BACKEND, DEFAULT_ENDPOINTS, NodeConfig
 from navistore.peer_urls import InvalidPeer, normalize_peer_url
 from navistore.replication.gc import DEFAULT_RETENTION
+from navistore.tokens import MIN_SECRET_LENGTH, TokenFileError, load_tokens, parse_permissions
 from navistore.watch_hub import DEFAULT_MAX_WATCHERS
 from navistore.web import DEFAULT_MAX_VALUE_SIZE
 
@@ -130,6 +133,54 @@ class Options(usage.Options):
             "Seconds a delete's tombstone is kept at least (and until every peer has it).",
             _seconds,
         ],
+        [
+            "tokens",
+            None,
+            None,
+            "The tokens file (TOML) saying who may do what; without it the node answers only "
+            "this machine (protected mode). SIGHUP reloads it.",
+        ],
+        [
+            "anonymous",
+            None,
+            None,
+            "What a request without a token may do, with --tokens: permissions among read, "
+            "write, admin, peer, comma-separated (default: none).",
+        ],
+        [
+            "audit-log",
+            None,
+            None,
+            "Log every write and admin action to this file, one JSON line each.",
+        ],
+        [
+            "peer-token-file",
+            None,
+            None,
+            "A file holding the secret this node presents to its peers, clone source and "
+            "upstream (or set $NAVISTORE_PEER_TOKEN; --peer-token shows it in ps).",
+        ],
+        ["peer-token", None, None, "The peer secret itself (visible to ps: prefer the file)."],
+        [
+            "peer-ca",
+            None,
+            None,
+            "Certificates (PEM) https peers must present one signed by (default: the system's).",
+        ],
+        [
+            "peer-cert",
+            None,
+            None,
+            "A client certificate (PEM) presented to https peers, for mutual TLS.",
+        ],
+        ["peer-key", None, None, "The private key (PEM) of --peer-cert."],
+        [
+            "max-clock-drift",
+            None,
+            DEFAULT_MAX_DRIFT_MS / 1000,
+            "Seconds a replicated record's stamp may lie ahead of this node's clock.",
+            _seconds,
+        ],
     ]
 
     optFlags = [
@@ -140,6 +191,12 @@ class Options(usage.Options):
             "Serve this node's storage as the http:// backend of one other process "
             "(a dedicated node: that process's reset wipes it).",
         ],
+        [
+            "open",
+            None,
+            "Serve every caller without tokens, from any host (the classic LAN mode); "
+            "logged as a warning at start.",
+        ],
     ]
 
     compData = usage.Completions(optActions={"backend": usage.CompleteFiles("*.db")})
@@ -148,6 +205,20 @@ class Options(usage.Options):
         super().__init__()
         self["port"] = []
         self["peer"] = []
+        self["allowed-host"] = []
+        self["cors-origin"] = []
+
+    def opt_allowed_host(self, host: str) -> None:
+        """In protected mode, accept this Host name too from callers on this machine
+        (repeatable; loopback names are always accepted)."""
+        self["allowed-host"].append(host.strip().lower())
+
+    def opt_cors_origin(self, origin: str) -> None:
+        """Let web pages of this origin (https://ui.example:8443) change the node and read its
+        answers (repeatable); other origins' writes are refused."""
+        if "://" not in origin:
+            raise usage.UsageError(f"--cors-origin: {origin!r} is not an origin (scheme://host)")
+        self["cors-origin"].append(origin.rstrip("/"))
 
     def opt_port(self, endpoint: str) -> None:
         """Listen on this Twisted endpoint string (repeatable; default tcp:8888)."""
@@ -207,6 +278,38 @@ class Options(usage.Options):
                 "combined with --peer, --clone-from or --read-fallback"
             )
         check_backend_url(self["backend"])
+        self["peer-token"] = _peer_token(self)
+        if self["tokens"] is not None:
+            try:
+                load_tokens(self["tokens"])
+            except TokenFileError as exc:
+                raise usage.UsageError(f"--tokens: {exc}") from None
+        try:
+            self["anonymous"] = parse_permissions(self["anonymous"] or "", "--anonymous")
+            node_config(self)
+        except ValueError as exc:
+            raise usage.UsageError(str(exc)) from None
+
+
+#: The environment variable a peer secret may come from (not visible in ``ps``).
+PEER_TOKEN_ENV = "NAVISTORE_PEER_TOKEN"
+
+
+def _peer_token(options: Options) -> str | None:
+    """The peer secret from ``--peer-token``, ``--peer-token-file`` or the environment."""
+    given = [name for name in ("peer-token", "peer-token-file") if options[name] is not None]
+    if len(given) > 1:
+        raise usage.UsageError("give either --peer-token or --peer-token-file, not both")
+    if options["peer-token-file"] is not None:
+        try:
+            secret = Path(options["peer-token-file"]).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise usage.UsageError(f"--peer-token-file: {exc}") from None
+    else:
+        secret = options["peer-token"] or os.environ.get(PEER_TOKEN_ENV) or ""
+    if secret and len(secret) < MIN_SECRET_LENGTH:
+        raise usage.UsageError(f"the peer secret must be at least {MIN_SECRET_LENGTH} characters")
+    return secret or None
 
 
 def _exit_after_twistd(status: int) -> None:
@@ -253,6 +356,17 @@ def node_config(options: Options) -> NodeConfig:
         upstream=options.get("upstream"),
         read_fallback=bool(options["read-fallback"]),
         serve_backend=bool(options["serve-backend"]),
+        tokens_file=options["tokens"],
+        anonymous=options["anonymous"] or frozenset(),
+        open_mode=bool(options["open"]),
+        allowed_hosts=options["allowed-host"],
+        cors_origins=options["cors-origin"],
+        audit_log=options["audit-log"],
+        peer_token=options.get("peer-token"),
+        peer_ca=options["peer-ca"],
+        peer_cert=options["peer-cert"],
+        peer_key=options["peer-key"],
+        max_clock_drift=options["max-clock-drift"],
     )
 
 

@@ -32,7 +32,7 @@ from navistore.hooks import ForwardedAnswer, ForwardedWrite
 from navistore.record import Record
 from navistore.store import Store
 from navistore.watch_hub import WatchHub
-from navistore.web import make_site
+from navistore.web import AccessPolicy, make_site
 from navistore.web.bulk import BulkEndpoints, bulk_endpoints
 from navistore.web.site import bulk_body_limit
 
@@ -279,7 +279,12 @@ async def site_server(reactor: Any) -> AsyncIterator[Server]:
     extra = bulk_endpoints(store, max_value_size=1024)
     hub = WatchHub(store, clock=reactor)
     site = make_site(
-        store, max_value_size=1024, extra_endpoints=extra, watch_hub=hub, reactor=reactor
+        store,
+        max_value_size=1024,
+        extra_endpoints=extra,
+        watch_hub=hub,
+        reactor=reactor,
+        access=AccessPolicy.open(),
     )
     server = await listen(store, site, reactor)
     yield server

@@ -20,7 +20,7 @@ from navistore.backend.sqlite import SqliteBackend
 from navistore.interfaces import IStorageBackend
 from navistore.store import Store
 from navistore.watch_hub import WatchHub
-from navistore.web import ApiResource
+from navistore.web import AccessPolicy, ApiResource
 
 ORIGIN = "http://node.test"
 #: Headers that differ between any two answers.
@@ -32,9 +32,9 @@ class CountingResource(ApiResource):
 
     general = 0
 
-    async def _dispatch(self, request: Any) -> Any:
+    async def _dispatch(self, request: Any, route: Any) -> Any:
         self.general += 1
-        return await super()._dispatch(request)
+        return await super()._dispatch(request, route)
 
 
 @pytest.fixture(params=["memory", "sqlite-reactor", "sqlite-thread"])
@@ -49,7 +49,10 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> IStorageBackend:
 async def node(backend: IStorageBackend) -> AsyncIterator[tuple[CountingResource, StubTreq]]:
     store = await Store.open(backend)
     resource = CountingResource(
-        store, max_value_size=1024, watch_hub=WatchHub(store, clock=Clock())
+        store,
+        max_value_size=1024,
+        watch_hub=WatchHub(store, clock=Clock()),
+        access=AccessPolicy.open(),
     )
     yield resource, StubTreq(resource)
     await store.close()
@@ -157,7 +160,10 @@ async def test_write_in_flight_is_read_by_the_general_path(tmp_path: Path) -> No
     backend = SqliteBackend(tmp_path / "store.db", writer="thread")
     store = await Store.open(backend)
     resource = CountingResource(
-        store, max_value_size=1024, watch_hub=WatchHub(store, clock=Clock())
+        store,
+        max_value_size=1024,
+        watch_hub=WatchHub(store, clock=Clock()),
+        access=AccessPolicy.open(),
     )
     stub = StubTreq(resource)
     try:

@@ -195,7 +195,10 @@ def test_the_collector_reads_the_persisted_cursors_of_the_replication_service() 
 
 #: Every node of the simulations below collects tombstones this often, keeping them this long.
 GC_CONFIG = NodeConfig(
-    backend_url="memory:", tombstone_retention=RETENTION, tombstone_gc_interval=INTERVAL
+    backend_url="memory:",
+    open_mode=True,
+    tombstone_retention=RETENTION,
+    tombstone_gc_interval=INTERVAL,
 )
 
 

@@ -26,6 +26,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "navistore.record",
         "navistore.waiters",
         "navistore.peer_urls",
+        "navistore.tokens",
     ),
     "contract": ("navistore.interfaces",),
     "protocols": ("navistore.protocol", "navistore.hooks", "navistore.links"),

@@ -171,7 +171,9 @@ def carrying(cluster: Cluster) -> list[tuple[str, str]]:
 
 def test_partitioned_node_catches_up_after_heal() -> None:
     """A node cut off while 200 writes happen elsewhere receives all of them after healing."""
-    cluster = Cluster(3, seed=1, config=NodeConfig(backend_url="memory:", batch_records=50))
+    cluster = Cluster(
+        3, seed=1, config=NodeConfig(backend_url="memory:", open_mode=True, batch_records=50)
+    )
     cluster.partition([["node-2"], ["node-0", "node-1"]])
     for index in range(200):
         cluster.write(index % 2, f"/bulk/{index}", b"v%d" % index)
@@ -246,7 +248,9 @@ def test_dropped_responses_cause_harmless_retries() -> None:
 def test_restart_while_catching_up_loses_nothing() -> None:
     """Restarting the sender, then the receiver, in the middle of a catch-up (small batches)
     loses nothing: cursors are persisted and the change log is the queue."""
-    cluster = Cluster(3, seed=5, config=NodeConfig(backend_url="memory:", batch_records=10))
+    cluster = Cluster(
+        3, seed=5, config=NodeConfig(backend_url="memory:", open_mode=True, batch_records=10)
+    )
     cluster.partition([["node-2"], ["node-0", "node-1"]])
     for index in range(150):
         cluster.write(0, f"/bulk/{index % 120}", b"v%d" % index)

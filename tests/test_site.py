@@ -26,7 +26,7 @@ from twisted.internet.task import deferLater
 from navistore.backend.memory import MemoryBackend
 from navistore.store import Store
 from navistore.watch_hub import WatchHub
-from navistore.web import make_site
+from navistore.web import AccessPolicy, make_site
 from navistore.web.site import replication_body_limit
 
 LIMIT = 1024
@@ -51,7 +51,15 @@ async def server(reactor: Any) -> AsyncIterator[Server]:
     store = await Store.open(MemoryBackend())
     hub = WatchHub(store, clock=reactor)
     listening = await listen(
-        store, make_site(store, max_value_size=LIMIT, watch_hub=hub, reactor=reactor), reactor
+        store,
+        make_site(
+            store,
+            max_value_size=LIMIT,
+            watch_hub=hub,
+            reactor=reactor,
+            access=AccessPolicy.open(),
+        ),
+        reactor,
     )
     yield listening
     await listening.stop()

@@ -348,7 +348,7 @@ async def test_local_write_after_a_remote_stamp_ahead_of_the_clock_still_wins(
 ) -> None:
     """Applying a remote stamp ahead of the wall clock advances the clock: the next local write
     of that key lands with a greater stamp."""
-    ahead = remote("/k", b"remote", BASE_MS + 30 * SECOND_MS, 7)
+    ahead = remote("/k", b"remote", BASE_MS + 3 * SECOND_MS, 7)
     assert await store.apply_remote(ahead) is not None
     assert store.clock.last >= Stamp(ahead.stamp.wall_ms, ahead.stamp.counter, store.node_id)
     result = await store.put("/k", b"local")

@@ -21,7 +21,7 @@ from navistore.clock import Stamp
 from navistore.record import Record
 from navistore.store import Store
 from navistore.watch_hub import WatchHub
-from navistore.web import make_site
+from navistore.web import AccessPolicy, make_site
 
 MAX_VALUE_SIZE = 4096
 
@@ -710,7 +710,11 @@ async def test_make_site_serves_the_same_api() -> None:
     """make_site(...).resource is the API, with the configured value limit."""
     opened = await Store.open(MemoryBackend())
     site = make_site(
-        opened, max_value_size=8, watch_hub=WatchHub(opened, clock=Clock()), reactor=Clock()
+        opened,
+        max_value_size=8,
+        watch_hub=WatchHub(opened, clock=Clock()),
+        reactor=Clock(),
+        access=AccessPolicy.open(),
     )
     stub = StubTreq(site.resource)
     too_big = await stub.put(ORIGIN + "/k", data=b"123456789")

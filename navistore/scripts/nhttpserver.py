@@ -79,6 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--read-fallback", action="store_true", help="ask the peers for a key before a 404"
     )
+    parser.add_argument(
+        "--tokens",
+        metavar="FILE",
+        help="the tokens file saying who may do what (without it, or --open, the node answers "
+        "only this machine)",
+    )
+    parser.add_argument(
+        "--open",
+        action="store_true",
+        help="serve every caller without tokens, from any host (the classic LAN mode)",
+    )
     return parser
 
 
@@ -132,6 +143,10 @@ def twistd_argv(argv: Sequence[str]) -> list[str]:
         arguments += ["--upstream", options.upstream]
     if options.read_fallback:
         arguments.append("--read-fallback")
+    if options.tokens:
+        arguments += ["--tokens", options.tokens]
+    if options.open:
+        arguments.append("--open")
     return arguments
 
 

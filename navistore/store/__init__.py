@@ -11,7 +11,13 @@
 """
 
 from navistore.store.core import MATCH_ANY, NODE_ID_META, ChangeListener, Store
-from navistore.store.errors import Conflict, NotFound, PreconditionFailed, StoreError
+from navistore.store.errors import (
+    Conflict,
+    NotFound,
+    PreconditionFailed,
+    RefusedRecord,
+    StoreError,
+)
 from navistore.store.horizon import PURGED_BEFORE_META
 from navistore.store.pages import ChangesPage, KeysPage, WriteResult
 
@@ -25,6 +31,7 @@ __all__ = [
     "KeysPage",
     "NotFound",
     "PreconditionFailed",
+    "RefusedRecord",
     "Store",
     "StoreError",
     "WriteResult",

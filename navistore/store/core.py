@@ -32,9 +32,9 @@ from navistore.interfaces import (
     IStorageBackend,
     WouldBlock,
 )
-from navistore.keys import DEFAULT_MAX_KEY_BYTES, normalize_key, normalize_prefix
-from navistore.record import DEFAULT_CONTENT_TYPE, Record
-from navistore.store.errors import Conflict, NotFound, PreconditionFailed
+from navistore.keys import DEFAULT_MAX_KEY_BYTES, InvalidKey, normalize_key, normalize_prefix
+from navistore.record import DEFAULT_CONTENT_TYPE, DEFAULT_MAX_VALUE_SIZE, Record
+from navistore.store.errors import Conflict, NotFound, PreconditionFailed, RefusedRecord
 from navistore.store.horizon import PurgeHorizon
 from navistore.store.pages import ChangesPage, KeysPage, WriteResult
 
@@ -74,10 +74,12 @@ class Store:
         clock: HybridClock,
         *,
         max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
+        max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
     ) -> None:
         self.backend = backend
         self.clock = clock
         self.max_key_bytes = max_key_bytes
+        self.max_value_size = max_value_size
         self._listeners: list[ChangeListener] = []
         self._horizon = PurgeHorizon(backend)
         self._peek: Callable[[str], Record | None] | None = None
@@ -90,6 +92,7 @@ class Store:
         backend: IStorageBackend,
         *,
         max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
+        max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
         max_drift_ms: int = DEFAULT_MAX_DRIFT_MS,
         wall_ms: Callable[[], int] | None = None,
     ) -> Store:
@@ -113,7 +116,7 @@ class Store:
             newest = await backend.changes(last_seq - 1, 1)
             for record in newest:
                 cls._advance_clock(clock, record.stamp)
-        return cls(backend, clock, max_key_bytes=max_key_bytes)
+        return cls(backend, clock, max_key_bytes=max_key_bytes, max_value_size=max_value_size)
 
     @property
     def node_id(self) -> str:
@@ -163,11 +166,12 @@ class Store:
         since: int = 0,
         *,
         limit: int = 1000,
-        prefix: str = "/",
+        prefix: str | tuple[str, ...] = "/",
     ) -> ChangesPage:
         """Return what changed after seq ``since``, in seq order, tombstones included.
 
-        With a prefix, changes elsewhere are skipped; ``last_seq`` still advances past them so
+        With a prefix (or a tuple of them: a change under any counts), changes elsewhere are
+        skipped; ``last_seq`` still advances past them so
         that a client resuming from it never re-reads what was skipped. At most ``limit``
         records are returned; when the page is full ``last_seq`` is the seq of its last record.
         A ``since`` beyond the newest seq answers the newest seq, so the client sees it is ahead.
@@ -333,11 +337,33 @@ class Store:
                 self._advance_clock(self.clock, latest.stamp)
         raise RuntimeError(f"write of {key!r} kept losing races; giving up")  # pragma: no cover
 
+    def check_received(self, records: Sequence[Record]) -> None:
+        """Refuse records from another node that this node's API would refuse: a key against
+        the grammar or over ``max_key_bytes``, a reserved key, a value over ``max_value_size``,
+        a stamp too far ahead of this clock. A peer's records are input like any other.
+
+        :raises RefusedRecord: naming the first bad record (by its index in ``records``).
+        :raises ClockDriftError: a stamp is too far in the future.
+        """
+        for index, record in enumerate(records):
+            try:
+                canonical = normalize_key(record.key, max_bytes=self.max_key_bytes)
+            except InvalidKey as exc:
+                raise RefusedRecord(index, record.key, exc.reason) from None
+            if canonical != record.key:
+                raise RefusedRecord(index, record.key, "the key is not in its canonical form")
+            if len(record.value) > self.max_value_size:
+                reason = f"a value of {len(record.value)} bytes, the limit is {self.max_value_size}"
+                raise RefusedRecord(index, record.key, reason)
+            self.clock.check(record.stamp)
+
     async def apply_remote(self, record: Record) -> Record | None:
         """Apply a record received from a peer with last-writer-wins; None if it lost.
 
+        :raises RefusedRecord: the record breaks this node's rules; nothing is stored.
         :raises ClockDriftError: its stamp is too far in the future; nothing is stored.
         """
+        self.check_received([record])
         self.clock.observe(record.stamp)
         stored: Record | None = await self.backend.apply(record, ANY)
         if stored is not None:
@@ -347,12 +373,11 @@ class Store:
     async def apply_remote_batch(self, records: Sequence[Record]) -> Sequence[Record | None]:
         """Apply a batch received from a peer, each record with last-writer-wins.
 
-        Every stamp is checked against the drift limit before anything is applied, so a batch
-        is refused whole (ClockDriftError) rather than half applied. The applies are issued
-        together, so a backend with group commit writes the batch in one transaction.
+        Every record is checked by this node's rules first (:meth:`check_received`), so a batch
+        is refused whole (RefusedRecord, ClockDriftError) rather than half applied. The applies
+        are issued together, so a backend with group commit writes the batch in one transaction.
         """
-        for record in records:
-            self.clock.check(record.stamp)
+        self.check_received(records)
         for record in records:
             self.clock.observe(record.stamp)
         pending = [self.backend.apply(record, ANY) for record in records]

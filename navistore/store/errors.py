@@ -6,7 +6,7 @@ from typing import Any
 
 from navistore.record import Record
 
-__all__ = ["Conflict", "NotFound", "PreconditionFailed", "StoreError"]
+__all__ = ["Conflict", "NotFound", "PreconditionFailed", "RefusedRecord", "StoreError"]
 
 
 class StoreError(Exception):
@@ -54,3 +54,14 @@ class PreconditionFailed(StoreError):
         self.current = current
         version = None if current is None else current.stamp.encode()
         self.detail = {"key": key, "version": version}
+
+
+class RefusedRecord(StoreError):
+    """A record received from another node breaks this node's rules (its key grammar and length,
+    the reserved names, its value limit); the whole batch it came in is refused."""
+
+    code = "refused_record"
+
+    def __init__(self, index: int, key: str, reason: str) -> None:
+        super().__init__(f"record {index} ({key[:200]!r}) is refused: {reason}")
+        self.detail = {"index": index, "key": key[:200], "reason": reason}

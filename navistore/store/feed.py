@@ -9,12 +9,15 @@ HTTP feeds and watches, replication's pull endpoint, the tombstone collector's r
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Union
 
 from navistore.store.core import Store
 from navistore.store.pages import ChangesPage
 
-__all__ = ["ResyncRequired", "check_horizon", "needs_resync", "read_changes"]
+__all__ = ["Prefixes", "ResyncRequired", "check_horizon", "needs_resync", "read_changes"]
+
+#: A canonical prefix, or several (a change under any of them counts; none: nothing does).
+Prefixes = Union[str, tuple[str, ...]]
 
 
 class ResyncRequired(Exception):
@@ -74,7 +77,7 @@ async def check_horizon(
 
 
 async def read_changes(
-    store: Store, since: int, *, limit: int, prefix: str, started_at: int | None = None
+    store: Store, since: int, *, limit: int, prefix: Prefixes, started_at: int | None = None
 ) -> tuple[ChangesPage, int]:
     """Read a page of the change feed with the purge horizon, or raise
     :class:`ResyncRequired` for a gap.

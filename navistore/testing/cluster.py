@@ -132,7 +132,7 @@ class Cluster:
         seed: int = 0,
         topology: str | Mapping[str, Sequence[str]] = "mesh",
         faults: Faults | None = None,
-        max_skew_ms: int = 3000,
+        max_skew_ms: int = 2000,
         config: NodeConfig | None = None,
         request_timeout: float = 5.0,
         max_backoff: float = 10.0,
@@ -145,7 +145,7 @@ class Cluster:
         observer = (lambda event: log(str(event))) if log is not None else None
         net_rng = random.Random(self.rng.getrandbits(64))
         self.network = FakeNetwork(self.clock, net_rng, faults, observer=observer)
-        self.config = config or NodeConfig(backend_url="memory:")
+        self.config = config or NodeConfig(backend_url="memory:", open_mode=True)
         self.request_timeout = request_timeout
         self.max_backoff = max_backoff
         self.tombstone_cursors = tombstone_cursors

@@ -73,7 +73,9 @@ def run_schedule(
     size = rng.choice((3, 3, 4))
     topology = "ring" if rng.random() < 0.2 else "mesh"
     faults = Faults.chosen_by(rng)
-    config = NodeConfig(backend_url="memory:", batch_records=rng.choice((5, 50, 500)))
+    config = NodeConfig(
+        backend_url="memory:", open_mode=True, batch_records=rng.choice((5, 50, 500))
+    )
     if verbose:
         print(f"seed {seed}: {size} nodes, {topology}, {faults}, {config}")
     cluster = Cluster(

@@ -20,12 +20,14 @@ from twisted.internet.interfaces import IReactorTime
 from navistore.hooks import MissResolver, ReplicaWaiter, WriteForwarder
 from navistore.store import Store
 from navistore.watch_hub import WatchHub
+from navistore.web.access import AccessPolicy
 from navistore.web.api import ApiResource
 from navistore.web.responses import Endpoints, Handler
 from navistore.web.site import DEFAULT_MAX_VALUE_SIZE, NavistoreSite
 
 __all__ = [
     "DEFAULT_MAX_VALUE_SIZE",
+    "AccessPolicy",
     "ApiResource",
     "Endpoints",
     "Handler",
@@ -39,6 +41,7 @@ def make_site(
     *,
     watch_hub: WatchHub,
     reactor: IReactorTime,
+    access: AccessPolicy,
     max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
     access_log: bool = False,
     extra_endpoints: Endpoints | None = None,
@@ -51,6 +54,7 @@ def make_site(
     :param watch_hub: serves the watches (long-poll, event stream, ``?wait``); the caller
         closes it at shutdown.
     :param reactor: what the Site times with (its clock for dates and timeouts).
+    :param access: who may do what (:mod:`navistore.web.access`).
     :param max_value_size: the largest request body accepted, in bytes; larger ones get 413
         before they are read.
     :param access_log: log one line per request through twisted.logger.
@@ -62,6 +66,7 @@ def make_site(
     resource = ApiResource(
         store,
         max_value_size=max_value_size,
+        access=access,
         watch_hub=watch_hub,
         extra_endpoints=extra_endpoints,
         miss_resolver=miss_resolver,

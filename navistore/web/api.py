@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+import attrs
 from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -23,12 +24,14 @@ from navistore.interfaces import WouldBlock
 from navistore.keys import InvalidKey
 from navistore.store import Store
 from navistore.watch_hub import WatchHub
+from navistore.web.access import AccessPolicy, need_of
 from navistore.web.conditions import etag_of, last_modified
-from navistore.web.errors import ApiError, MethodNotAllowed, TooLarge
+from navistore.web.errors import ApiError, MethodNotAllowed, TooLarge, as_api_error
 from navistore.web.feeds import changes_answer
 from navistore.web.key_routes import KeyRoutes
 from navistore.web.listings import Listings
 from navistore.web.params import (
+    flag,
     forwarded_write,
     int_arg,
     page_limit,
@@ -37,8 +40,9 @@ from navistore.web.params import (
     request_body,
     wants_json,
 )
-from navistore.web.rendering import render_async, render_deferred
+from navistore.web.rendering import render_async, render_deferred, render_error
 from navistore.web.responses import (
+    VALUE_POLICY,
     Endpoints,
     Handler,
     Response,
@@ -47,17 +51,32 @@ from navistore.web.responses import (
     text_response,
 )
 
-__all__ = ["ApiResource"]
+__all__ = ["ApiResource", "Route"]
 
 #: How many recent request paths keep their validated key (then the cache starts over).
 _KEY_CACHE_SIZE = 65536
 _WRITES = (b"PUT", b"POST", b"DELETE")
 
 
+@attrs.frozen
+class Route:
+    """What a request's path names.
+
+    :ivar kind: ``endpoint``, ``prefix``, ``key``, or ``unknown`` (a reserved name that is no
+        endpoint: 404).
+    :ivar name: the endpoint's name, the canonical prefix or key, or the path.
+    """
+
+    kind: str
+    name: str
+
+
 class ApiResource(Resource):
     """The whole API as one leaf resource (routing by path is cheaper than a child lookup).
 
     :param max_value_size: the largest value (request body) accepted, in bytes.
+    :param access: who may do what (tokens, protected mode, browsers); every request is
+        checked against it before any work.
     :param watch_hub: serves long-poll and event-stream feeds and ``?wait=true`` reads; the
         node closes it at shutdown.
     :param extra_endpoints: more server endpoints (replication adds ``/_replicate``,
@@ -75,6 +94,7 @@ class ApiResource(Resource):
         store: Store,
         *,
         max_value_size: int,
+        access: AccessPolicy,
         watch_hub: WatchHub,
         extra_endpoints: Endpoints | None = None,
         miss_resolver: MissResolver | None = None,
@@ -84,6 +104,7 @@ class ApiResource(Resource):
         super().__init__()
         self.store = store
         self.max_value_size = max_value_size
+        self.access = access
         self.watch_hub = watch_hub
         self.miss_resolver = miss_resolver
         self.write_forwarder = write_forwarder
@@ -110,41 +131,99 @@ class ApiResource(Resource):
 
     def render(self, request: Request) -> int | bytes:
         method = request.method
-        if b"?" not in request.uri:
+        try:
+            route = self._admit(request)
+        except ApiError as error:
+            return render_error(request, error)
+        except Exception as error:  # InvalidKey: a path that is no key
+            return render_error(request, as_api_error(error))
+        if route is None:  # a CORS preflight, answered
+            return b""
+        if route.kind == "key" and b"?" not in request.uri:
             # The commonest requests (a plain GET or PUT of a key) take a path without a
             # coroutine; whatever it cannot answer at once goes the general way.
             if method == b"GET":
-                value = self._get_now(request)
+                value = self._get_now(request, route.name)
                 if value is not None:
                     return value
             elif method == b"PUT":
-                written = self._put_now(request)
+                written = self._put_now(request, route.name)
                 if written is not None:
                     return render_deferred(request, written)
         return render_async(
-            request, lambda: self._dispatch(request), cancel_on_disconnect=method not in _WRITES
+            request,
+            lambda: self._dispatch(request, route),
+            cancel_on_disconnect=method not in _WRITES,
         )
 
-    async def _dispatch(self, request: Request) -> Response:
+    def _admit(self, request: Request) -> Route | None:
+        """Who asks, what the request names and whether they may: its :class:`Route`, or None
+        for a CORS preflight (answered here). Raises the refusal otherwise."""
+        self.access.allow_origin(request)
+        if request.method == b"OPTIONS" and request.getHeader(b"Access-Control-Request-Method"):
+            for name, value in self.access.preflight(request).items():
+                request.responseHeaders.setRawHeaders(name, [value])
+            request.setResponseCode(204)
+            return None
+        caller = self.access.caller(request)
+        route = self._route(request)
+        recursive = (
+            route.kind == "prefix" and request.method == b"DELETE" and flag(request, "recursive")
+        )
+        need = need_of(
+            request.method,
+            route.name,
+            endpoint=route.name if route.kind == "endpoint" else None,
+            prefix=route.kind == "prefix",
+            recursive=recursive,
+        )
+        self.access.check(request, caller, need)
+        return route
+
+    def _route(self, request: Request) -> Route:
+        """What the request's path names: an endpoint, a prefix or a key (keys remembered)."""
+        raw = request.path
+        plain = b"?" not in request.uri
+        key = self._keys_seen.get(raw) if plain else None
+        if key is not None:
+            return Route("key", key)
+        path = self._path(request)
+        name = path[1:]
+        if "/" not in name and name in self._endpoints:
+            return Route("endpoint", name)
+        first = name.split("/", 1)[0]
+        if first.startswith("_") and first != "_replication_slaves" and path != "/":
+            return Route("unknown", path)
+        if path.endswith("/"):
+            return Route("prefix", self.store.canonical_prefix(path))
+        if request.method in (b"GET", b"HEAD") and "list" in query(request):
+            return Route("prefix", self.store.canonical_prefix(path + "/"))
+        # Validating a key costs about as much as the rest of a GET: recent paths keep theirs.
+        key = self.store.canonical_key(path)
+        if plain:
+            if len(self._keys_seen) >= _KEY_CACHE_SIZE:
+                self._keys_seen.clear()
+            self._keys_seen[raw] = key
+        return Route("key", key)
+
+    async def _dispatch(self, request: Request, route: Route) -> Response:
         method = request.method
         lookup = b"GET" if method == b"HEAD" else method
-        path = self._path(request)
-        first = path[1:].split("/", 1)[0]
-        endpoint = self._endpoints.get(path[1:]) if "/" not in path[1:] else None
-        if endpoint is not None:
+        if route.kind == "endpoint":
+            endpoint = self._endpoints[route.name]
             handler = endpoint.get(method)
             if handler is None:
                 allowed = [name.decode("ascii") for name in endpoint]
                 raise MethodNotAllowed(method.decode("latin-1"), allowed)
             return await handler(request)
-        if first.startswith("_") and first != "_replication_slaves" and path != "/":
-            raise ApiError(404, "unknown_endpoint", f"there is no endpoint {path!r}")
+        if route.kind == "unknown":
+            raise ApiError(404, "unknown_endpoint", f"there is no endpoint {route.name!r}")
         if self.write_forwarder is not None and method in _WRITES:
             write = forwarded_write(request, request_body(request, self.max_value_size))
             return forwarded_response(await self.write_forwarder.forward(write))
-        if path.endswith("/") or (lookup == b"GET" and "list" in query(request)):
-            return await self.listings.route(request, path, lookup)
-        return await self.keys.route(request, path, lookup)
+        if route.kind == "prefix":
+            return await self.listings.route(request, route.name, lookup)
+        return await self.keys.route(request, route.name, lookup)
 
     @staticmethod
     def _path(request: Request) -> str:
@@ -156,31 +235,9 @@ class ApiResource(Resource):
 
     # -- the fast paths ---------------------------------------------------------------------
 
-    def _plain_key(self, request: Request) -> str | None:
-        """The canonical key a request's path names, if it is a plain key (not a prefix nor an
-        endpoint), else None. Recent paths are remembered: validating a key costs about as much
-        as the rest of a GET."""
-        raw = request.path
-        key = self._keys_seen.get(raw)
-        if key is None:
-            try:
-                path = self._path(request)
-                if path.endswith("/") or path.startswith("/_") or path[1:] in self._endpoints:
-                    return None
-                key = self.store.canonical_key(path)
-            except InvalidKey:
-                return None  # the general path answers the error
-            if len(self._keys_seen) >= _KEY_CACHE_SIZE:
-                self._keys_seen.clear()
-            self._keys_seen[raw] = key
-        return key
-
-    def _get_now(self, request: Request) -> bytes | None:
+    def _get_now(self, request: Request, key: str) -> bytes | None:
         """A plain GET's body with its headers set, when the value is at hand; else None."""
         if self.miss_resolver is not None or request.requestHeaders.hasHeader(b"If-None-Match"):
-            return None
-        key = self._plain_key(request)
-        if key is None:
             return None
         try:
             record = self.store.peek(key)
@@ -193,9 +250,10 @@ class ApiResource(Resource):
         set_header(b"Last-Modified", [last_modified(record)])
         set_header(b"Content-Type", [record.content_type.encode("latin-1", "replace")])
         set_header(b"X-Content-Type-Options", [b"nosniff"])
+        set_header(b"Content-Security-Policy", [VALUE_POLICY])
         return record.value
 
-    def _put_now(self, request: Request) -> Deferred[Response] | None:
+    def _put_now(self, request: Request, key: str) -> Deferred[Response] | None:
         """A plain unconditional PUT already under way, when it can start at once; else None."""
         conditional = request.requestHeaders.hasHeader
         if (
@@ -203,9 +261,6 @@ class ApiResource(Resource):
             or conditional(b"If-Match")
             or conditional(b"If-None-Match")
         ):
-            return None
-        key = self._plain_key(request)
-        if key is None:
             return None
         try:
             value = request_body(request, self.max_value_size)

@@ -39,7 +39,8 @@ from navistore.keys import InvalidKey
 from navistore.protocol.records import InvalidValue, decode_value
 from navistore.record import check_content_type
 from navistore.store import Store
-from navistore.web.errors import BadRequest
+from navistore.web.access import caller_of
+from navistore.web.errors import ApiError, BadRequest
 from navistore.web.params import flag, forwarded_write, request_body
 from navistore.web.responses import Endpoints, Response, forwarded_response, json_response
 from navistore.web.site import bulk_body_limit
@@ -90,10 +91,21 @@ class BulkEndpoints:
         """Check every entry, then write them all as last-writer-wins puts."""
         body = request_body(request, self.max_body_size)
         if self.write_forwarder is not None:
-            # A cache node holds only copies: the upstream takes the load and answers it.
+            # A cache node holds only copies: the upstream takes the load, checks it (its
+            # caller's token goes with it) and answers it.
             forwarded = await self.write_forwarder.forward(forwarded_write(request, body))
             return forwarded_response(forwarded)
         entries = self.parse(body)
+        caller = caller_of(request)
+        for index, (key, _value, _type) in enumerate(entries):
+            if not caller.covers(key):
+                raise ApiError(
+                    403,
+                    "forbidden",
+                    f"entry {index}: {caller.name} may not write {key!r}: it is outside its "
+                    "prefixes; nothing was written",
+                    {"index": index, "key": key, "prefixes": list(caller.prefixes)},
+                )
         stored = await self.store.put_many(entries)
         document: dict[str, Any] = {"received": len(entries), "written": len(stored)}
         if flag(request, "verbose"):

@@ -27,8 +27,9 @@ from twisted.web.server import Request
 
 from navistore.record import Record
 from navistore.store import ChangesPage, Store
-from navistore.store.feed import ResyncRequired, check_horizon, read_changes
+from navistore.store.feed import Prefixes, ResyncRequired, check_horizon, read_changes
 from navistore.watch_hub import Watcher, WatchHub
+from navistore.web.access import caller_of
 from navistore.web.errors import ApiError, BadRequest, MethodNotAllowed, as_api_error, error_body
 from navistore.web.params import int_arg, query_arg
 from navistore.web.responses import JSON_HEADERS, Response, json_bytes
@@ -148,18 +149,29 @@ async def changes_answer(
         )
     if feed != "normal" and request.method == b"HEAD":
         raise MethodNotAllowed("HEAD", ["GET"])
+    # A caller restricted to some prefixes sees only the changes inside them.
+    seen = caller_of(request).visible(prefix)
     if feed == "eventsource":
-        return await _event_stream(request, store, hub, since=since, prefix=prefix)
+        return await _event_stream(request, store, hub, since=since, prefix=prefix, seen=seen)
     if feed == "longpoll":
-        return await _long_poll(request, store, hub, since=since, limit=limit, prefix=prefix)
+        return await _long_poll(
+            request, store, hub, since=since, limit=limit, prefix=prefix, seen=seen
+        )
     page, horizon = await read_changes(
-        store, since, limit=limit, prefix=prefix, started_at=horizon_arg(request)
+        store, since, limit=limit, prefix=seen, started_at=horizon_arg(request)
     )
     return Response(200, changes_body(page, horizon), dict(JSON_HEADERS))
 
 
 async def _long_poll(
-    request: Request, store: Store, hub: WatchHub, *, since: int, limit: int, prefix: str
+    request: Request,
+    store: Store,
+    hub: WatchHub,
+    *,
+    since: int,
+    limit: int,
+    prefix: str,
+    seen: Prefixes,
 ) -> Response:
     timeout = timeout_arg(request)
     await check_horizon(store, since)
@@ -169,7 +181,7 @@ async def _long_poll(
         cursor = since
         last_look = False
         while True:
-            page, _ = await read_changes(store, cursor, limit=limit, prefix=prefix)
+            page, _ = await read_changes(store, cursor, limit=limit, prefix=seen)
             remaining = deadline - hub.clock.seconds()
             if page.records or last_look or remaining <= 0 or watcher.closed:
                 return Response(200, changes_body(page), dict(JSON_HEADERS))
@@ -186,7 +198,7 @@ async def _long_poll(
 
 
 async def _event_stream(
-    request: Request, store: Store, hub: WatchHub, *, since: int, prefix: str
+    request: Request, store: Store, hub: WatchHub, *, since: int, prefix: str, seen: Prefixes
 ) -> Response:
     resume = request.getHeader(b"Last-Event-ID")
     if resume is not None and resume.strip():
@@ -195,7 +207,7 @@ async def _event_stream(
     watcher = hub.watch(prefix, since=since)
     # However the answer ends (finished, client gone mid-write), the watcher goes with it.
     request.notifyFinish().addBoth(lambda _: watcher.release())
-    stream = _events(store, watcher, since=since, prefix=prefix, heartbeat=hub.heartbeat)
+    stream = _events(store, watcher, since=since, seen=seen, heartbeat=hub.heartbeat)
     return Response(200, headers=dict(_EVENT_STREAM), stream=stream)
 
 
@@ -210,7 +222,7 @@ def _resync_event(exc: ResyncRequired) -> bytes:
 
 
 async def _events(
-    store: Store, watcher: Watcher, *, since: int, prefix: str, heartbeat: float
+    store: Store, watcher: Watcher, *, since: int, seen: Prefixes, heartbeat: float
 ) -> AsyncIterator[bytes]:
     """The event stream: the backlog page by page, then each live change as it comes."""
     try:
@@ -224,7 +236,7 @@ async def _events(
                 while True:
                     try:
                         page, _ = await read_changes(
-                            store, delivered, limit=_STREAM_PAGE, prefix=prefix
+                            store, delivered, limit=_STREAM_PAGE, prefix=seen
                         )
                     except ResyncRequired as exc:
                         yield _resync_event(exc)
@@ -242,7 +254,11 @@ async def _events(
             if watcher.overflowed:
                 catching_up = True
                 continue
-            fresh = [record for record in batch if (record.seq or 0) > delivered]
+            fresh = [
+                record
+                for record in batch
+                if (record.seq or 0) > delivered and record.key.startswith(seen)
+            ]
             if fresh:
                 yield b"".join(_event(record) for record in fresh)
                 delivered = fresh[-1].seq or delivered
@@ -326,7 +342,8 @@ async def wait_for_prefix(
     await check_horizon(store, index, full_read=False)
     watcher = hub.watch(prefix, since=index)
     try:
-        page, _ = await read_changes(store, index, limit=1, prefix=prefix)
+        seen = caller_of(request).visible(prefix)
+        page, _ = await read_changes(store, index, limit=1, prefix=seen)
         deadline = hub.clock.seconds() + timeout
         watcher.skip_through(page.last_seq)
         while not page.records and not watcher.closed:
@@ -337,7 +354,7 @@ async def wait_for_prefix(
             if not batch and not watcher.overflowed:
                 break
             watcher.recovered()
-            page, _ = await read_changes(store, index, limit=1, prefix=prefix)
+            page, _ = await read_changes(store, index, limit=1, prefix=seen)
     finally:
         watcher.release()
     last = await store.last_seq()

@@ -19,7 +19,7 @@ from navistore.web.conditions import condition, etag_of, last_modified
 from navistore.web.errors import ApiError, MethodNotAllowed
 from navistore.web.feeds import wait_for_key
 from navistore.web.params import flag, int_arg, query_arg, request_body, wants_json
-from navistore.web.responses import Response, json_response, text_response
+from navistore.web.responses import VALUE_POLICY, Response, json_response, text_response
 
 __all__ = ["SOURCE_HEADER", "STALE_HEADER", "KeyRoutes", "record_headers"]
 
@@ -110,6 +110,7 @@ class KeyRoutes:
             return Response(304, headers=headers)
         headers[b"Content-Type"] = record.content_type.encode("latin-1", "replace")
         headers[b"X-Content-Type-Options"] = b"nosniff"
+        headers[b"Content-Security-Policy"] = VALUE_POLICY
         return Response(200, record.value, headers)
 
     # -- conditions ---------------------------------------------------------------------------

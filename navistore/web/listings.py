@@ -16,8 +16,10 @@ from twisted.web.server import Request
 
 from navistore.keys import classic_form, normalize_key
 from navistore.protocol.records import value_entry
+from navistore.record import Record
 from navistore.store import KeysPage, Store
 from navistore.watch_hub import WatchHub
+from navistore.web.access import caller_of
 from navistore.web.errors import BadRequest, MethodNotAllowed
 from navistore.web.feeds import wait_for_prefix
 from navistore.web.params import DEFAULT_PAGE, flag, page_limit, query_arg
@@ -64,13 +66,35 @@ class Listings:
         if after_text:
             after = normalize_key(after_text, max_bytes=None, allow_reserved=True)
         limit = page_limit(request)
-        page = await self.store.list(prefix, after=after, limit=limit)
+        page = await self._visible_page(caller_of(request).visible(prefix), after, limit)
         keys: list[Any]
         if flag(request, "values"):
             keys = [value_entry(record) for record in page.records]
         else:
             keys = [record.key for record in page.records]
         return json_response({"keys": keys, "next": page.next})
+
+    async def _visible_page(
+        self, prefixes: tuple[str, ...], after: str | None, limit: int
+    ) -> KeysPage:
+        """A page of the keys under ``prefixes`` (disjoint, in key order) after ``after``.
+
+        A caller restricted to some prefixes lists only what lies inside them; since the
+        prefixes are disjoint, every key of one sorts before every key of the next, so the
+        listing is their listings one after the other, and ``after`` still resumes it.
+        """
+        records: list[Record] = []
+        for prefix in prefixes:
+            if len(records) == limit:  # full: the next page goes on from the last key
+                return KeysPage(records, records[-1].key)
+            if after is not None and after > prefix and not after.startswith(prefix):
+                continue  # this prefix lies wholly before the cursor
+            start = after if after is not None and after >= prefix else None
+            page = await self.store.list(prefix, after=start, limit=limit - len(records))
+            records.extend(page.records)
+            if page.next is not None:
+                return KeysPage(records, page.next)
+        return KeysPage(records, None)
 
     async def keys(self, request: Request) -> Response:
         """``GET /_keys?prefix=``: the listing with the prefix as a parameter."""
@@ -81,10 +105,14 @@ class Listings:
         """The classic ``GET /listkeys``: every key, as one JSON array streamed a page at a time."""
         # The first page is read before the 200 goes out, so a failing backend is a 503 rather
         # than a 200 cut short.
-        page = await self.store.list("/", limit=DEFAULT_PAGE)
-        return Response(200, headers=dict(JSON_HEADERS), stream=self._stream_all_keys(page))
+        prefixes = caller_of(request).visible("/")
+        page = await self._visible_page(prefixes, None, DEFAULT_PAGE)
+        stream = self._stream_all_keys(prefixes, page)
+        return Response(200, headers=dict(JSON_HEADERS), stream=stream)
 
-    async def _stream_all_keys(self, page: KeysPage) -> AsyncIterator[bytes]:
+    async def _stream_all_keys(
+        self, prefixes: tuple[str, ...], page: KeysPage
+    ) -> AsyncIterator[bytes]:
         yield b"["
         first = True
         while True:
@@ -94,5 +122,5 @@ class Listings:
                 first = False
             if page.next is None:
                 break
-            page = await self.store.list("/", after=page.next, limit=DEFAULT_PAGE)
+            page = await self._visible_page(prefixes, page.next, DEFAULT_PAGE)
         yield b"]"

@@ -19,7 +19,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from navistore.web.errors import ApiError, as_api_error, error_body
 from navistore.web.responses import Response
 
-__all__ = ["render_async", "render_deferred"]
+__all__ = ["render_async", "render_deferred", "render_error"]
 
 log = Logger()
 
@@ -173,3 +173,13 @@ def render_deferred(request: Request, answer: Deferred[Response]) -> int:
     answer.addCallbacks(exchange.send_whole, failed)
     answer.addErrback(lambda failure: log.failure("answering failed", failure))
     return NOT_DONE_YET
+
+
+def render_error(request: Request, error: ApiError) -> bytes:
+    """Answer ``request`` with ``error`` at once, from ``render`` (a refusal before any work)."""
+    body = error_body(error.code, error.message, error.detail)
+    request.setResponseCode(error.status)
+    headers = {b"Content-Type": b"application/json", **error.headers}
+    for name, value in headers.items():
+        request.responseHeaders.setRawHeaders(name, [value])
+    return body

@@ -47,9 +47,20 @@ def _text(request: Request) -> str:
 class ReplicationEndpoints:
     """The handlers, over one node's Store and its peer set (the replication service)."""
 
-    def __init__(self, store: Store, peers: PeerControl) -> None:
+    def __init__(self, store: Store, peers: PeerControl, *, cache_node: bool = False) -> None:
         self.store = store
         self.service = peers
+        self.cache_node = cache_node
+
+    def _refuse_on_a_cache_node(self) -> None:
+        """A cache node has no peers of its own: its peer set is not to be changed."""
+        if self.cache_node:
+            raise ApiError(
+                409,
+                "cache_node",
+                "this is a cache node (--upstream): it has no peers; its copies come from its "
+                "upstream",
+            )
 
     def endpoints(self) -> Endpoints:
         """The endpoints by name and method, for ``make_site(..., extra_endpoints=...)``."""
@@ -117,6 +128,7 @@ class ReplicationEndpoints:
 
     async def add_peer(self, request: Request) -> Response:
         """Add the peer whose URL is the body (text, or JSON ``{"url": ...}``)."""
+        self._refuse_on_a_cache_node()
         text = _text(request).strip()
         url: Any = text
         if text.startswith("{"):
@@ -131,6 +143,7 @@ class ReplicationEndpoints:
 
     async def remove_peer(self, request: Request) -> Response:
         """Remove the peer ``?url=``: stop pushing to it and forget its cursor."""
+        self._refuse_on_a_cache_node()
         url = query_arg(request, "url")
         if not url:
             raise BadRequest("invalid_parameter", "say which peer to remove with ?url=")
@@ -147,15 +160,20 @@ class ReplicationEndpoints:
 
     async def put_slaves(self, request: Request) -> Response:
         """Replace the peer set with the body's comma-separated URLs (empty: no peers)."""
+        self._refuse_on_a_cache_node()
         await self.service.set_peers(parse_peer_list(_text(request)))
         return text_response()
 
     async def delete_slaves(self, request: Request) -> Response:
         """Remove every peer."""
+        self._refuse_on_a_cache_node()
         await self.service.set_peers([])
         return text_response()
 
 
-def replication_endpoints(store: Store, peers: PeerControl) -> Endpoints:
-    """The replication endpoints of a node, ready for ``extra_endpoints``."""
-    return ReplicationEndpoints(store, peers).endpoints()
+def replication_endpoints(
+    store: Store, peers: PeerControl, *, cache_node: bool = False
+) -> Endpoints:
+    """The replication endpoints of a node, ready for ``extra_endpoints``; a cache node's refuse
+    to change its (empty) peer set with 409 ``cache_node``."""
+    return ReplicationEndpoints(store, peers, cache_node=cache_node).endpoints()

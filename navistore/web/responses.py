@@ -15,6 +15,7 @@ __all__ = [
     "JSON_HEADERS",
     "TEXT_HEADERS",
     "TEXT_TYPE",
+    "VALUE_POLICY",
     "Endpoints",
     "Handler",
     "Response",
@@ -23,6 +24,10 @@ __all__ = [
     "json_response",
     "text_response",
 ]
+
+#: The ``Content-Security-Policy`` of every stored value served: a value that is an HTML page runs
+#: in an opaque origin, never as the node's (its scripts cannot read or write the node).
+VALUE_POLICY = b"sandbox"
 
 #: The content type of every JSON answer.
 JSON_HEADERS: Mapping[bytes, bytes] = {b"Content-Type": b"application/json"}

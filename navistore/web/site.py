@@ -14,6 +14,7 @@ from typing import Any
 from twisted.web import http
 from twisted.web.server import Request, Site
 
+from navistore.record import DEFAULT_MAX_VALUE_SIZE
 from navistore.web.errors import TooLarge, error_body
 
 __all__ = [
@@ -24,9 +25,6 @@ __all__ = [
     "bulk_body_limit",
     "replication_body_limit",
 ]
-
-#: The largest request body (a value) accepted by default: 16 MiB.
-DEFAULT_MAX_VALUE_SIZE = 16 * 1024 * 1024
 
 
 def replication_body_limit(max_value_size: int) -> int:

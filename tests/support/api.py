@@ -25,7 +25,7 @@ from navistore.errors import StorageFailure
 from navistore.record import Record
 from navistore.store import Store
 from navistore.watch_hub import WatchHub
-from navistore.web import ApiResource
+from navistore.web import AccessPolicy, ApiResource
 from support.deferreds import pumped
 
 __all__ = ["ORIGIN", "Answer", "Api", "FailingBackend", "api_resource"]
@@ -46,8 +46,10 @@ def api_resource(
     **options: Any,
 ) -> ApiResource:
     """The API resource over ``store`` with a watch hub on ``clock`` (default: a fresh
-    ``task.Clock``); ``options`` go to :class:`ApiResource` (endpoints, hooks)."""
+    ``task.Clock``), open to every caller unless ``access`` says otherwise; ``options`` go to
+    :class:`ApiResource` (endpoints, hooks)."""
     hub = watch_hub or WatchHub(store, clock=clock if clock is not None else Clock())
+    options.setdefault("access", AccessPolicy.open())
     return ApiResource(store, max_value_size=max_value_size, watch_hub=hub, **options)
 
 
