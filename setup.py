@@ -34,6 +34,7 @@ setup(
             "pytest>=7.4",
             "pytest-twisted>=1.14.1",
             "hypothesis>=6.80",
+            "trustme>=1.0",
             "ruff>=0.5",
             "mypy>=1.8",
             "mypy-zope>=1.0.3",

@@ -14,10 +14,11 @@ from collections.abc import Iterable
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IProtocolNegotiationFactory
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.web.server import Request, Site
+from zope.interface import implementer
 
 from navistore.waiters import Waiters
 
@@ -101,6 +102,7 @@ class _Refused(Protocol):
         self.transport.loseConnection()
 
 
+@implementer(IProtocolNegotiationFactory)
 class Connections(WrappingFactory):
     """The factory every endpoint listens with; it serves the Site once there is one.
 
@@ -119,6 +121,15 @@ class Connections(WrappingFactory):
 
     def logPrefix(self) -> str:
         return "Navistore"
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """What TLS connections may negotiate with ALPN: HTTP/1.1, which the Site speaks.
+
+        Twisted asks the factory a TLS port wraps (this one, not the Site behind it); without an
+        answer it refuses every client that offers ALPN (curl, browsers, Python's ssl) with an
+        internal-error alert.
+        """
+        return [b"http/1.1"]
 
     def serve(self, site: Site) -> None:
         """Start answering new connections with ``site``."""

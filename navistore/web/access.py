@@ -302,6 +302,8 @@ class AccessPolicy:
         """
         if need.changes:
             self._refuse_cross_origin(request)
+            if self.audit is not None:  # refused or not, with the status it gets
+                self.audit.record(request, caller, need.key or request.path.decode("latin-1"))
         setattr(request, _ATTRIBUTE, caller)
         permission = need.permission
         if permission is not None and not caller.may(permission):
@@ -320,8 +322,6 @@ class AccessPolicy:
                 f"{caller.name} may not reach {need.key!r}: it is outside its prefixes",
                 {"caller": caller.name, "key": need.key, "prefixes": list(caller.prefixes)},
             )
-        if need.changes and self.audit is not None:
-            self.audit.record(request, caller, need.key or request.path.decode("latin-1"))
 
     # -- browsers -----------------------------------------------------------------------------
 

@@ -98,7 +98,8 @@ class Node:
         link_options.setdefault("random", Random(self.name))
         link = PeerLink(self.network, self.clock, **link_options)
         options["peers"] = tuple(options.pop("initial_peers", ()))
-        options.setdefault("open_mode", True)
+        if "tokens_file" not in options:
+            options.setdefault("open_mode", True)
         config = NodeConfig(backend_url="memory:", max_value_size=1 << 24, **options)
         self.parts = build_node(
             config, self.store, reactor=self.clock, link=link, self_urls=[self.url]
