@@ -13,6 +13,7 @@ import unicodedata
 __all__ = [
     "DEFAULT_MAX_KEY_BYTES",
     "RESERVED_EXCEPTIONS",
+    "ROUTE_KEYS",
     "InvalidKey",
     "classic_form",
     "is_reserved",
@@ -27,6 +28,9 @@ DEFAULT_MAX_KEY_BYTES = 1024
 
 #: Reserved-looking first segments that are ordinary keys for compatibility with the classic API.
 RESERVED_EXCEPTIONS = frozenset({"_replication_slaves"})
+
+#: Paths the classic API routes to its endpoints, so that no client can reach them as keys.
+ROUTE_KEYS = frozenset({"/listkeys", "/reset"})
 
 
 class InvalidKey(ValueError):
@@ -83,7 +87,12 @@ def is_reserved(key: str) -> bool:
 
     Reserved keys have a first segment starting with ``_`` (``/_changes``, ``/_peers``); the
     classic ``/_replication_slaves`` is an exception because 2011 clients address it as a key.
+    The classic routes ``/listkeys`` and ``/reset`` are reserved too: no request reaches them as
+    keys, so none may be stored (a replicated or bulk-loaded one could never be read or
+    deleted).
     """
+    if key in ROUTE_KEYS:
+        return True
     first = key[1:].split("/", 1)[0]
     return first.startswith("_") and first not in RESERVED_EXCEPTIONS
 
@@ -107,7 +116,12 @@ def normalize_key(
     canonical = "/" + body
     _check_length(raw, canonical, max_bytes)
     if not allow_reserved and is_reserved(canonical):
-        raise InvalidKey(raw, "the first segment starts with '_', which is reserved for the server")
+        reason = (
+            "it is a route of the classic API, not a key"
+            if canonical in ROUTE_KEYS
+            else "the first segment starts with '_', which is reserved for the server"
+        )
+        raise InvalidKey(raw, reason)
     return canonical
 
 

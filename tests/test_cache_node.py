@@ -14,9 +14,12 @@ from typing import Any
 import attrs
 import pytest_twisted
 from support.api import Answer, api_resource
+from support.deferreds import fired
 from support.nodes import make_clock, wall_ms
 from treq.testing import StubTreq
+from twisted.internet.address import HostnameAddress
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 
@@ -404,6 +407,30 @@ async def test_an_upstream_that_is_this_node_is_refused() -> None:
     for method in ("GET", "PUT"):
         answer = await call(api, method, "/k", b"v" if method == "PUT" else None)
         assert answer.status == 503 and answer.json()["error"] == "upstream_is_self"
+
+
+def test_stopping_mid_request_ends_the_follower() -> None:
+    """A cache stopped while a request to its upstream is still connecting stops following at
+    once, though the cancelled attempt fails with a connection error rather than
+    CancelledError: it is not taken for the upstream failing and retried forever."""
+    clock = make_clock()
+    store = fired(Store.open(MemoryBackend(), wall_ms=wall_ms(clock)))
+    network = FakeHTTP()
+
+    def connecting(_client: FakeHTTP) -> Deferred[Any]:
+        def cancel(attempt: Deferred[Any]) -> None:
+            attempt.errback(ConnectingCancelledError(HostnameAddress(b"upstream.test", 8888)))
+
+        return Deferred(cancel)
+
+    network.script(UPSTREAM, connecting)
+    cache = UpstreamCache(store, link=PeerLink(network, clock), upstream=UPSTREAM)
+    cache.startService()
+    assert len(network.sent) == 1
+    stopped = cache.stopService()
+    assert stopped.called
+    clock.advance(120)
+    assert len(network.sent) == 1 and not clock.getDelayedCalls()
 
 
 @pytest_twisted.ensureDeferred

@@ -5,8 +5,10 @@ that node's backend RPC endpoints (:mod:`navistore.web.backend_rpc`), which the 
 when started with ``--serve-backend``. Such a node should be dedicated to serving one client:
 the client's ``reset`` wipes the node's records, and the client's records are the node's.
 
-URL options: ``timeout`` (seconds a call may take, default 30) and ``connections`` (how many
-requests may be in flight at once, default 8), e.g. ``http://10.0.0.5:8888?timeout=5``.
+URL options: ``timeout`` (seconds a call may take, default 30), ``connections`` (how many
+requests may be in flight at once, default 8) and ``token_file`` (a file holding the secret to
+present, a ``peer`` token of the serving node; default ``$NAVISTORE_PEER_TOKEN``), e.g.
+``http://10.0.0.5:8888?timeout=5``.
 
 Durability is the serving node's backend's: a ``memory:`` node loses everything when it stops,
 a ``sqlite:`` node commits each ``apply`` before answering. Errors: a refused record is
@@ -21,7 +23,9 @@ The protocol, shared with the server, is :mod:`navistore.protocol.backend_rpc`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Coroutine, Mapping
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -38,6 +42,10 @@ from navistore.protocol.records import MalformedRecord, record_from_json
 from navistore.record import Record, check_record
 
 __all__ = ["DEFAULT_CONNECTIONS", "DEFAULT_TIMEOUT", "HttpBackend", "open_http"]
+
+#: The environment variable holding the secret presented to the serving node (a ``peer`` token
+#: there), unless the URL names a file with ``token_file=``.
+TOKEN_ENV = "NAVISTORE_PEER_TOKEN"
 
 #: How long one backend call may take, in seconds, unless the URL says ``timeout=``.
 DEFAULT_TIMEOUT = 30.0
@@ -71,6 +79,7 @@ class HttpBackend:
         http_client: HTTPClient,
         reactor: IReactorTime,
         close_client: Callable[[], object] | None = None,
+        token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         connections: int = DEFAULT_CONNECTIONS,
     ) -> None:
@@ -78,6 +87,7 @@ class HttpBackend:
         self._client = http_client
         self._reactor = reactor
         self._close_client = close_client
+        self._headers = {} if token is None else {"Authorization": f"Bearer {token}"}
         self._timeout = timeout
         self._slots = DeferredSemaphore(connections)
         self._pending: set[Deferred[Any]] = set()
@@ -117,7 +127,13 @@ class HttpBackend:
             url += "?" + urlencode(params, quote_via=quote)
         try:
             answer = await exchange(
-                self._client, self._reactor, method, url, timeout=self._timeout, body=body
+                self._client,
+                self._reactor,
+                method,
+                url,
+                timeout=self._timeout,
+                body=body,
+                headers=self._headers,
             )
         except Exception as exc:
             raise StorageFailure(f"{operation}() on {self.base_url} failed: {exc!r}") from exc
@@ -307,7 +323,7 @@ def open_http(url: BackendURL) -> HttpBackend:
 
     It talks through treq over its own persistent connection pool, closed by ``close()``.
     """
-    url.refuse_unknown_options(("timeout", "connections"))
+    url.refuse_unknown_options(("timeout", "connections", "token_file"))
     parts = urlsplit(f"{url.scheme}:{url.location}")
     if not url.location.startswith("//") or not parts.hostname:
         raise BackendURLError(f"{url.text}: expected {url.scheme}://host:port")
@@ -321,6 +337,13 @@ def open_http(url: BackendURL) -> HttpBackend:
     connections = int(_positive_number(url, "connections", DEFAULT_CONNECTIONS))
     if connections < 1:
         raise BackendURLError(f"{url.text}: option connections must be at least 1")
+    token = os.environ.get(TOKEN_ENV) or None
+    token_file = url.options.get("token_file")
+    if token_file:
+        try:
+            token = Path(token_file).read_text(encoding="utf-8").strip() or None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BackendURLError(f"{url.text}: token_file: {exc}") from None
 
     from treq.client import HTTPClient
     from twisted.internet import reactor
@@ -334,6 +357,7 @@ def open_http(url: BackendURL) -> HttpBackend:
         http_client=client,
         reactor=reactor,
         close_client=pool.closeCachedConnections,
+        token=token,
         timeout=timeout,
         connections=connections,
     )

@@ -135,6 +135,10 @@ class UpstreamCache(Service):
             except CancelledError:
                 raise
             except Exception as error:
+                if not self.running:
+                    # Stopped mid-request: the cancelled request fails with its own error (a
+                    # cancelled connection attempt is no CancelledError), not the upstream's.
+                    raise CancelledError() from None
                 if self.state == "self":
                     log.error("the upstream {url} is this node itself", url=self.upstream)
                     return

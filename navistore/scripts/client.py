@@ -10,7 +10,10 @@
     navistore peers [--json]                      the node's peers as a table
     navistore health [--json]
 
-The node is ``--url``, else ``$NAVISTORE_URL``, else ``http://127.0.0.1:8888``. Data goes to
+The node is ``--url``, else ``$NAVISTORE_URL``, else ``http://127.0.0.1:8888``; the token sent
+(``Authorization: Bearer``) is ``--token``, else ``$NAVISTORE_TOKEN`` (prefer the variable: a
+command line shows in ``ps``), and ``--cacert`` names the certificates an ``https`` node's must
+be signed by (default: the system's). Data goes to
 stdout, messages to stderr, and the exit status says what happened:
 
 ====  =========================================================================================
@@ -20,6 +23,8 @@ stdout, messages to stderr, and the exit status says what happened:
 3     refused by the node: the key exists (``put --create``), a failed precondition, a value
       too large, or any other 4xx answer
 4     the node is unreachable, timed out, or failed (5xx, an unhealthy ``health``)
+5     not allowed: no token or an unknown one (401), or the token lacks the permission or the
+      prefix (403; the message names what is missing), or a protected node on another host
 130   interrupted (Ctrl-C)
 ====  =========================================================================================
 
@@ -37,6 +42,7 @@ import argparse
 import http.client
 import json
 import os
+import ssl
 import sys
 import time
 from collections.abc import Sequence
@@ -46,12 +52,13 @@ from urllib.parse import quote, urlencode, urlsplit
 from navistore.keys import InvalidKey, normalize_key, normalize_prefix
 from navistore.protocol.records import decode_value
 
-__all__ = ["DEFAULT_URL", "ENV_URL", "Failed", "build_parser", "exit_status", "main"]
+__all__ = ["DEFAULT_URL", "ENV_TOKEN", "ENV_URL", "Failed", "build_parser", "exit_status", "main"]
 
 DEFAULT_URL = "http://127.0.0.1:8888"
 ENV_URL = "NAVISTORE_URL"
+ENV_TOKEN = "NAVISTORE_TOKEN"
 
-OK, NOT_FOUND, USAGE, REFUSED, UNAVAILABLE, INTERRUPTED = 0, 1, 2, 3, 4, 130
+OK, NOT_FOUND, USAGE, REFUSED, UNAVAILABLE, NOT_ALLOWED, INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
 
 #: Keys the node routes to its classic endpoints (``GET /reset`` wipes it): ``get`` reads them
 #: through ``/_keys``; writing them over HTTP is refused by the node (405, exit status 3).
@@ -82,6 +89,10 @@ def exit_status(http_status: int, error: str | None = None) -> int:
         return OK
     if http_status == 404 and error in (None, "not_found"):
         return NOT_FOUND
+    if http_status == 401 or (
+        http_status == 403 and error in ("forbidden", "protected_mode", "cross_origin")
+    ):
+        return NOT_ALLOWED
     return REFUSED if http_status < 500 else UNAVAILABLE
 
 
@@ -121,7 +132,9 @@ class Answer:
 class Node:
     """One node, reached with :mod:`http.client`; every request on a connection of its own."""
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(
+        self, url: str, timeout: float, token: str | None = None, cacert: str | None = None
+    ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise Failed(USAGE, f"--url {url!r} is not an http:// or https:// URL")
@@ -134,6 +147,13 @@ class Node:
         self.secure = parts.scheme == "https"
         self.base_path = parts.path.rstrip("/")
         self.timeout = timeout
+        self.token = token
+        self.context: ssl.SSLContext | None = None
+        if self.secure:
+            try:
+                self.context = ssl.create_default_context(cafile=cacert)
+            except (OSError, ssl.SSLError) as exc:
+                raise Failed(USAGE, f"--cacert {cacert}: {exc}") from None
 
     def request(
         self,
@@ -144,10 +164,20 @@ class Node:
         timeout: float | None = None,
     ) -> Answer:
         """Send one request; raise :class:`Failed` (unavailable) if no answer comes."""
-        kind = http.client.HTTPSConnection if self.secure else http.client.HTTPConnection
-        connection = kind(self.host, self.port, timeout=timeout or self.timeout)
+        connection: http.client.HTTPConnection
+        if self.secure:
+            connection = http.client.HTTPSConnection(
+                self.host, self.port, timeout=timeout or self.timeout, context=self.context
+            )
+        else:
+            connection = http.client.HTTPConnection(
+                self.host, self.port, timeout=timeout or self.timeout
+            )
+        sent = dict(headers or {})
+        if self.token:
+            sent["Authorization"] = f"Bearer {self.token}"
         try:
-            connection.request(method, self.base_path + target, body=body, headers=headers or {})
+            connection.request(method, self.base_path + target, body=body, headers=sent)
             response = connection.getresponse()
             content_type = response.getheader("Content-Type") or ""
             return Answer(response.status, content_type, response.read())
@@ -370,6 +400,7 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
         epilog=(
             "exit status: 0 done, 1 not found, 2 usage error, 3 refused by the node "
             "(conflict, precondition, other 4xx), 4 node unreachable or failed (5xx), "
+            "5 not allowed (401, 403: no token, or the token lacks a permission), "
             "130 interrupted"
         ),
     )
@@ -380,6 +411,14 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
     )
     parser.add_argument(
         "--timeout", type=float, default=30.0, help="seconds a request may take (default 30)"
+    )
+    parser.add_argument(
+        "--token",
+        default=env.get(ENV_TOKEN) or None,
+        help=f"the token to send (default: ${ENV_TOKEN}; a command line shows in ps)",
+    )
+    parser.add_argument(
+        "--cacert", metavar="FILE", help="certificates (PEM) an https node's must be signed by"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     get = commands.add_parser("get", help="print a value")
@@ -410,7 +449,7 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
 
 def run(args: argparse.Namespace, io: Streams) -> None:
     """Run the parsed command (raises :class:`Failed` when it does not succeed)."""
-    COMMANDS[args.command](Node(args.url, args.timeout), args, io)
+    COMMANDS[args.command](Node(args.url, args.timeout, args.token, args.cacert), args, io)
     io.out.flush()
 
 

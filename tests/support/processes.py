@@ -12,6 +12,7 @@ import http.client
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -48,7 +49,7 @@ __all__ = [
 REPOSITORY = Path(__file__).resolve().parent.parent.parent
 NHTTPSERVER = REPOSITORY / "bin" / "nhttpserver"
 LOOPBACK = "tcp:0:interface=127.0.0.1"
-LISTENING = re.compile(rb"Navistore listening on tcp:127\.0\.0\.1:(\d+)")
+LISTENING = re.compile(rb"Navistore listening on tcp:[0-9.]+:(\d+)")
 
 #: How long a server may take to start or stop (PyPy and loaded CI machines are slow).
 DEADLINE = 60.0
@@ -132,11 +133,22 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = DEADLINE) ->
 class Server:
     """A server process started by a test, where it logs, and where it listens."""
 
-    def __init__(self, process: subprocess.Popen[bytes], log: Path, log_start: int) -> None:
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes],
+        log: Path,
+        log_start: int,
+        tls: ssl.SSLContext | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.process = process
         self.log = log
         self.log_start = log_start  # earlier runs in the same directory logged before this
         self.port = 0
+        #: How to reach an https server (None: plain http), and headers every request carries
+        #: (a token).
+        self.tls = tls
+        self.headers = dict(headers or {})
 
     def output(self) -> str:
         """What this server has logged so far."""
@@ -156,32 +168,49 @@ class Server:
             return found is not None
 
         wait_until(listening, "the server to listen")
-        wait_until(lambda: healthy(self.port), "/_health to answer 200")
+        wait_until(lambda: healthy(self.port, self.tls), "/_health to answer 200")
 
     def request(
-        self, method: str, path: str, body: bytes | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, bytes, http.client.HTTPResponse]:
         """One HTTP request on a new connection: status, body and the response."""
-        return request(self.port, method, path, body)
+        sent = {**self.headers, **(headers or {})}
+        return request(self.port, method, path, body, headers=sent, tls=self.tls)
 
 
 def request(
-    port: int, method: str, path: str, body: bytes | None = None
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> tuple[int, bytes, http.client.HTTPResponse]:
-    """One HTTP request to 127.0.0.1:``port`` on a new connection."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT)
+    """One HTTP (or, with ``tls``, HTTPS) request to 127.0.0.1:``port`` on a new connection."""
+    connection: http.client.HTTPConnection
+    if tls is None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT)
+    else:
+        connection = http.client.HTTPSConnection(
+            "127.0.0.1", port, timeout=REQUEST_TIMEOUT, context=tls
+        )
     try:
-        connection.request(method, path, body=body)
+        connection.request(method, path, body=body, headers=headers or {})
         response = connection.getresponse()
         return response.status, response.read(), response
     finally:
         connection.close()
 
 
-def healthy(port: int) -> bool:
+def healthy(port: int, tls: ssl.SSLContext | None = None) -> bool:
     """Tell whether ``/_health`` answers 200 (False while the server is not ready)."""
     try:
-        status, _body, _response = request(port, "GET", "/_health")
+        status, _body, _response = request(port, "GET", "/_health", tls=tls)
     except (OSError, http.client.HTTPException):
         return False
     return status == 200
@@ -189,9 +218,18 @@ def healthy(port: int) -> bool:
 
 @contextmanager
 def running(
-    command: Sequence[str], cwd: Path, env: dict[str, str] | None = None
+    command: Sequence[str],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    *,
+    tls: ssl.SSLContext | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Iterator[Server]:
-    """Start ``command`` in ``cwd`` with its output in ``cwd/server.out``; stop it at the end."""
+    """Start ``command`` in ``cwd`` with its output in ``cwd/server.out``; stop it at the end.
+
+    :param tls: reach the server over https with this context.
+    :param headers: headers every request of the test carries (a token).
+    """
     log = cwd / "server.out"
     with log.open("ab") as out:
         log_start = out.tell()
@@ -203,7 +241,7 @@ def running(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    server = Server(process, log, log_start)
+    server = Server(process, log, log_start, tls, headers)
     try:
         yield server
     finally:
