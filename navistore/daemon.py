@@ -313,7 +313,7 @@ class NavistoreService(MultiService):
                     seconds=self.config.drain_timeout,
                 )
         try:
-            closing = self._connections.close_all()
+            closing = self._connections.close_all(self._reactor)
             await closing.addTimeout(self.config.drain_timeout, self._reactor)
         except TimeoutError:
             self._connections.abort_all()

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IAddress, IProtocolNegotiationFactory
+from twisted.internet.interfaces import IAddress, IProtocolNegotiationFactory, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.web.server import Request, Site
@@ -158,21 +158,58 @@ class Connections(WrappingFactory):
         if not self.protocols:
             self._empty.fire()
 
-    def close_all(self) -> Deferred[None]:
-        """Close every connection once what was written to it is sent; fire when all are gone."""
+    def close_all(self, clock: IReactorTime) -> Deferred[None]:
+        """Close every connection once what was written to it is sent; fire when all are gone.
+
+        A TLS connection closes only once the other side answers its close_notify, which an
+        idle client (a peer's pooled connection) may never read: a connection with nothing
+        left to send is cut after :data:`LINGER` seconds instead of holding shutdown up.
+        """
         if not self.protocols:
             return succeed(None)
         gone = self._empty.wait()
         for wrapper in list(self.protocols):
             wrapper.loseConnection()
+
+        def cut_the_idle() -> None:
+            if not self.protocols:
+                return
+            for wrapper in list(self.protocols):
+                if _unsent(wrapper.transport) == 0:
+                    _abort(wrapper)
+            if self.protocols:
+                clock.callLater(LINGER, cut_the_idle)
+
+        clock.callLater(LINGER, cut_the_idle)
         return gone
 
     def abort_all(self) -> None:
         """Cut every connection still open, without waiting for anything."""
         for wrapper in list(self.protocols):
-            transport = wrapper.transport
-            abort = getattr(transport, "abortConnection", None)
-            if abort is not None:
-                abort()
-            elif transport is not None:
-                transport.loseConnection()
+            _abort(wrapper)
+
+
+#: Seconds a closing connection with nothing left to send may wait for the other side.
+LINGER = 0.5
+
+
+def _abort(wrapper: ProtocolWrapper) -> None:
+    transport = wrapper.transport
+    abort = getattr(transport, "abortConnection", None)
+    if abort is not None:
+        abort()
+    elif transport is not None:
+        transport.loseConnection()
+
+
+def _unsent(transport: object) -> int:
+    """Bytes written to a connection (through TLS, if it is one) that are not sent yet."""
+    waiting = 0
+    depth = 0
+    while transport is not None and depth < 4:
+        waiting += len(getattr(transport, "dataBuffer", b"") or b"")
+        waiting += sum(len(chunk) for chunk in getattr(transport, "_tempDataBuffer", ()) or ())
+        waiting += sum(len(chunk) for chunk in getattr(transport, "_appSendBuffer", ()) or ())
+        transport = getattr(transport, "transport", None)
+        depth += 1
+    return waiting
