@@ -35,6 +35,7 @@ setup(
             "pytest-twisted>=1.14.1",
             "hypothesis>=6.80",
             "trustme>=1.0",
+            "pytest-xdist>=3.0",
             "ruff>=0.5",
             "mypy>=1.8",
             "mypy-zope>=1.0.3",

@@ -7,7 +7,9 @@ examples. Pick one with ``HYPOTHESIS_PROFILE=dev``. What tests share besides fix
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +24,9 @@ from hypothesis import HealthCheck, settings
 
 from navistore.backend.memory import MemoryBackend
 from navistore.store import Store
+
+#: ``pytester`` runs pytest sessions of their own (tests/test_writing_a_backend.py).
+pytest_plugins = ["pytester"]
 
 settings.register_profile(
     "ci",
@@ -44,13 +49,28 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 PIP_INSTALL_OPTIONS = ["--only-binary", "cryptography"] if sys.implementation.name == "pypy" else []
 
 
+def _pip_runs_other_pythons() -> bool:
+    """Tell whether this Python's pip can install into another environment (``--python``, pip
+    22.3 and later), so that a new venv need not get a pip of its own."""
+    try:
+        version = importlib.metadata.version("pip")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    major, minor = (int(part) for part in re.findall(r"\d+", version)[:2])
+    return (major, minor) >= (22, 3)
+
+
 @pytest.fixture(scope="session")
 def installed_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A new venv holding Navistore from ``pip install .`` (not editable), plus pytest.
+    """A new venv holding Navistore from ``pip install '.[testing]'`` (not editable): the
+    package, its dependencies and pytest with pytest-twisted, as a backend author installs it.
 
     Tests that must prove what an installed copy does (plugin discovery, the public testing API)
     run commands from its ``bin/`` with a working directory outside the repository, so that the
-    source tree cannot stand in for the installed package. Built once per test session.
+    source tree cannot stand in for the installed package. The venv does not see this one's
+    site-packages (where Navistore is installed editable), nor the system's. Built once per test
+    session: this Python's pip installs into it (no pip of its own to set up), without compiling
+    every module of every dependency (modules compile when first imported, as usual).
     """
     root = tmp_path_factory.mktemp("installed")
     source = root / "source"
@@ -72,10 +92,15 @@ def installed_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ),
     )
     env_dir = root / "venv"
-    venv.EnvBuilder(with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
-    pip_install = [str(python), "-m", "pip", "install", "-q", *PIP_INSTALL_OPTIONS]
-    subprocess.run([*pip_install, str(source), "pytest", "pytest-twisted"], check=True, timeout=600)
+    if _pip_runs_other_pythons():
+        venv.EnvBuilder(with_pip=False).create(env_dir)
+        pip = [sys.executable, "-m", "pip", "--python", str(python)]
+    else:
+        venv.EnvBuilder(with_pip=True).create(env_dir)
+        pip = [str(python), "-m", "pip"]
+    install = [*pip, "install", "-q", "--no-compile", *PIP_INSTALL_OPTIONS]
+    subprocess.run([*install, f"{source}[testing]"], check=True, timeout=600)
     shutil.rmtree(source)
     return env_dir / "bin"
 

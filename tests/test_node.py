@@ -9,13 +9,16 @@ from __future__ import annotations
 import json
 import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import pytest_twisted
 import treq
-from support.processes import LOOPBACK
+from support.processes import LOOPBACK, REQUEST_TIMEOUT
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import CannotListenError, ConnectionRefusedError
+from twisted.internet.protocol import Factory, Protocol
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseNeverReceived
 
 from navistore.backend import BackendURLError
@@ -55,12 +58,20 @@ def url_of(service: NavistoreService, path: str) -> str:
 
 
 async def refused(url: str) -> bool:
-    """Tell whether a new connection to ``url`` is refused."""
+    """Tell whether a new TCP connection to ``url``'s port on 127.0.0.1 is refused: a real
+    connection attempt, made straight to the address (no name resolution, no retry), which the
+    kernel refuses at once when nothing listens there. A connection that is accepted is closed.
+    """
+    from twisted.internet import reactor
+
+    port = urlsplit(url).port
+    assert port is not None
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=REQUEST_TIMEOUT)
     try:
-        response = await http_client().get(url)
-        await response.content()
+        connected = await endpoint.connect(Factory.forProtocol(Protocol))
     except ConnectionRefusedError:
         return True
+    connected.transport.loseConnection()
     return False
 
 
