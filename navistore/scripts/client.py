@@ -50,7 +50,6 @@ from typing import Any, BinaryIO, Callable, NoReturn, TextIO
 from urllib.parse import quote, urlencode, urlsplit
 
 from navistore.keys import InvalidKey, normalize_key, normalize_prefix
-from navistore.protocol.records import decode_value
 
 __all__ = ["DEFAULT_URL", "ENV_TOKEN", "ENV_URL", "Failed", "build_parser", "exit_status", "main"]
 
@@ -60,9 +59,6 @@ ENV_TOKEN = "NAVISTORE_TOKEN"
 
 OK, NOT_FOUND, USAGE, REFUSED, UNAVAILABLE, NOT_ALLOWED, INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
 
-#: Keys the node routes to its classic endpoints (``GET /reset`` wipes it): ``get`` reads them
-#: through ``/_keys``; writing them over HTTP is refused by the node (405, exit status 3).
-_ENDPOINT_KEYS = frozenset({"/reset", "/listkeys"})
 #: An empty long-poll answer faster than this means the node does not hold polls: wait.
 _MIN_POLL_SECONDS = 0.5
 _MAX_BACKOFF_SECONDS = 10.0
@@ -209,15 +205,6 @@ def _query(**params: object) -> str:
 def cmd_get(node: Node, args: argparse.Namespace, io: Streams) -> None:
     """Write the value to stdout exactly as stored."""
     key = _key(args.key)
-    if key in _ENDPOINT_KEYS:
-        target = "/_keys?" + _query(prefix=key, values="true", limit=1)
-        listed = node.request("GET", target).expect(f"get {key}").json()["keys"]
-        entries = [entry for entry in listed if entry["key"] == key]
-        if not entries:
-            raise Failed(NOT_FOUND, f"get {key}: no such key")
-        entry = entries[0]
-        io.out.write(decode_value(entry["value"], entry.get("encoding")))
-        return
     io.out.write(node.request("GET", _path(key)).expect(f"get {key}").body)
 
 
