@@ -425,6 +425,51 @@ def test_a_tls_mesh_with_peer_tokens_converges(tmp_path: Path, authority: trustm
         assert nodes[0].request("GET", "/app/rogue")[0] == 404
 
 
+def test_mutual_tls_lets_in_only_peers_with_a_certificate(
+    tmp_path: Path, authority: trustme.CA
+) -> None:
+    """A node listening on ``mtls:`` completes the handshake only with clients presenting a
+    certificate of its CA: a peer given ``--peer-cert``/``--peer-key`` replicates to it, a
+    client without one is refused during the handshake."""
+    cert, key, ca = tls_files(tmp_path / "b", authority)
+    client_cert = tmp_path / "a" / "client.pem"
+    client_cert.parent.mkdir()
+    authority.issue_cert("node-a.peers").private_key_and_cert_chain_pem.write_to_path(
+        str(client_cert)
+    )
+    with_cert = client_context(ca)
+    with_cert.load_cert_chain(str(client_cert))
+    port = f"mtls:0:interface=127.0.0.1:privateKey={key}:certKey={cert}:caCerts={ca}"
+    with running(node_command("memory:", port=port), tmp_path / "b", tls=with_cert) as b:
+        b.wait_listening()
+        peer = f"https://127.0.0.1:{b.port}"
+        command = node_command(
+            "memory:",
+            "--peer",
+            peer,
+            "--peer-ca",
+            str(ca),
+            "--peer-cert",
+            str(client_cert),
+            "--peer-key",
+            str(client_cert),
+        )
+        with running(command, tmp_path / "a") as a:
+            a.wait_listening()
+            assert a.request("PUT", "/k", b"over mutual tls")[0] == 201
+            wait_until(lambda: b.request("GET", "/k")[0] == 200, "the write to reach B")
+            assert b.request("GET", "/k")[1] == b"over mutual tls"
+        without = client_context(ca)
+        with (
+            pytest.raises((ssl.SSLError, ConnectionResetError, OSError)),
+            socket.create_connection(("127.0.0.1", b.port), timeout=10) as raw,
+            without.wrap_socket(raw, server_hostname="127.0.0.1") as wrapped,
+        ):
+            wrapped.sendall(b"GET /k HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            if not wrapped.recv(1024):
+                raise ConnectionResetError("closed without an answer")
+
+
 # -- protected mode from another address ------------------------------------------------------
 
 

@@ -39,6 +39,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "navistore.node",
         "navistore.daemon",
         "navistore.listening",
+        "navistore.tls_endpoint",
         "navistore.tap",
         "navistore.scripts",
     ),

@@ -8,7 +8,12 @@ plugin package instead of replacing it.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.application.service import ServiceMaker
+from twisted.internet.interfaces import IStreamServerEndpointStringParser
+from twisted.plugin import IPlugin
+from zope.interface import implementer
 
 navistore = ServiceMaker(
     "navistore",
@@ -16,3 +21,18 @@ navistore = ServiceMaker(
     "A replicated HTTP key/value store (listens on --port, stores in --backend).",
     "navistore",
 )
+
+
+@implementer(IPlugin, IStreamServerEndpointStringParser)
+class _MutualTLSParser:
+    """``mtls:`` endpoint strings (see :mod:`navistore.tls_endpoint`), imported on first use."""
+
+    prefix = "mtls"
+
+    def parseStreamServer(self, reactor: Any, *args: Any, **kwargs: Any) -> Any:
+        from navistore.tls_endpoint import mutual_tls_endpoint
+
+        return mutual_tls_endpoint(reactor, *args, **kwargs)
+
+
+mtls = _MutualTLSParser()
