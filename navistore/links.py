@@ -21,7 +21,7 @@ import json
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from random import Random
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import attrs
 from twisted.internet.defer import Deferred, TimeoutError
@@ -51,6 +51,7 @@ __all__ = [
     "exchange",
     "iso_time",
     "read_body",
+    "treq_client",
 ]
 
 log = Logger()
@@ -321,6 +322,30 @@ class PeerLink:
     def now(self) -> float:
         """The link's clock, in seconds."""
         return float(self.clock.seconds())
+
+
+def treq_client(
+    reactor: Any,
+    *,
+    connect_timeout: float,
+    per_host: int = 2,
+    tls_policy: Any = None,
+) -> tuple[HTTPClient, Callable[[], Deferred[None]]]:
+    """treq over a persistent connection pool of its own, and what closes the pool.
+
+    :param per_host: how many idle connections to one host the pool keeps.
+    :param tls_policy: checks ``https`` servers (an ``IPolicyForHTTPS``; default: treq's).
+    """
+    from treq.client import HTTPClient as TreqClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = per_host
+    options: dict[str, Any] = {"connectTimeout": connect_timeout, "pool": pool}
+    if tls_policy is not None:
+        options["contextFactory"] = tls_policy
+    client: HTTPClient = TreqClient(Agent(reactor, **options))
+    return client, pool.closeCachedConnections
 
 
 class Failures:

@@ -25,7 +25,7 @@ from navistore.cache_node.cache import UpstreamCache
 from navistore.clock import DEFAULT_MAX_DRIFT_MS
 from navistore.hooks import MissResolver, WriteForwarder
 from navistore.keys import DEFAULT_MAX_KEY_BYTES
-from navistore.links import HTTPClient, PeerLink
+from navistore.links import HTTPClient, PeerLink, treq_client
 from navistore.replication.fallback import ReadFallback
 from navistore.replication.gc import (
     DEFAULT_INTERVAL,
@@ -313,11 +313,7 @@ class PeerTLS:
 def default_http_client(reactor: Any, config: NodeConfig | None = None) -> HTTPClient:
     """treq over a persistent connection pool, with a connect timeout, for talking to peers;
     ``https`` peers are checked as ``config`` says (:class:`PeerTLS`)."""
-    from treq.client import HTTPClient as TreqClient
-    from twisted.web.client import Agent, HTTPConnectionPool
-
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    policy = PeerTLS(config or NodeConfig())
-    agent = Agent(reactor, contextFactory=policy, connectTimeout=5, pool=pool)
-    client: HTTPClient = TreqClient(agent)
+    client, _close = treq_client(
+        reactor, connect_timeout=5, tls_policy=PeerTLS(config or NodeConfig())
+    )
     return client

@@ -36,7 +36,7 @@ from zope.interface import implementer
 from navistore.backend import BackendURL, BackendURLError
 from navistore.errors import BackendClosed, InvalidRecord, StorageFailure
 from navistore.interfaces import ANY, Expectation, IStorageBackend
-from navistore.links import BadAnswer, HTTPClient, exchange
+from navistore.links import BadAnswer, HTTPClient, exchange, treq_client
 from navistore.protocol.backend_rpc import RPC_PATHS, apply_params
 from navistore.protocol.records import MalformedRecord, record_from_json
 from navistore.record import Record, check_record
@@ -345,18 +345,14 @@ def open_http(url: BackendURL) -> HttpBackend:
         except (OSError, UnicodeDecodeError) as exc:
             raise BackendURLError(f"{url.text}: token_file: {exc}") from None
 
-    from treq.client import HTTPClient
     from twisted.internet import reactor
-    from twisted.web.client import Agent, HTTPConnectionPool
 
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = connections
-    client = HTTPClient(Agent(reactor, connectTimeout=min(timeout, 10.0), pool=pool))
+    client, close = treq_client(reactor, connect_timeout=min(timeout, 10.0), per_host=connections)
     return HttpBackend(
         f"{url.scheme}://{parts.netloc}{parts.path}",
         http_client=client,
         reactor=reactor,
-        close_client=pool.closeCachedConnections,
+        close_client=close,
         token=token,
         timeout=timeout,
         connections=connections,

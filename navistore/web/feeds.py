@@ -150,29 +150,30 @@ async def changes_answer(
     if feed != "normal" and request.method == b"HEAD":
         raise MethodNotAllowed("HEAD", ["GET"])
     # A caller restricted to some prefixes sees only the changes inside them.
-    seen = caller_of(request).visible(prefix)
+    asked = _Asked(since, limit, prefix, caller_of(request).visible(prefix))
     if feed == "eventsource":
-        return await _event_stream(request, store, hub, since=since, prefix=prefix, seen=seen)
+        return await _event_stream(request, store, hub, asked)
     if feed == "longpoll":
-        return await _long_poll(
-            request, store, hub, since=since, limit=limit, prefix=prefix, seen=seen
-        )
+        return await _long_poll(request, store, hub, asked)
     page, horizon = await read_changes(
-        store, since, limit=limit, prefix=seen, started_at=horizon_arg(request)
+        store, since, limit=limit, prefix=asked.seen, started_at=horizon_arg(request)
     )
     return Response(200, changes_body(page, horizon), dict(JSON_HEADERS))
 
 
-async def _long_poll(
-    request: Request,
-    store: Store,
-    hub: WatchHub,
-    *,
-    since: int,
-    limit: int,
-    prefix: str,
-    seen: Prefixes,
-) -> Response:
+@attrs.frozen
+class _Asked:
+    """What a feed request asks for: changes after ``since`` under ``prefix``, ``limit`` at a
+    time, of which the caller may see those under ``seen``."""
+
+    since: int
+    limit: int
+    prefix: str
+    seen: Prefixes
+
+
+async def _long_poll(request: Request, store: Store, hub: WatchHub, asked: _Asked) -> Response:
+    since, limit, prefix, seen = asked.since, asked.limit, asked.prefix, asked.seen
     timeout = timeout_arg(request)
     await check_horizon(store, since)
     watcher = hub.watch(prefix, since=since)  # before reading: a change in between is kept
@@ -197,9 +198,8 @@ async def _long_poll(
         watcher.release()
 
 
-async def _event_stream(
-    request: Request, store: Store, hub: WatchHub, *, since: int, prefix: str, seen: Prefixes
-) -> Response:
+async def _event_stream(request: Request, store: Store, hub: WatchHub, asked: _Asked) -> Response:
+    since, prefix, seen = asked.since, asked.prefix, asked.seen
     resume = request.getHeader(b"Last-Event-ID")
     if resume is not None and resume.strip():
         since = _seq_value("header Last-Event-ID", resume.decode("latin-1").strip())
