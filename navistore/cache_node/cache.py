@@ -27,15 +27,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
+from navistore import hooks
 from navistore.cache_node.upstream import HOP_BY_HOP, Change, Upstream, parse_etag
 from navistore.clock import ClockDriftError, Stamp
-from navistore.hooks import (
-    ForwardedAnswer,
-    ForwardedWrite,
-    UpstreamIsSelf,
-    UpstreamRefused,
-    UpstreamUnavailable,
-)
+from navistore.hooks import ForwardedAnswer, ForwardedWrite
 from navistore.links import BadAnswer, Failures, PeerLink, Refused, describe, iso_time
 from navistore.peer_urls import normalize_peer_url
 from navistore.record import DEFAULT_CONTENT_TYPE, Record
@@ -215,10 +210,10 @@ class UpstreamCache(Service):
 
     def _check_not_self(self) -> None:
         if self.state == "self":
-            raise UpstreamIsSelf(self.upstream)
+            raise hooks.UpstreamIsSelf(self.upstream)
 
-    def _unavailable(self, error: BaseException) -> UpstreamUnavailable:
-        return UpstreamUnavailable(self.upstream, describe(error, self._timeout))
+    def _unavailable(self, error: BaseException) -> hooks.UpstreamUnavailable:
+        return hooks.UpstreamUnavailable(self.upstream, describe(error, self._timeout))
 
     async def _fill(self, key: str) -> Record | None:
         self._check_not_self()
@@ -228,7 +223,7 @@ class UpstreamCache(Service):
                 record = await self._fetch(key)
             except Refused as error:
                 if 400 <= error.status < 500:
-                    raise UpstreamRefused(error.status, error.code, str(error)) from None
+                    raise hooks.UpstreamRefused(error.status, error.code, str(error)) from None
                 raise self._unavailable(error) from None
             except Exception as error:
                 raise self._unavailable(error) from None
