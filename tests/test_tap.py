@@ -1,6 +1,6 @@
 """``twistd navistore``: its options (navistore.tap), the node they describe, and the plugin.
 
-How a node runs is :mod:`test_node`'s; how ``nhttpserver`` turns into these options is
+How a node runs is :mod:`test_daemon`'s; how ``nhttpserver`` turns into these options is
 :mod:`test_nhttpserver`'s.
 """
 
