@@ -104,6 +104,13 @@ class Caller:
     name: str
     allow: frozenset[str]
     prefixes: tuple[str, ...] = EVERY_KEY
+    #: May do anything anywhere (a node without tokens, an all-powerful token): the request path
+    #: skips the checks for it.
+    unrestricted: bool = attrs.field(init=False, repr=False)
+
+    @unrestricted.default
+    def _unrestricted(self) -> bool:
+        return self.allow >= ALL_PERMISSIONS and "/" in self.prefixes
 
     def may(self, permission: str) -> bool:
         """Whether the caller holds ``permission``."""
@@ -111,7 +118,7 @@ class Caller:
 
     def covers(self, key: str) -> bool:
         """Whether ``key`` (or a canonical prefix) lies inside the caller's prefixes."""
-        return _covers(self.prefixes, key)
+        return self.prefixes is EVERY_KEY or _covers(self.prefixes, key)
 
     @property
     def everywhere(self) -> bool:

@@ -87,6 +87,9 @@ _CORS_EXPOSED = (
 )
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost", "ip6-loopback"})
 _ATTRIBUTE = "_navistore_caller"
+#: Who asks a node without tokens: anyone (``--open``), or a caller on this machine.
+_OPEN = Caller("open", ALL_PERMISSIONS)
+_PROTECTED = Caller("protected", ALL_PERMISSIONS)
 
 
 @attrs.frozen
@@ -129,7 +132,7 @@ def caller_of(request: Request) -> Caller:
     """The caller :meth:`AccessPolicy.check` admitted ``request`` as (open when nothing checked
     it: a handler called directly, in tests)."""
     caller: Caller | None = getattr(request, _ATTRIBUTE, None)
-    return caller if caller is not None else Caller("open", ALL_PERMISSIONS)
+    return caller if caller is not None else _OPEN
 
 
 def _is_loopback_address(address: object) -> bool:
@@ -231,7 +234,7 @@ class AccessPolicy:
         origins = (_origin_of(origin) for origin in cors_origins)
         self.cors_origins = frozenset(origin for origin in origins if origin is not None)
         self.audit = audit
-        self._known_loopback: dict[str, bool] = {}
+        self._known_loopback: dict[tuple[object, bytes | None], bool] = {}
 
     @classmethod
     def open(cls) -> AccessPolicy:
@@ -257,7 +260,7 @@ class AccessPolicy:
                 raise self._unauthorized("the token is not one this node knows")
             return token.caller()
         if self.open_mode:
-            return Caller("open", ALL_PERMISSIONS)
+            return _OPEN
         if not self._from_loopback(request):
             raise ApiError(
                 403,
@@ -266,19 +269,24 @@ class AccessPolicy:
                 "give it a tokens file (--tokens FILE) to serve the network, or --open to "
                 "serve everyone without tokens",
             )
-        return Caller("protected", ALL_PERMISSIONS)
+        return _PROTECTED
 
     def _from_loopback(self, request: Request) -> bool:
-        if not _is_loopback_address(request.getClientAddress()):
-            return False
-        host = _host_name(request.getHeader(b"Host"))
-        if host is None:
-            return True  # HTTP/1.0 without Host: no browser sends that
-        known = self._known_loopback.get(host)
+        address = request.getClientAddress()
+        raw_host = request.getHeader(b"Host")
+        # Decided once per (client host, Host header): parsing both costs more than a GET.
+        seen = (getattr(address, "host", None) or type(address).__name__, raw_host)
+        known = self._known_loopback.get(seen)
         if known is None:
-            known = _is_loopback_name(host) or host in self.allowed_hosts
-            if len(self._known_loopback) < 1024:
-                self._known_loopback[host] = known
+            host = _host_name(raw_host)
+            known = _is_loopback_address(address) and (
+                host is None  # HTTP/1.0 without Host: no browser sends that
+                or _is_loopback_name(host)
+                or host in self.allowed_hosts
+            )
+            if len(self._known_loopback) >= 4096:
+                self._known_loopback.clear()
+            self._known_loopback[seen] = known
         return known
 
     @staticmethod
@@ -293,6 +301,11 @@ class AccessPolicy:
 
     # -- whether they may ---------------------------------------------------------------------
 
+    @staticmethod
+    def remember(request: Request, caller: Caller) -> None:
+        """Keep ``caller`` with ``request`` for its handlers (:func:`caller_of`)."""
+        setattr(request, _ATTRIBUTE, caller)
+
     def check(self, request: Request, caller: Caller, need: Need) -> None:
         """Check that ``caller`` may make ``request``, which needs ``need``; remember the caller
         for the handlers (:func:`caller_of`) and audit the request if it changes the node.
@@ -301,7 +314,7 @@ class AccessPolicy:
             for a permission or a key another caller lacks, 403 ``cross_origin``.
         """
         if need.changes:
-            self._refuse_cross_origin(request)
+            self.refuse_cross_origin(request)
             if self.audit is not None:  # refused or not, with the status it gets
                 self.audit.record(request, caller, need.key or request.path.decode("latin-1"))
         setattr(request, _ATTRIBUTE, caller)
@@ -346,6 +359,8 @@ class AccessPolicy:
 
     def allow_origin(self, request: Request) -> None:
         """Give an allowed web origin the CORS headers that let its page read the answer."""
+        if not self.cors_origins:
+            return
         origin = self._allowed_origin(request)
         if origin is not None and origin in self.cors_origins:
             headers = request.responseHeaders
@@ -353,7 +368,7 @@ class AccessPolicy:
             headers.addRawHeader(b"Vary", b"Origin")
             headers.setRawHeaders(b"Access-Control-Expose-Headers", [_CORS_EXPOSED])
 
-    def _refuse_cross_origin(self, request: Request) -> None:
+    def refuse_cross_origin(self, request: Request) -> None:
         """Refuse a change sent by a web page of an origin that is not allowed."""
         if request.getHeader(b"Origin") is not None:
             if self._allowed_origin(request) is None:
