@@ -56,7 +56,17 @@ def _decode(raw: str | bytes) -> str:
     return raw
 
 
-def _check_segments(original: object, text: str, segments: list[str]) -> None:
+#: Unicode categories no key may hold: controls and surrogates, which no text should carry.
+_NEVER = ("Cc", "Cs")
+#: Format characters (bidi controls, zero-width characters, the BOM): invisible, so that
+#: ``/app/\u200bdb`` would sit unseen beside ``/app/db``. Clients may not write them; records
+#: stored before they were refused stay readable and deletable.
+_FORMAT = "Cf"
+
+
+def _check_segments(
+    original: object, text: str, segments: list[str], *, allow_format: bool = False
+) -> None:
     for position, segment in enumerate(segments, start=1):
         if segment == "":
             raise InvalidKey(original, f"segment {position} is empty (no '//' and no trailing '/')")
@@ -65,7 +75,14 @@ def _check_segments(original: object, text: str, segments: list[str]) -> None:
     if text.isprintable():  # in C, and True only without control (Cc) or surrogate (Cs) chars
         return
     for index, char in enumerate(text):
-        if unicodedata.category(char) in ("Cc", "Cs"):
+        category = unicodedata.category(char)
+        if category == _FORMAT and not allow_format:
+            raise InvalidKey(
+                original,
+                f"invisible format character U+{ord(char):04X} at position {index} "
+                "(a bidi control, zero-width character or byte order mark)",
+            )
+        if category in _NEVER:
             raise InvalidKey(
                 original, f"control or surrogate character U+{ord(char):04X} at position {index}"
             )
@@ -102,17 +119,19 @@ def normalize_key(
     *,
     max_bytes: int | None = DEFAULT_MAX_KEY_BYTES,
     allow_reserved: bool = False,
+    allow_format: bool = False,
 ) -> str:
     """Return the canonical form (leading ``/``) of a key, or raise :class:`InvalidKey`.
 
     :param max_bytes: the length limit in UTF-8 bytes of the canonical form; ``None`` for none.
     :param allow_reserved: accept keys in the reserved ``_`` namespace (the server's own use).
+    :param allow_format: accept invisible format characters (storage does, for old records).
     """
     text = _decode(raw)
     body = text[1:] if text.startswith("/") else text
     if body == "":
         raise InvalidKey(raw, "empty")
-    _check_segments(raw, text, body.split("/"))
+    _check_segments(raw, text, body.split("/"), allow_format=allow_format)
     canonical = "/" + body
     _check_length(raw, canonical, max_bytes)
     if not allow_reserved and is_reserved(canonical):

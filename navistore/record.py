@@ -82,7 +82,7 @@ def check_content_type(content_type: object) -> None:
 @functools.lru_cache(maxsize=65536)
 def _canonical(key: str) -> str:
     # Every apply checks its key; a node writes the same keys over and over.
-    return normalize_key(key, max_bytes=None, allow_reserved=True)
+    return normalize_key(key, max_bytes=None, allow_reserved=True, allow_format=True)
 
 
 def check_record(record: object) -> Record:

@@ -17,8 +17,8 @@ from navistore.keys import (
     prefix_upper_bound,
 )
 
-# Characters a segment may hold: anything but '/', control characters and surrogates.
-segment_chars = st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="/")
+# Characters a segment may hold: anything but '/', control, surrogate and format characters.
+segment_chars = st.characters(blacklist_categories=("Cc", "Cs", "Cf"), blacklist_characters="/")
 segments = st.text(segment_chars, min_size=1, max_size=8).filter(lambda s: s not in (".", ".."))
 
 
@@ -103,6 +103,12 @@ def reason_of(raw: object, **options: object) -> str:
     return error.reason
 
 
+_FORMAT_REASON = (
+    "invisible format character U+{code} at position {at} "
+    "(a bidi control, zero-width character or byte order mark)"
+)
+
+
 @pytest.mark.parametrize(
     ("raw", "reason"),
     [
@@ -127,6 +133,10 @@ def reason_of(raw: object, **options: object) -> str:
         ("/c1\x9f", "control or surrogate character U+009F at position 3"),
         ("/lone\ud800", "control or surrogate character U+D800 at position 5"),
         ("/\udfff/x", "control or surrogate character U+DFFF at position 1"),
+        ("/app/\u200bdb", _FORMAT_REASON.format(code="200B", at=5)),
+        ("/\u202egnp.exe", _FORMAT_REASON.format(code="202E", at=1)),
+        ("/\ufeffconfig", _FORMAT_REASON.format(code="FEFF", at=1)),
+        ("/a\u00adb", _FORMAT_REASON.format(code="00AD", at=2)),
         (b"/a\xffb", "not valid UTF-8 (byte 2)"),
         (b"\xc3", "not valid UTF-8 (byte 0)"),
         (b"/ok/\xed\xa0\x80", "not valid UTF-8 (byte 4)"),
@@ -149,6 +159,24 @@ def test_any_control_character_is_refused(text: str, control: str) -> None:
     reason = reason_of(raw)
     assert reason.startswith("control or surrogate character")
     assert f"U+{ord(control):04X}" in reason
+
+
+@given(
+    st.text(segment_chars, max_size=6),
+    st.characters(whitelist_categories=("Cf",)),
+    st.text(segment_chars, max_size=6),
+)
+def test_any_format_character_is_refused_but_stored_keys_stay_reachable(
+    before: str, invisible: str, after: str
+) -> None:
+    """A Cf character (bidi control, zero-width, BOM) is refused in a client's key, naming it;
+    storage's own check (``allow_format``) still accepts it, so a key stored by an older release
+    can be read and deleted."""
+    raw = "/k" + before + invisible + after
+    reason = reason_of(raw)
+    assert reason.startswith("invisible format character")
+    assert f"U+{ord(invisible):04X}" in reason
+    assert normalize_key(raw, allow_format=True) == raw
 
 
 def test_length_limit_counts_utf8_bytes_including_the_slash() -> None:

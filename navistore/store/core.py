@@ -125,9 +125,13 @@ class Store:
 
     # -- keys ---------------------------------------------------------------------------------
 
-    def canonical_key(self, raw: str | bytes) -> str:
-        """The canonical form of a client's key, by this node's rules; InvalidKey otherwise."""
-        return normalize_key(raw, max_bytes=self.max_key_bytes)
+    def canonical_key(self, raw: str | bytes, *, allow_format: bool = False) -> str:
+        """The canonical form of a client's key, by this node's rules; InvalidKey otherwise.
+
+        :param allow_format: accept invisible format characters, which no write may carry but
+            which keys stored before they were refused may hold (to read and delete those).
+        """
+        return normalize_key(raw, max_bytes=self.max_key_bytes, allow_format=allow_format)
 
     def canonical_prefix(self, raw: str | bytes) -> str:
         """The canonical form of a client's listing prefix; InvalidKey otherwise."""

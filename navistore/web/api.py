@@ -206,7 +206,13 @@ class ApiResource(Resource):
         if request.method in (b"GET", b"HEAD") and "list" in query(request):
             return Route("prefix", self.store.canonical_prefix(path + "/"))
         # Validating a key costs about as much as the rest of a GET: recent paths keep theirs.
-        route = Route("key", self.store.canonical_key(path))
+        try:
+            route = Route("key", self.store.canonical_key(path))
+        except InvalidKey:
+            if request.method not in _READS and request.method != b"DELETE":
+                raise
+            # A key stored before format characters were refused may still be read and deleted.
+            return Route("key", self.store.canonical_key(path, allow_format=True))
         if plain:
             if len(self._keys_seen) >= _KEY_CACHE_SIZE:
                 self._keys_seen.clear()

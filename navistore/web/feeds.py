@@ -31,7 +31,7 @@ from navistore.store.feed import Prefixes, ResyncRequired, check_horizon, read_c
 from navistore.watch_hub import Watcher, WatchHub
 from navistore.web.access import caller_of
 from navistore.web.errors import ApiError, BadRequest, MethodNotAllowed, as_api_error, error_body
-from navistore.web.params import int_arg, query_arg
+from navistore.web.params import MAX_INTEGER, int_arg, query_arg, whole_number
 from navistore.web.responses import JSON_HEADERS, Response, json_bytes
 
 __all__ = [
@@ -107,13 +107,11 @@ def timeout_arg(request: Request) -> float:
 
 
 def _seq_value(name: str, text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
+    value = whole_number(text)
+    if value is None:
         raise BadRequest(
-            "invalid_parameter", f"{name} must be a seq (an integer >= 0), not {text!r}"
+            "invalid_parameter",
+            f"{name} must be a seq (a whole number from 0 to {MAX_INTEGER}), not {text[:40]!r}",
         )
     return value
 

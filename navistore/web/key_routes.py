@@ -61,12 +61,11 @@ class KeyRoutes:
         self.miss_resolver = miss_resolver
         self.replica_waiter = replica_waiter
 
-    async def route(self, request: Request, path: str, method: bytes) -> Response:
-        """Answer ``method`` (HEAD already read as GET) on the key ``path`` names."""
+    async def route(self, request: Request, key: str, method: bytes) -> Response:
+        """Answer ``method`` (HEAD already read as GET) on the canonical ``key``."""
         if method not in (b"GET", b"PUT", b"POST", b"DELETE"):
             allowed = ["GET", "HEAD", "PUT", "POST", "DELETE"]
             raise MethodNotAllowed(method.decode("latin-1"), allowed)
-        key = self.store.canonical_key(path)
         if method == b"GET" and flag(request, "wait"):
             return await wait_for_key(
                 request,

@@ -35,9 +35,8 @@ class Listings:
         self.store = store
         self.watch_hub = watch_hub
 
-    async def route(self, request: Request, path: str, method: bytes) -> Response:
-        """Answer ``method`` (HEAD already read as GET) on the prefix ``path`` names."""
-        prefix = self.store.canonical_prefix(path if path.endswith("/") else path + "/")
+    async def route(self, request: Request, prefix: str, method: bytes) -> Response:
+        """Answer ``method`` (HEAD already read as GET) on the canonical ``prefix``."""
         if method == b"GET" and flag(request, "wait"):
             return await wait_for_prefix(
                 request,
@@ -64,7 +63,9 @@ class Listings:
         after_text = query_arg(request, "after")
         after = None
         if after_text:
-            after = normalize_key(after_text, max_bytes=None, allow_reserved=True)
+            after = normalize_key(
+                after_text, max_bytes=None, allow_reserved=True, allow_format=True
+            )
         limit = page_limit(request)
         page = await self._visible_page(caller_of(request).visible(prefix), after, limit)
         keys: list[Any]

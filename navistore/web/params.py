@@ -3,6 +3,7 @@ integers, and the request as a write to forward."""
 
 from __future__ import annotations
 
+import re
 from urllib.parse import parse_qs
 
 from twisted.web.server import Request
@@ -12,6 +13,7 @@ from navistore.web.errors import BadRequest, TooLarge
 
 __all__ = [
     "DEFAULT_PAGE",
+    "MAX_INTEGER",
     "MAX_PAGE",
     "flag",
     "forwarded_write",
@@ -21,6 +23,7 @@ __all__ = [
     "query_arg",
     "request_body",
     "wants_json",
+    "whole_number",
 ]
 
 _TRUE = ("", "1", "true", "yes", "on")
@@ -67,19 +70,33 @@ def flag(request: Request, name: str) -> bool:
     return value is not None and value.lower() in _TRUE
 
 
+#: The largest integer any parameter or header may carry: what a 64-bit signed column (sqlite's,
+#: PostgreSQL's) holds, so that no number a client sends can overflow storage.
+MAX_INTEGER = 2**63 - 1
+
+_DIGITS = re.compile(r"[0-9]{1,19}\Z")
+
+
+def whole_number(text: str) -> int | None:
+    """``text`` as an integer from 0 to :data:`MAX_INTEGER` (ASCII digits only), or None."""
+    if not _DIGITS.match(text):
+        return None
+    value = int(text)
+    return value if value <= MAX_INTEGER else None
+
+
 def int_arg(request: Request, name: str, default: int, maximum: int | None = None) -> int:
+    """``?name=`` as a whole number from 0 to ``maximum`` (default :data:`MAX_INTEGER`)."""
     text = query_arg(request, name)
     if text is None or text == "":
         return default
-    try:
-        value = int(text)
-    except ValueError:
+    value = whole_number(text)
+    top = MAX_INTEGER if maximum is None else maximum
+    if value is None or value > top:
         raise BadRequest(
-            "invalid_parameter", f"parameter {name!r} must be an integer, not {text!r}"
-        ) from None
-    if value < 0 or (maximum is not None and value > maximum):
-        bound = f" and at most {maximum}" if maximum is not None else ""
-        raise BadRequest("invalid_parameter", f"parameter {name!r} must be >= 0{bound}")
+            "invalid_parameter",
+            f"parameter {name!r} must be a whole number from 0 to {top}, not {text[:40]!r}",
+        )
     return value
 
 
