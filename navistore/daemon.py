@@ -92,7 +92,7 @@ class NavistoreService(MultiService):
         self._http_client = http_client
         #: The node's parts, once the Store is open.
         self.node: Node | None = None
-        self._connections = Connections()
+        self._connections = Connections(config.max_connections)
         self._binding: list[Deferred[None]] | None = None
         self._bind_failures: list[Failure] = []
         self._ports: list[IListeningPort] = []

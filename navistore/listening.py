@@ -9,6 +9,7 @@ under which URLs peers could reach the node (so that it never peers with itself)
 
 from __future__ import annotations
 
+import resource
 import socket
 from collections.abc import Iterable
 from typing import Any, Callable
@@ -21,8 +22,28 @@ from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from navistore.waiters import Waiters
+from navistore.web.channel import refusal, unsent_bytes
 
-__all__ = ["Connections", "RequestTracker", "describe_address", "self_urls"]
+__all__ = [
+    "Connections",
+    "RequestTracker",
+    "default_max_connections",
+    "describe_address",
+    "self_urls",
+]
+
+
+def default_max_connections(limit: int | None = None) -> int:
+    """The most client connections a node accepts by default: its file-descriptor limit, less a
+    reserve for what it needs besides (the backend's files, its peers and upstream, its logs,
+    the listening ports): a tenth of the limit, and never less than 64.
+
+    :param limit: the file-descriptor limit (default: this process's soft ``RLIMIT_NOFILE``).
+    """
+    if limit is None:
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        limit = soft if soft != resource.RLIM_INFINITY else 1 << 20
+    return max(16, limit - max(64, limit // 10))
 
 
 def self_urls(addresses: Iterable[IAddress]) -> list[str]:
@@ -102,6 +123,21 @@ class _Refused(Protocol):
         self.transport.loseConnection()
 
 
+class _Full(Protocol):
+    """A connection over ``--max-connections`` while every connection is busy answering: told
+    so (503, ``Retry-After``) and closed at once, before anything is read."""
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        body = refusal(
+            503,
+            "too_many_connections",
+            "the node serves as many connections as it may; try again shortly",
+        )
+        self.transport.write(body.replace(b"\r\n\r\n", b"\r\nRetry-After: 1\r\n\r\n", 1))
+        self.transport.loseConnection()
+
+
 @implementer(IProtocolNegotiationFactory)
 class Connections(WrappingFactory):
     """The factory every endpoint listens with; it serves the Site once there is one.
@@ -110,14 +146,28 @@ class Connections(WrappingFactory):
     again once :meth:`refuse` is), a new connection is closed at once. Wrapping each connection
     (Twisted's own way of knowing them) lets shutdown close them gracefully, after their
     answers are flushed, rather than the reactor cutting them at exit.
+
+    It also keeps the node under its file-descriptor limit: with ``max_connections`` open, a
+    new connection makes room by closing the connection that has been idle, or waiting for its
+    request's headers, the longest (a slow client holding a slot cannot lock others out); when
+    every connection is busy answering, the new one gets 503 ``too_many_connections`` at once.
+
+    :param max_connections: the most connections open at once (default
+        :func:`default_max_connections`).
     """
 
     noisy = False
 
-    def __init__(self) -> None:
+    def __init__(self, max_connections: int | None = None) -> None:
         super().__init__(None)
         self._refusing = True
         self._empty = Waiters()
+        self.max_connections = (
+            default_max_connections() if max_connections is None else max_connections
+        )
+        #: Connections closed to make room, and connections refused for want of it.
+        self.evicted = 0
+        self.refused_full = 0
 
     def logPrefix(self) -> str:
         return "Navistore"
@@ -151,7 +201,24 @@ class Connections(WrappingFactory):
     def buildProtocol(self, addr: IAddress | None) -> ProtocolWrapper:
         if self._refusing or self.wrappedFactory is None:
             return self.protocol(self, _Refused())
+        if len(self.protocols) >= self.max_connections and not self._make_room():
+            self.refused_full += 1
+            return self.protocol(self, _Full())
         return super().buildProtocol(addr)
+
+    def _make_room(self) -> bool:
+        """Close the connection idle (or waiting for headers) the longest; False if none is."""
+        victim: Any = None
+        oldest = float("inf")
+        for wrapper in self.protocols:
+            channel = wrapper.wrappedProtocol
+            if getattr(channel, "evictable", False) and channel.since < oldest:
+                victim, oldest = channel, channel.since
+        if victim is None:
+            return False
+        self.evicted += 1
+        victim.evict()  # its descriptor is closed in the next reactor turn
+        return True
 
     def unregisterProtocol(self, protocol: Protocol) -> None:
         super().unregisterProtocol(protocol)
@@ -175,7 +242,7 @@ class Connections(WrappingFactory):
             if not self.protocols:
                 return
             for wrapper in list(self.protocols):
-                if _unsent(wrapper.transport) == 0:
+                if unsent_bytes(wrapper.transport) == 0:
                     _abort(wrapper)
             if self.protocols:
                 clock.callLater(LINGER, cut_the_idle)
@@ -200,16 +267,3 @@ def _abort(wrapper: ProtocolWrapper) -> None:
         abort()
     elif transport is not None:
         transport.loseConnection()
-
-
-def _unsent(transport: object) -> int:
-    """Bytes written to a connection (through TLS, if it is one) that are not sent yet."""
-    waiting = 0
-    depth = 0
-    while transport is not None and depth < 4:
-        waiting += len(getattr(transport, "dataBuffer", b"") or b"")
-        waiting += sum(len(chunk) for chunk in getattr(transport, "_tempDataBuffer", ()) or ())
-        waiting += sum(len(chunk) for chunk in getattr(transport, "_appSendBuffer", ()) or ())
-        transport = getattr(transport, "transport", None)
-        depth += 1
-    return waiting

@@ -37,11 +37,18 @@ from navistore.replication.service import ReplicationService
 from navistore.store import Store
 from navistore.tokens import load_tokens
 from navistore.watch_hub import DEFAULT_MAX_WATCHERS, WatchHub
-from navistore.web import DEFAULT_MAX_VALUE_SIZE, make_site
+from navistore.web import (
+    DEFAULT_LIMITS,
+    DEFAULT_MAX_VALUE_SIZE,
+    ConnectionLimits,
+    SendBudget,
+    make_site,
+)
 from navistore.web.access import AccessPolicy, AuditLog
 from navistore.web.backend_rpc import backend_rpc_endpoints
 from navistore.web.bulk import bulk_endpoints
 from navistore.web.replication import replication_endpoints
+from navistore.web.send_budget import DEFAULT_SEND_BUFFER
 from navistore.web.site import NavistoreSite
 
 __all__ = [
@@ -108,6 +115,10 @@ class NodeConfig:
         peers, for mutual TLS.
     :ivar peer_key: the private key (PEM) of ``peer_cert``.
     :ivar max_clock_drift: seconds a received stamp may lie ahead of this node's clock.
+    :ivar limits: the deadlines of client connections (headers, body rate, idleness).
+    :ivar max_connections: the most client connections at once; None: derived from the
+        file-descriptor limit (:func:`~navistore.listening.default_max_connections`).
+    :ivar max_send_buffer: the bytes clients that do not read may hold together.
     """
 
     backend_url: str = DEFAULT_BACKEND
@@ -137,6 +148,9 @@ class NodeConfig:
     peer_cert: str | None = None
     peer_key: str | None = None
     max_clock_drift: float = DEFAULT_MAX_DRIFT_MS / 1000
+    limits: ConnectionLimits = DEFAULT_LIMITS
+    max_connections: int | None = None
+    max_send_buffer: int = DEFAULT_SEND_BUFFER
 
     def __attrs_post_init__(self) -> None:
         if not self.endpoints:
@@ -272,6 +286,8 @@ def build_node(
         miss_resolver=miss_resolver,
         write_forwarder=write_forwarder,
         replica_waiter=replication.replica_waiter(),
+        limits=config.limits,
+        send_budget=SendBudget(config.max_send_buffer),
     )
     return Node(config, store, watch_hub, replication, collector, cache, site, services, access)
 

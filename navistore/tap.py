@@ -27,7 +27,8 @@ from navistore.peer_urls import InvalidPeer, normalize_peer_url
 from navistore.replication.gc import DEFAULT_RETENTION
 from navistore.tokens import MIN_SECRET_LENGTH, TokenFileError, load_tokens, parse_permissions
 from navistore.watch_hub import DEFAULT_MAX_WATCHERS
-from navistore.web import DEFAULT_MAX_VALUE_SIZE
+from navistore.web import DEFAULT_LIMITS, DEFAULT_MAX_VALUE_SIZE, ConnectionLimits
+from navistore.web.send_budget import DEFAULT_SEND_BUFFER
 
 __all__ = ["Options", "check_backend_url", "makeService", "node_config"]
 
@@ -64,6 +65,25 @@ def _seconds(text: str) -> float:
 
 
 _seconds.coerceDoc = "A number of seconds, at least 0."  # type: ignore[attr-defined]
+
+
+def _positive_seconds(text: str) -> float:
+    """Coerce an option to a number of seconds above 0."""
+    seconds = _seconds(text)
+    if seconds == 0:
+        raise ValueError("0 is not a number of seconds > 0")
+    return seconds
+
+
+_positive_seconds.coerceDoc = "A number of seconds above 0."  # type: ignore[attr-defined]
+
+
+def _count(text: str) -> int:
+    """Coerce an option to a count of at least 1."""
+    return _positive_int(text)
+
+
+_count.coerceDoc = "A whole number, at least 1."  # type: ignore[attr-defined]
 
 
 def check_backend_url(url: str) -> None:
@@ -180,6 +200,44 @@ class Options(usage.Options):
             DEFAULT_MAX_DRIFT_MS / 1000,
             "Seconds a replicated record's stamp may lie ahead of this node's clock.",
             _seconds,
+        ],
+        [
+            "header-timeout",
+            None,
+            DEFAULT_LIMITS.header_timeout,
+            "Seconds from a request's first byte to the end of its headers; later: 408.",
+            _positive_seconds,
+        ],
+        [
+            "min-body-rate",
+            None,
+            DEFAULT_LIMITS.min_body_rate,
+            "Bytes a second a request body must average after its first "
+            f"{DEFAULT_LIMITS.body_grace:g} s; slower: 408.",
+            _positive_int,
+        ],
+        [
+            "idle-timeout",
+            None,
+            DEFAULT_LIMITS.idle_timeout,
+            "Seconds a connection may sit with nothing moving either way before it is closed.",
+            _positive_seconds,
+        ],
+        [
+            "max-connections",
+            None,
+            None,
+            "The most client connections at once (default: the file-descriptor limit less a "
+            "reserve); the longest idle one makes room, else 503.",
+            _count,
+        ],
+        [
+            "max-send-buffer",
+            None,
+            DEFAULT_SEND_BUFFER,
+            "Bytes that clients not reading their answers may hold together; past it large "
+            "reads wait.",
+            _positive_int,
         ],
     ]
 
@@ -367,6 +425,13 @@ def node_config(options: Options) -> NodeConfig:
         peer_cert=options["peer-cert"],
         peer_key=options["peer-key"],
         max_clock_drift=options["max-clock-drift"],
+        limits=ConnectionLimits(
+            header_timeout=options["header-timeout"],
+            min_body_rate=options["min-body-rate"],
+            idle_timeout=options["idle-timeout"],
+        ),
+        max_connections=options["max-connections"],
+        max_send_buffer=options["max-send-buffer"],
     )
 
 

@@ -7,7 +7,9 @@
 - :mod:`~navistore.web.rendering` owns each request's lifecycle, :mod:`~navistore.web.errors`
   maps every error to its status, :mod:`~navistore.web.responses` holds the answer types,
   :mod:`~navistore.web.params` and :mod:`~navistore.web.conditions` read requests.
-- :mod:`~navistore.web.site` is the Site, which refuses bodies over the limits as they arrive.
+- :mod:`~navistore.web.site` is the Site, which refuses bodies over the limits as they arrive;
+  :mod:`~navistore.web.channel` its connections' deadlines and protocol errors, and
+  :mod:`~navistore.web.send_budget` what clients that do not read may hold.
 
 The web layer knows the Store and the hooks (:mod:`navistore.hooks`), never a backend, treq or
 the replication machinery.
@@ -22,16 +24,21 @@ from navistore.store import Store
 from navistore.watch_hub import WatchHub
 from navistore.web.access import AccessPolicy
 from navistore.web.api import ApiResource
+from navistore.web.channel import DEFAULT_LIMITS, ConnectionLimits
 from navistore.web.responses import Endpoints, Handler
+from navistore.web.send_budget import SendBudget
 from navistore.web.site import DEFAULT_MAX_VALUE_SIZE, NavistoreSite
 
 __all__ = [
+    "DEFAULT_LIMITS",
     "DEFAULT_MAX_VALUE_SIZE",
     "AccessPolicy",
     "ApiResource",
+    "ConnectionLimits",
     "Endpoints",
     "Handler",
     "NavistoreSite",
+    "SendBudget",
     "make_site",
 ]
 
@@ -48,6 +55,8 @@ def make_site(
     miss_resolver: MissResolver | None = None,
     write_forwarder: WriteForwarder | None = None,
     replica_waiter: ReplicaWaiter | None = None,
+    limits: ConnectionLimits = DEFAULT_LIMITS,
+    send_budget: SendBudget | None = None,
 ) -> NavistoreSite:
     """Build the Site serving the API of ``store``.
 
@@ -62,6 +71,9 @@ def make_site(
     :param miss_resolver: finds keys this node lacks (cache node, read fallback).
     :param write_forwarder: forwards writes instead of applying them (cache node).
     :param replica_waiter: makes ``?replicas=`` writes wait for peers.
+    :param limits: the deadlines of every connection (:mod:`navistore.web.channel`).
+    :param send_budget: what clients that do not read may hold together
+        (:mod:`navistore.web.send_budget`).
     """
     resource = ApiResource(
         store,
@@ -73,6 +85,11 @@ def make_site(
         write_forwarder=write_forwarder,
         replica_waiter=replica_waiter,
     )
-    site = NavistoreSite(resource, max_value_size=max_value_size, access_log=access_log)
-    site.reactor = reactor
-    return site
+    return NavistoreSite(
+        resource,
+        max_value_size=max_value_size,
+        access_log=access_log,
+        reactor=reactor,
+        limits=limits,
+        send_budget=send_budget,
+    )

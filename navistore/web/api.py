@@ -50,6 +50,7 @@ from navistore.web.responses import (
     json_response,
     text_response,
 )
+from navistore.web.send_budget import SMALL_ANSWER, send_budget_of
 
 __all__ = ["ApiResource", "Route"]
 
@@ -258,6 +259,10 @@ class ApiResource(Resource):
             return None
         if record is None:
             return None  # 404 and its JSON body are the general path's
+        if len(record.value) > SMALL_ANSWER:
+            budget = send_budget_of(request)
+            if budget is not None and budget.spent:
+                return None  # slow readers hold too much: the general path waits for room
         set_header = request.responseHeaders.setRawHeaders
         set_header(b"ETag", [etag_of(record)])
         set_header(b"Last-Modified", [last_modified(record)])

@@ -18,6 +18,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from navistore.web.errors import ApiError, as_api_error, error_body
 from navistore.web.responses import Response
+from navistore.web.send_budget import SMALL_ANSWER, SendBudget, send_budget_of
 
 __all__ = ["render_async", "render_deferred", "render_error"]
 
@@ -134,27 +135,53 @@ def render_async(
         waits for the answer.
     """
     exchange = _Exchange(request)
+    budget = send_budget_of(request) if request.method == b"GET" else None
 
     async def run() -> None:
+        woken = False
         try:
-            response = await handler()
-        except CancelledError:
-            return
-        except Exception:
-            exchange.send_error(as_api_error(Failure()))
-            return
-        try:
-            await exchange.send(response)
-        except CancelledError:
-            return
-        except Exception:
-            exchange.send_error(as_api_error(Failure()))
+            try:
+                response: Response | None = await handler()
+                while _must_wait(response, budget):
+                    # Clients that do not read hold the node's send budget: wait holding
+                    # nothing, then read again (the answer may have changed meanwhile).
+                    assert budget is not None
+                    response = None
+                    await budget.room()
+                    woken = True
+                    response = await handler()
+                assert response is not None
+            except CancelledError:
+                return
+            except Exception:
+                exchange.send_error(as_api_error(Failure()))
+                return
+            try:
+                await exchange.send(response)
+            except CancelledError:
+                return
+            except Exception:
+                exchange.send_error(as_api_error(Failure()))
+        finally:
+            if woken and budget is not None:
+                budget.pass_on()  # after the write: the next waiter sees what it holds
 
     done = Deferred.fromCoroutine(run())
     if cancel_on_disconnect:
         request.notifyFinish().addErrback(lambda _failure: done.cancel())
     done.addErrback(lambda failure: log.failure("answering failed", failure))
     return NOT_DONE_YET
+
+
+def _must_wait(response: Response | None, budget: SendBudget | None) -> bool:
+    """Whether a read's answer is large and the send budget is spent."""
+    return (
+        budget is not None
+        and response is not None
+        and response.stream is None
+        and len(response.body) > SMALL_ANSWER
+        and budget.spent
+    )
 
 
 def render_deferred(request: Request, answer: Deferred[Response]) -> int:

@@ -1,21 +1,37 @@
-"""Request-body limits enforced while the body arrives, before any of it is buffered.
+"""The Site: connections with deadlines, and request-body limits enforced while bodies arrive.
+
+The Site's connections are :class:`~navistore.web.channel.NavistoreChannel` (deadlines, bounded
+lines, JSON protocol errors, what slow readers hold), timed by one
+:class:`~navistore.web.channel.Deadlines` sweep and sharing one
+:class:`~navistore.web.send_budget.SendBudget`.
 
 twisted.web reads a whole request body into ``request.content`` before rendering. For a body
-declared too large in ``Content-Length`` this request class answers 413 as soon as the headers
-are in (before the body is read, and before ``100 Continue`` is sent); for a chunked body it
-counts the bytes as they arrive and answers 413 the moment the limit is passed. Either way the
-connection is then closed and nothing reaches the Store.
+declared too large in ``Content-Length`` :class:`LimitedRequest` answers 413 as soon as the
+headers are in (before the body is read, and before ``100 Continue`` is sent); for a chunked body
+it counts the bytes as they arrive and answers 413 the moment the limit is passed. Either way the
+connection is then closed and nothing reaches the Store. It also accepts a request target in
+absolute form (``PUT http://host/key``), which RFC 9112 section 3.2.2 says a server must.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.web import http
 from twisted.web.server import Request, Site
 
 from navistore.record import DEFAULT_MAX_VALUE_SIZE
-from navistore.web.errors import TooLarge, error_body
+from navistore.web.channel import (
+    DEFAULT_LIMITS,
+    ConnectionLimits,
+    Deadlines,
+    NavistoreChannel,
+    refusal,
+)
+from navistore.web.errors import TooLarge
+from navistore.web.send_budget import SendBudget
 
 __all__ = [
     "DEFAULT_MAX_BULK_SIZE",
@@ -23,6 +39,7 @@ __all__ = [
     "LimitedRequest",
     "NavistoreSite",
     "bulk_body_limit",
+    "origin_form",
     "replication_body_limit",
 ]
 
@@ -46,11 +63,20 @@ def bulk_body_limit(max_value_size: int) -> int:
 
 
 class NavistoreSite(Site):
-    """A Site whose requests refuse bodies over ``max_value_size`` bytes.
+    """A Site whose requests refuse bodies over ``max_value_size`` bytes and whose connections
+    keep the deadlines of ``limits``.
 
     The access log is off unless asked for: one log line per request costs about 15 % of a
     node's throughput, and a config store's clients poll.
+
+    :param reactor: what connections time their deadlines with.
+    :param limits: the deadlines of every connection.
+    :param send_budget: what slow readers may hold together (default: its own).
     """
+
+    # The channel itself, not Twisted's wrapper that would pick HTTP/2 by ALPN: a node speaks
+    # HTTP/1.1 only (see navistore.listening.Connections.acceptableProtocols).
+    protocol = NavistoreChannel  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -58,14 +84,42 @@ class NavistoreSite(Site):
         *,
         max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
         access_log: bool = False,
+        reactor: IReactorTime | None = None,
+        limits: ConnectionLimits = DEFAULT_LIMITS,
+        send_budget: SendBudget | None = None,
     ) -> None:
-        super().__init__(resource, requestFactory=LimitedRequest)
+        super().__init__(
+            resource, requestFactory=LimitedRequest, timeout=limits.idle_timeout, reactor=reactor
+        )
         self.max_value_size = max_value_size
         self.access_log = access_log
+        self.limits = limits
+        self.deadlines = Deadlines(self.reactor)
+        self.send_budget = SendBudget() if send_budget is None else send_budget
 
     def log(self, request: http.Request) -> None:
         if self.access_log:
             super().log(request)
+
+    def stopFactory(self) -> None:
+        self.deadlines.stop()
+        super().stopFactory()
+
+
+def origin_form(target: bytes) -> tuple[bytes, bytes | None]:
+    """A request target in origin form (``/path?query``), and the authority an absolute-form
+    target named (``http://host:port/path``), else None.
+
+    Anything else (``*``, an authority alone, no target at all) is returned as it came: the
+    router answers it (a path that is no key is 400 ``invalid_key``).
+    """
+    if target[:1] == b"/" or b"://" not in target[:10]:
+        return target, None
+    parts = urlsplit(target)
+    if parts.scheme.lower() not in (b"http", b"https") or not parts.netloc:
+        return target, None
+    path = parts.path or b"/"
+    return (path + b"?" + parts.query if parts.query else path), parts.netloc
 
 
 class LimitedRequest(Request):
@@ -74,6 +128,10 @@ class LimitedRequest(Request):
     _received = 0
     _refused = False
     _known_limit: int | None = -1  # -1: not worked out yet for this request
+
+    def body_limit(self) -> int | None:
+        """The most bytes this request's body may have (None: no limit)."""
+        return self._limit()
 
     def _limit(self) -> int | None:
         if self._known_limit != -1:
@@ -92,19 +150,21 @@ class LimitedRequest(Request):
             limit = bulk_body_limit(limit)  # many values in one request: see navistore.web.bulk
         return limit
 
-    def _is_replication(self) -> bool:
+    def _target_path(self) -> bytes:
         # The body arrives before ``self.path`` is set; the channel has parsed the request line.
-        path = getattr(self.channel, "_path", b"") or b""
-        return bool(path.split(b"?", 1)[0] == b"/_replicate")
+        target = getattr(self.channel, "_path", b"") or b""
+        return origin_form(target)[0].split(b"?", 1)[0]
+
+    def _is_replication(self) -> bool:
+        return self._target_path() == b"/_replicate"
 
     def _is_bulk(self) -> bool:
-        path = getattr(self.channel, "_path", b"") or b""
-        return bool(path.split(b"?", 1)[0] == b"/_bulk")
+        return self._target_path() == b"/_bulk"
 
     def gotLength(self, length: int | None) -> None:
         limit = self._limit()
         if length is not None and limit is not None and length > limit:
-            self._refuse(limit)
+            self.refuse_body(limit)
             return
         super().gotLength(length)
 
@@ -114,7 +174,7 @@ class LimitedRequest(Request):
         self._received += len(data)
         limit = self._limit()
         if limit is not None and self._received > limit:
-            self._refuse(limit)
+            self.refuse_body(limit)
             return
         super().handleContentChunk(data)
 
@@ -123,22 +183,24 @@ class LimitedRequest(Request):
             # The rest of a refused chunked body arrived in the same read: it was answered 413
             # already, so the request must never be rendered (it would store a truncated body).
             return
+        if path[:1] != b"/":
+            path, authority = origin_form(path)
+            if authority is not None:
+                # RFC 9112 section 3.2.2: the target's authority replaces any Host header (so
+                # the Host checks of protected mode see what the client really asked for).
+                self.requestHeaders.setRawHeaders(b"Host", [authority])
         super().requestReceived(command, path, version)
 
-    def _refuse(self, limit: int) -> None:
-        """Answer 413 at once and close: the rest of the body is never read."""
+    def refuse_body(self, limit: int) -> None:
+        """Answer 413 at once and close: the body is, or says it will be, over ``limit``; the
+        rest of it is never read."""
         self._refused = True
         # The channel sends ``100 Continue`` after gotLength(); a refused request gets none.
         self.requestHeaders.removeHeader(b"Expect")
         error = TooLarge(limit)
-        body = error_body(error.code, error.message, error.detail)
-        head = (
-            b"HTTP/1.1 413 Payload Too Large\r\n"
-            b"Content-Type: application/json\r\n"
-            b"Content-Length: %d\r\n"
-            b"Connection: close\r\n\r\n" % len(body)
-        )
         channel = self.channel
-        if channel is not None and channel.transport is not None:
-            channel.transport.write(head + body)
+        if isinstance(channel, NavistoreChannel):
+            channel.refuse(error.status, error.code, error.message, error.detail)
+        elif channel is not None and channel.transport is not None:
+            channel.transport.write(refusal(error.status, error.code, error.message, error.detail))
             channel.transport.loseConnection()
