@@ -17,7 +17,6 @@ Replication (pushers and the clone puller), read fallback, the cache node's upst
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from random import Random
@@ -34,6 +33,8 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
+
+from navistore.json_documents import parse_json
 
 __all__ = [
     "BACKOFF_BASE",
@@ -103,8 +104,8 @@ class Refused(Exception):
         self.code: str | None = None
         self.message = body[:300].decode("utf-8", "replace")
         try:
-            document = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+            document = parse_json(body)
+        except ValueError:
             document = None
         if isinstance(document, dict) and "error" in document:
             self.code = str(document.get("error"))
@@ -146,8 +147,8 @@ class Answer:
     def json(self, what: str = "the answer") -> Any:
         """The body as JSON; :class:`BadAnswer` if it is not."""
         try:
-            return json.loads(self.body)
-        except (ValueError, UnicodeDecodeError) as exc:
+            return parse_json(self.body)
+        except ValueError as exc:
             raise BadAnswer(f"{what} is not JSON: {exc}") from None
 
     def header(self, name: bytes) -> bytes | None:

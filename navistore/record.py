@@ -15,6 +15,7 @@ from navistore.keys import InvalidKey, normalize_key
 __all__ = [
     "DEFAULT_CONTENT_TYPE",
     "DEFAULT_MAX_VALUE_SIZE",
+    "MAX_SEQ",
     "Record",
     "check_content_type",
     "check_record",
@@ -77,6 +78,12 @@ def check_content_type(content_type: object) -> None:
     control or surrogate characters); :func:`check_record` applies it to every record."""
     if not isinstance(content_type, str) or not _printable(content_type):
         raise InvalidRecord("content_type must be text without control or surrogate characters")
+
+
+#: The largest seq (and the largest integer any parameter, header or peer's document may carry):
+#: what a 64-bit signed column (sqlite's, PostgreSQL's) holds, so that no number a client or a
+#: peer sends can overflow storage.
+MAX_SEQ = 2**63 - 1
 
 
 @functools.lru_cache(maxsize=65536)

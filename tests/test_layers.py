@@ -27,6 +27,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "navistore.waiters",
         "navistore.peer_urls",
         "navistore.tokens",
+        "navistore.json_documents",
     ),
     "contract": ("navistore.interfaces",),
     "protocols": ("navistore.protocol", "navistore.hooks", "navistore.links"),

@@ -25,8 +25,9 @@ import attrs
 
 from navistore.clock import InvalidStamp, validate_node_id
 from navistore.errors import InvalidRecord
+from navistore.json_documents import parse_json
 from navistore.protocol.records import MalformedRecord, record_from_json, record_to_json
-from navistore.record import Record, check_record
+from navistore.record import MAX_SEQ, Record, check_record
 
 __all__ = [
     "MEDIA_TYPE",
@@ -120,8 +121,8 @@ def _decode_record(document: Any, where: str) -> Record:
 def decode_batch(body: bytes) -> Batch:
     """Decode and validate a whole batch; raise :class:`MalformedBatch` on any fault."""
     try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        document = parse_json(body)
+    except ValueError as exc:
         raise MalformedBatch(f"the batch is not JSON: {exc}") from None
     if not isinstance(document, dict):
         raise MalformedBatch("the batch is not a JSON object")
@@ -137,8 +138,10 @@ def decode_batch(body: bytes) -> Batch:
             raise MalformedBatch(f"record {index}: the chain must end with the sender {source}")
     seqs = [document.get(name) for name in ("last_seq", "purged_before")]
     for name, value in zip(("last_seq", "purged_before"), seqs):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-            raise MalformedBatch(f"batch: {name!r} must be an integer")
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEQ
+        ):
+            raise MalformedBatch(f"batch: {name!r} must be a whole number from 0 to {MAX_SEQ}")
     return Batch(source, records, seqs[0], seqs[1])
 
 
@@ -151,7 +154,7 @@ def encode_ack(node_id: str, received: int, applied: int) -> bytes:
 def decode_ack(body: bytes) -> tuple[str, int, int]:
     """Decode a receiver's answer into (node id, received, applied)."""
     try:
-        document = json.loads(body)
+        document = parse_json(body)
         node_id = validate_node_id(document["node_id"])
         return node_id, int(document["received"]), int(document["applied"])
     except (ValueError, KeyError, TypeError, InvalidStamp) as exc:

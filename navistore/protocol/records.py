@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from navistore.clock import InvalidStamp, Stamp, validate_node_id
-from navistore.record import Record
+from navistore.record import MAX_SEQ, Record
 
 __all__ = [
     "VALUE_ENCODINGS",
@@ -83,8 +83,10 @@ def record_from_json(document: Any) -> Record:
     except (InvalidStamp, binascii.Error, TypeError) as exc:
         raise MalformedRecord(str(exc)) from None
     seq = document.get("seq")
-    if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
-        raise MalformedRecord("'seq' must be an integer or null")
+    if seq is not None and (
+        not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_SEQ
+    ):
+        raise MalformedRecord(f"'seq' must be a whole number from 0 to {MAX_SEQ}, or null")
     return Record(
         _field(document, "key", str),
         value,

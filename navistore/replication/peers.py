@@ -16,6 +16,7 @@ from collections.abc import Iterable
 
 from twisted.logger import Logger
 
+from navistore.json_documents import parse_json
 from navistore.peer_urls import InvalidPeer, normalize_peer_url, unique
 from navistore.store import Store
 
@@ -64,7 +65,7 @@ async def load_peers(store: Store) -> list[str]:
     text = await store.get_meta(PEERS_META)
     if not text:
         return []
-    document = json.loads(text)
+    document = parse_json(text)
     if not isinstance(document, list):
         raise ValueError(f"meta data {PEERS_META!r} is not a JSON list: {text[:200]!r}")
     urls: list[str] = []

@@ -49,6 +49,7 @@ from collections.abc import Sequence
 from typing import Any, BinaryIO, Callable, NoReturn, TextIO
 from urllib.parse import quote, urlencode, urlsplit
 
+from navistore.json_documents import parse_json
 from navistore.keys import InvalidKey, normalize_key, normalize_prefix
 
 __all__ = ["DEFAULT_URL", "ENV_TOKEN", "ENV_URL", "Failed", "build_parser", "exit_status", "main"]
@@ -103,7 +104,7 @@ class Answer:
     def json(self) -> Any:
         """The body as JSON; a node answering anything else is a failed node."""
         try:
-            return json.loads(self.body)
+            return parse_json(self.body)
         except ValueError:
             raise Failed(UNAVAILABLE, f"the node answered {self.status} without JSON") from None
 
@@ -118,7 +119,7 @@ class Answer:
         error, message = None, self.body[:300].decode("utf-8", "replace").strip()
         if self.content_type.startswith("application/json"):
             try:
-                document = json.loads(self.body)
+                document = parse_json(self.body)
                 error, message = document.get("error"), document.get("message", message)
             except (ValueError, AttributeError):
                 pass

@@ -28,13 +28,13 @@ forwarded to the upstream, like every write there.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from twisted.web.server import Request
 
 from navistore.errors import InvalidRecord
 from navistore.hooks import WriteForwarder
+from navistore.json_documents import parse_json
 from navistore.keys import InvalidKey
 from navistore.protocol.records import InvalidValue, decode_value
 from navistore.record import check_content_type
@@ -118,8 +118,8 @@ class BulkEndpoints:
     def parse(self, body: bytes) -> list[tuple[str, bytes, str | None]]:
         """Decode and check a whole body; raise BadRequest (nothing written) at the first fault."""
         try:
-            document = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
+            document = parse_json(body)
+        except ValueError as exc:
             raise BadRequest("invalid_bulk_body", f"the body is not JSON: {exc}") from None
         if isinstance(document, dict) and isinstance(document.get("keys"), list):
             document = document["keys"]  # a listing page, fed back as it came

@@ -9,6 +9,7 @@ from urllib.parse import parse_qs
 from twisted.web.server import Request
 
 from navistore.hooks import ForwardedWrite
+from navistore.record import MAX_SEQ
 from navistore.web.errors import BadRequest, TooLarge
 
 __all__ = [
@@ -70,9 +71,8 @@ def flag(request: Request, name: str) -> bool:
     return value is not None and value.lower() in _TRUE
 
 
-#: The largest integer any parameter or header may carry: what a 64-bit signed column (sqlite's,
-#: PostgreSQL's) holds, so that no number a client sends can overflow storage.
-MAX_INTEGER = 2**63 - 1
+#: The largest integer any parameter or header may carry (see :data:`~navistore.record.MAX_SEQ`).
+MAX_INTEGER = MAX_SEQ
 
 _DIGITS = re.compile(r"[0-9]{1,19}\Z")
 

@@ -13,12 +13,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from twisted.web.server import Request
 
 from navistore.hooks import PeerControl
+from navistore.json_documents import parse_json
 from navistore.peer_urls import normalize_peer_url, parse_peer_list
 from navistore.protocol.batches import MEDIA_TYPE, decode_batch, encode_ack, encode_batch
 from navistore.store import Store
@@ -133,7 +133,7 @@ class ReplicationEndpoints:
         url: Any = text
         if text.startswith("{"):
             try:
-                url = json.loads(text).get("url")
+                url = parse_json(text).get("url")
             except (ValueError, AttributeError):
                 raise BadRequest("invalid_peer", 'the body must be a URL or {"url": URL}') from None
         normal = self.service.check_peer(url)  # InvalidPeer: 400 invalid_peer
