@@ -26,11 +26,14 @@ __all__ = [
     "Expect",
     "Expectation",
     "IImmediateReads",
+    "IPrefixChanges",
+    "ISizedReads",
     "IStorageBackend",
     "InvalidRecord",
     "StorageFailure",
     "WouldBlock",
     "expectation_holds",
+    "record_size",
     "supersedes",
 ]
 
@@ -146,3 +149,64 @@ class IImmediateReads(Interface):
         """Return what ``get(key)`` would fire with now, every apply issued before this call
         included, without blocking; raise WouldBlock when that needs waiting (e.g. an apply of
         the key is still being written), BackendClosed once closed."""
+
+
+class IPrefixChanges(Interface):
+    """Optional, beside :class:`IStorageBackend`: the change feed under one prefix, at the cost
+    of what it returns.
+
+    A watcher, a long-poll or an event stream asks for the changes under its prefix. Without
+    this interface the Store reads the whole feed (:meth:`IStorageBackend.changes`) and tests
+    every key: a prefix that matches nothing costs the whole log, on every poll, and blocks the
+    node meanwhile. A backend that can find the changes under a prefix through its key order
+    provides :meth:`changes_under`, and the Store uses it for every prefix but ``/``.
+    """
+
+    def changes_under(
+        prefix: str, since: int = 0, limit: int = 1000, max_bytes: int | None = None
+    ) -> Deferred[list[Record]]:
+        """Return a Deferred firing with exactly what :meth:`IStorageBackend.changes` after
+        ``since`` would list, keeping only the keys that start with the canonical prefix
+        ``prefix``, cut to the first ``limit``: seq order, tombstones included, each key once at
+        its latest seq, all as of one moment (every call issued before this one included).
+
+        Cost: it must not grow with the length of the log. It may be proportional to the
+        number of keys under ``prefix``, or to the changes after ``since`` it passes before it
+        has ``limit`` matching ones (whichever is fewer), plus a constant; so a narrow prefix
+        costs what it returns, and a prefix matching nothing costs next to nothing, however long
+        the log. Fails with BackendClosed once closed, like every other call.
+
+        ``max_bytes`` cuts the page by size as :class:`ISizedReads` says."""
+
+
+def record_size(record: Record) -> int:
+    """What a record weighs in a page cut by bytes (:class:`ISizedReads`): its key and value."""
+    return len(record.key) + len(record.value)
+
+
+class ISizedReads(Interface):
+    """Optional, beside :class:`IStorageBackend`: pages cut by bytes as well as by count.
+
+    A page of ``limit`` records over values near the value limit would be gigabytes, read into
+    memory at once (and, in sqlite, on the reactor thread). With ``max_bytes`` the read stops
+    after the first record that brings the :func:`record_size` of the page to ``max_bytes`` or
+    more: a page holds at least one record and at most ``max_bytes`` plus one record, and a
+    page whose size stays under ``max_bytes`` is cut by ``limit`` alone, so the caller tells a
+    page cut by bytes (read on after its last record) from the end of the listing. Without it
+    (``None``) these are :meth:`IStorageBackend.scan` and :meth:`IStorageBackend.changes`. A
+    backend without this interface gets pages cut by count, which the Store then trims.
+    """
+
+    def scan(
+        prefix: str = "/",
+        after: str | None = None,
+        limit: int = 1000,
+        include_deleted: bool = False,
+        max_bytes: int | None = None,
+    ) -> Deferred[list[Record]]:
+        """:meth:`IStorageBackend.scan`, stopping early by bytes as above."""
+
+    def changes(
+        since: int = 0, limit: int = 1000, max_bytes: int | None = None
+    ) -> Deferred[list[Record]]:
+        """:meth:`IStorageBackend.changes`, stopping early by bytes as above."""

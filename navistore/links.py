@@ -277,6 +277,10 @@ class PeerLink:
     :ivar max_backoff: the longest pause between retries of a failing node, in seconds.
     :ivar token: the secret this node presents (``Authorization: Bearer``) to the nodes it
         reaches, when they require one (``--peer-token``).
+    :ivar max_answer_bytes: the longest answer body read from another node (unless an exchange
+        says otherwise); a longer one is refused as :class:`AnswerTooLarge` and its connection
+        dropped, so that a broken or hostile peer cannot fill this node's memory. None: no
+        limit.
     """
 
     http_client: HTTPClient
@@ -285,6 +289,7 @@ class PeerLink:
     request_timeout: float = 30.0
     max_backoff: float = 30.0
     token: str | None = attrs.field(default=None, repr=False)
+    max_answer_bytes: int | None = None
 
     def exchange(
         self,
@@ -313,7 +318,7 @@ class PeerLink:
             timeout=self.request_timeout if timeout is None else timeout,
             body=body,
             headers=headers,
-            max_bytes=max_bytes,
+            max_bytes=self.max_answer_bytes if max_bytes is None else max_bytes,
         )
 
     def backoff(self, failures: int) -> float:

@@ -49,7 +49,7 @@ from navistore.web.backend_rpc import backend_rpc_endpoints
 from navistore.web.bulk import bulk_endpoints
 from navistore.web.replication import replication_endpoints
 from navistore.web.send_budget import DEFAULT_SEND_BUFFER
-from navistore.web.site import NavistoreSite
+from navistore.web.site import NavistoreSite, replication_body_limit
 
 __all__ = [
     "DEFAULT_BACKEND",
@@ -225,7 +225,8 @@ def build_node(
 
     :param reactor: what the Site, the watch hub and the collector time with.
     :param link: how the node reaches other nodes (client, clock, jitter, timeouts); a cache
-        node's upstream gets it with :data:`DEFAULT_UPSTREAM_TIMEOUT`.
+        node's upstream gets it with :data:`DEFAULT_UPSTREAM_TIMEOUT`. Without an answer limit
+        of its own it gets one from the value limit.
     :param self_urls: URLs that reach this node, so that it never peers with itself.
     :param access: who may do what (default: :func:`access_policy` of ``config``).
     :param tombstone_cursors: given the replication service, where the collector reads the
@@ -234,6 +235,10 @@ def build_node(
     :raises InvalidPeer: a peer, the clone source or the upstream is no valid peer URL.
     """
     access = access_policy(config) if access is None else access
+    if link.max_answer_bytes is None:
+        # The largest answer a node sends another: a pulled page or a value, in base64, at the
+        # value limit (a peer with a larger limit cannot replicate such values here anyway).
+        link = attrs.evolve(link, max_answer_bytes=replication_body_limit(config.max_value_size))
     replication = ReplicationService(
         store,
         link=link,
@@ -272,7 +277,12 @@ def build_node(
         miss_resolver = ReadFallback(link=link, peers=replication.peer_urls)
     endpoints = replication_endpoints(store, replication, cache_node=cache is not None)
     endpoints.update(
-        bulk_endpoints(store, max_value_size=config.max_value_size, write_forwarder=write_forwarder)
+        bulk_endpoints(
+            store,
+            max_value_size=config.max_value_size,
+            write_forwarder=write_forwarder,
+            clock=reactor,
+        )
     )
     if config.serve_backend:
         endpoints.update(backend_rpc_endpoints(store))

@@ -86,9 +86,20 @@ def check_content_type(content_type: object) -> None:
 MAX_SEQ = 2**63 - 1
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=16384)
+def _canonical_short(key: str) -> str:
+    return normalize_key(key, max_bytes=None, allow_reserved=True, allow_format=True)
+
+
+#: Keys up to this many characters keep their check (at most 16,384 of them, a few MiB at most):
+#: longer ones are checked every time, so that distinct long keys cannot fill memory.
+_CACHED_KEY_LENGTH = 128
+
+
 def _canonical(key: str) -> str:
     # Every apply checks its key; a node writes the same keys over and over.
+    if len(key) <= _CACHED_KEY_LENGTH:
+        return _canonical_short(key)
     return normalize_key(key, max_bytes=None, allow_reserved=True, allow_format=True)
 
 

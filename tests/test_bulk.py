@@ -33,7 +33,7 @@ from navistore.record import Record
 from navistore.store import Store
 from navistore.watch_hub import WatchHub
 from navistore.web import AccessPolicy, make_site
-from navistore.web.bulk import BulkEndpoints, bulk_endpoints
+from navistore.web.bulk import CHECK_ENTRIES, COMMIT_ENTRIES, BulkEndpoints, bulk_endpoints
 from navistore.web.site import bulk_body_limit
 
 MAX_VALUE_SIZE = 64
@@ -49,12 +49,16 @@ class BulkApi(Api):
         max_body_size: int | None = None,
         write_forwarder: Any = None,
         watch_hub: WatchHub | None = None,
+        clock: Any = None,
+        max_entries: int = 100_000,
     ) -> None:
         bulk = BulkEndpoints(
             store,
             max_value_size=MAX_VALUE_SIZE,
             max_body_size=max_body_size,
             write_forwarder=write_forwarder,
+            clock=clock,
+            max_entries=max_entries,
         )
         resource = api_resource(
             store,
@@ -253,6 +257,117 @@ async def test_a_body_that_is_not_an_array_is_refused(
     await nothing_written(store)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000 + b"]" * 100_000,
+        b'[{"key": "/k", "value": "v", "content_type": ' + b"[" * 5000 + b"]" * 5000 + b"}]",
+        b'{"keys": [], "next": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ],
+    ids=["nested-array", "nested-in-an-entry", "nested-beside-keys"],
+)
+@pytest_twisted.ensureDeferred
+async def test_deeply_nested_json_is_a_400(api: BulkApi, store: Store, body: bytes) -> None:
+    """Nesting deep enough to exhaust Python's recursion is refused as a bad body, never a
+    500."""
+    answer = await api.bulk(body)
+    assert answer.status == 400, answer.body
+    assert answer.json()["error"] in ("invalid_bulk_body", "invalid_bulk_entry")
+    await nothing_written(store)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'[{"key": "/k", "value": "v"}] trailing',
+        b'[{"key": "/k", "value": "v"}',
+        b'[{"key": "/k", "value": "v"} {"key": "/j", "value": "v"}]',
+        b'{"next": null}',
+        b'{"keys": [{"key": "/k", "value": "v"}], "next": {"deep": 1}}',
+        b'{"keys": [{"key": "/k", "value": "v"}], "next": null',
+    ],
+    ids=["trailing", "unclosed", "no-comma", "page-without-keys", "page-member", "page-unclosed"],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_body_that_is_not_one_whole_document_is_refused(
+    api: BulkApi, store: Store, body: bytes
+) -> None:
+    """The entries are read one by one, yet the body must still be exactly one JSON array or
+    listing page: anything after it, or a page member that is not a plain value, is refused."""
+    answer = await api.bulk(body)
+    assert answer.status == 400, answer.body
+    assert answer.json()["error"] == "invalid_bulk_body"
+    await nothing_written(store)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_listing_page_with_its_plain_members_loads(api: BulkApi) -> None:
+    body = {"next": "/app/zzz", "index": 7, "keys": SAMPLE, "more": None}
+    answer = await api.bulk(json.dumps(body).encode())
+    assert answer.status == 200, answer.body
+    assert answer.json() == {"received": 4, "written": 4}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_load_over_the_entry_limit_is_refused_whole(store: Store) -> None:
+    """More entries than ``max_entries``: 413 ``too_many_entries`` and nothing written."""
+    api = BulkApi(store, max_entries=3)
+    assert (await api.bulk(SAMPLE[:3])).status == 200
+    await store.reset()
+    answer = await api.bulk(SAMPLE)
+    assert answer.status == 413
+    assert answer.json()["error"] == "too_many_entries"
+    assert answer.json()["detail"] == {"max_entries": 3}
+    assert (await store.list("/")).records == []
+
+
+def one_turn(clock: Clock) -> None:
+    """Run what is due on ``clock`` now, but not what that schedules: one reactor turn."""
+    for call in [call for call in clock.calls if call.getTime() <= clock.seconds()]:
+        clock.calls.remove(call)
+        call.func(*call.args, **call.kw)
+
+
+def test_a_load_is_checked_a_chunk_per_reactor_turn() -> None:
+    """A large load never holds the reactor for all of its entries: it is checked
+    CHECK_ENTRIES at a time, yielding between chunks, so a request arriving meanwhile is
+    answered before the load is."""
+    clock = Clock()
+    store = fired(Store.open(MemoryBackend()))
+    api = BulkApi(store, clock=clock)
+    body = json.dumps(
+        [{"key": f"/load/{number}", "value": "v"} for number in range(3 * CHECK_ENTRIES)]
+    ).encode()
+    loaded: list[Any] = []
+    api.stub.request("POST", ORIGIN + "/_bulk", data=body).addBoth(loaded.append)
+    api.stub.flush()
+    turns = 0
+    while not loaded:
+        health: list[Any] = []
+        api.stub.request("GET", ORIGIN + "/_health").addBoth(health.append)
+        api.stub.flush()
+        assert [response.code for response in health] == [200]  # answered between chunks
+        one_turn(clock)
+        api.stub.flush()
+        turns += 1
+        assert turns <= 10
+    assert turns == 3
+    assert [response.code for response in loaded] == [200]
+    assert fired(store.last_seq()) == 3 * CHECK_ENTRIES
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_key_given_twice_in_different_chunks_is_written_once(
+    api: BulkApi, store: Store
+) -> None:
+    entries = [{"key": f"/load/{number}", "value": "v"} for number in range(2 * CHECK_ENTRIES)]
+    entries.append({"key": "/load/0", "value": "later"})
+    answer = await api.bulk(entries)
+    assert answer.json() == {"received": 2 * CHECK_ENTRIES + 1, "written": 2 * CHECK_ENTRIES}
+    assert (await api.get("/load/0")).body == b"later"
+    assert await store.last_seq() == 2 * CHECK_ENTRIES
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_value_at_the_limit_is_accepted(api: BulkApi) -> None:
     value = bytes(range(MAX_VALUE_SIZE))
@@ -340,7 +455,7 @@ def test_a_long_poll_is_woken_by_a_bulk_write() -> None:
     clock = Clock()
     store = fired(Store.open(MemoryBackend()))
     hub = WatchHub(store, clock=clock)
-    api = BulkApi(store, watch_hub=hub)
+    api = BulkApi(store, watch_hub=hub, clock=clock)
     outcome: list[Any] = []
     params = {"feed": "longpoll", "prefix": "/app/", "since": "0"}
     api.stub.request("GET", ORIGIN + "/_changes", params=params).addBoth(outcome.append)
@@ -384,9 +499,10 @@ async def test_bulk_writes_replicate_to_peers() -> None:
 async def test_sqlite_writes_one_load_in_one_transaction(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """All entries of one request reach the sqlite backend in the same reactor turn, so its group
-    commit writes them in one transaction: one batch of N records, contiguous seqs, and the
-    node's last seq moved by exactly N."""
+    """All entries of one request (up to COMMIT_ENTRIES) reach the sqlite backend in the same
+    reactor turn, so its group commit writes them in one transaction: one batch of N records,
+    contiguous seqs, and the node's last seq moved by exactly N. A larger load is written
+    COMMIT_ENTRIES per transaction."""
     batches: list[int] = []
     original = sqlite_module.write_batch
 
@@ -409,6 +525,11 @@ async def test_sqlite_writes_one_load_in_one_transaction(
         assert seqs == list(range(before + 1, before + 501))
         assert await store.last_seq() == before + 500
         assert (await store.get("/load/k0499")) is not None
+        batches.clear()
+        entries = [{"key": f"/big/k{number:05d}", "value": "v"} for number in range(2500)]
+        answer = await api.bulk(entries)
+        assert answer.json()["written"] == 2500
+        assert batches == [COMMIT_ENTRIES, COMMIT_ENTRIES, 2500 - 2 * COMMIT_ENTRIES]
     finally:
         await store.close()
 

@@ -622,3 +622,59 @@ async def test_version_1_file_migrates_to_chains(tmp_path: Path) -> None:
     finally:
         await store.close()
     assert schema_version(path) == sqlite_module.SCHEMA_VERSION == 2
+
+
+# -- the feed under a prefix (IPrefixChanges) -------------------------------------------------
+
+#: Each query changes_under runs, and the index its plan must walk (the key index is the primary
+#: key's): "covering" ones read that index alone.
+PREFIX_QUERIES = {
+    "count": ("sqlite_autoindex_records_1", True),
+    "keys": ("sqlite_autoindex_records_1", False),
+    "tail": ("records_by_seq", False),
+    "window": ("records_by_seq", False),
+    "window_end": ("records_by_seq", True),
+}
+
+
+@pytest.mark.parametrize("analyzed", [False, True], ids=["plain", "after-analyze"])
+@pytest.mark.parametrize("shape", sorted(PREFIX_QUERIES))
+@pytest.mark.parametrize("bounded", [True, False], ids=["bounded", "unbounded"])
+@pytest_twisted.ensureDeferred
+async def test_prefix_queries_walk_the_index_they_are_meant_to(
+    backend: SqliteBackend, tmp_path: Path, shape: str, bounded: bool, analyzed: bool
+) -> None:
+    """Each query of ``changes_under`` walks the index its way of reading needs, never the
+    other one and never the whole table, with or without the statistics of ANALYZE: through
+    the seq index a narrow prefix would cost the whole log after ``since``, and through the key
+    index a walk of the log would cost every key under the prefix. Only ``keys`` sorts (its
+    matches, by seq)."""
+    await defer.gatherResults(
+        [backend.apply(record(f"/{group}/{n:04}", 1)) for group in "abc" for n in range(300)]
+    )
+    index, covering = PREFIX_QUERIES[shape]
+    sql = sqlite_module.changes_under_sql(shape, bounded)
+    with raw_connection(tmp_path / "store.db") as connection:
+        if analyzed:
+            connection.execute("ANALYZE")
+        params = (1,) * sql.count("?")
+        plan = [row[3] for row in connection.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+    searches = [detail for detail in plan if detail.startswith(("SEARCH", "SCAN records"))]
+    assert searches, plan
+    using = "USING COVERING INDEX" if covering else "USING INDEX"
+    assert all(f"{using} {index} " in detail for detail in searches), plan
+    assert ("TEMP B-TREE" in " ".join(plan)) == (shape == "keys"), plan
+
+
+@pytest_twisted.ensureDeferred
+async def test_changes_under_through_the_pool(thread_backend: SqliteBackend) -> None:
+    """With writer=thread, ``changes_under`` issued while applies are in flight goes through
+    the pool, behind them, and lists them; once they are written it answers on the reactor
+    thread's reader alike."""
+    backend = thread_backend
+    await backend.apply(record("/p/0", 1))
+    pending = [backend.apply(record(f"/p/{n}", 1)) for n in range(1, 4)]
+    listed = backend.changes_under("/p/", 1, 10)
+    stored = await defer.gatherResults(pending)
+    assert await listed == stored
+    assert await backend.changes_under("/p/", 0, 2) == [await backend.get("/p/0"), stored[0]]

@@ -284,8 +284,8 @@ def test_persistent_backend_cannot_declare_itself_ram_only(
 def test_installed_navistore_ships_the_suite(installed_venv: Path, tmp_path: Path) -> None:
     """From outside the repository, an installed (non-editable) Navistore runs the whole suite
     against the example backend: every contract test passes but those of the optional
-    ``IImmediateReads``, which the example does not provide: they, and nothing else, are
-    skipped as not applicable. Nothing fails."""
+    ``IImmediateReads`` and ``IPrefixChanges``, which the example does not provide: they, and
+    nothing else, are skipped as not applicable. Nothing fails."""
     project = tmp_path / "third_party_project"
     project.mkdir()
     assert REPOSITORY not in project.resolve().parents
@@ -320,7 +320,8 @@ def test_installed_navistore_ships_the_suite(installed_venv: Path, tmp_path: Pat
     assert passed is not None, output
     skips = re.findall(r"^SKIPPED \[(\d+)\] .+?:\d+: (.*)$", output, re.MULTILINE)
     assert {reason for _count, reason in skips} == {
-        "not applicable: minimal does not provide IImmediateReads"
+        "not applicable: minimal does not provide IImmediateReads",
+        "not applicable: minimal does not provide IPrefixChanges",
     }, output
     skipped = sum(int(count) for count, _reason in skips)
     assert re.search(rf"\b{skipped} skipped\b", output), output

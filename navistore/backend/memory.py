@@ -7,6 +7,7 @@ cluster simulation uses; use sqlite for anything that must survive a restart.
 
 from __future__ import annotations
 
+import heapq
 from bisect import bisect_left, bisect_right, insort
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -18,8 +19,11 @@ from navistore.interfaces import (
     ANY,
     Expectation,
     IImmediateReads,
+    IPrefixChanges,
+    ISizedReads,
     IStorageBackend,
     expectation_holds,
+    record_size,
     supersedes,
 )
 from navistore.keys import prefix_upper_bound
@@ -28,7 +32,7 @@ from navistore.record import Record, check_record
 __all__ = ["MemoryBackend", "open_memory"]
 
 
-@implementer(IStorageBackend, IImmediateReads)
+@implementer(IStorageBackend, IImmediateReads, IPrefixChanges, ISizedReads)
 class MemoryBackend:
     """Records in a dict, keys in a sorted list, seqs in an append-only log.
 
@@ -91,6 +95,7 @@ class MemoryBackend:
         after: str | None = None,
         limit: int = 1000,
         include_deleted: bool = False,
+        max_bytes: int | None = None,
     ) -> Deferred[list[Record]]:
         if self._closed:
             return self._closed_error("scan")
@@ -100,8 +105,9 @@ class MemoryBackend:
             start = max(start, bisect_right(keys, after))
         bound = prefix_upper_bound(prefix)
         found: list[Record] = []
+        room = _Room(max_bytes)
         for index in range(start, len(keys)):
-            if len(found) >= limit:
+            if len(found) >= limit or room.spent:
                 break
             key = keys[index]
             if bound is not None and key >= bound:
@@ -109,19 +115,61 @@ class MemoryBackend:
             record = self._records[key]
             if include_deleted or not record.deleted:
                 found.append(record)
+                room.take(record)
         return succeed(found)
 
-    def changes(self, since: int = 0, limit: int = 1000) -> Deferred[list[Record]]:
+    def changes(
+        self, since: int = 0, limit: int = 1000, max_bytes: int | None = None
+    ) -> Deferred[list[Record]]:
         if self._closed:
             return self._closed_error("changes")
         found: list[Record] = []
+        room = _Room(max_bytes)
         log = self._seq_log
         for index in range(bisect_right(log, since), len(log)):
-            if len(found) >= limit:
+            if len(found) >= limit or room.spent:
                 break
             key = self._key_at_seq.get(log[index])
             if key is not None:
                 found.append(self._records[key])
+                room.take(self._records[key])
+        return succeed(found)
+
+    def changes_under(
+        self, prefix: str = "/", since: int = 0, limit: int = 1000, max_bytes: int | None = None
+    ) -> Deferred[list[Record]]:
+        """Walk the seq log after ``since``, but never further than reading the prefix's own
+        keys would cost; if that walk does not fill the page, read those keys instead (for the
+        changes after the walk). Either way it costs at most twice the cheaper of the two, so
+        a narrow prefix costs its keys and a wide one the changes that fill the page."""
+        if self._closed:
+            return self._closed_error("changes_under")
+        keys = self._sorted_keys
+        first = bisect_left(keys, prefix)
+        bound = prefix_upper_bound(prefix)
+        end = len(keys) if bound is None else bisect_left(keys, bound, first)
+        if first == end or limit <= 0:
+            return succeed([])
+        log = self._seq_log
+        start = bisect_right(log, since)
+        stop = min(len(log), start + (end - first))
+        found: list[Record] = []
+        room = _Room(max_bytes)
+        for index in range(start, stop):
+            key = self._key_at_seq.get(log[index])
+            if key is not None and key.startswith(prefix):
+                found.append(self._records[key])
+                if len(found) == limit or room.take(self._records[key]):
+                    return succeed(found)
+        if stop == len(log):
+            return succeed(found)
+        walked = log[stop - 1]
+        rest = (self._records[key] for key in keys[first:end])
+        later = [record for record in rest if _seq(record) > walked]
+        for record in heapq.nsmallest(limit - len(found), later, key=_seq):
+            found.append(record)
+            if room.take(record):
+                break
         return succeed(found)
 
     def last_seq(self) -> Deferred[int]:
@@ -173,6 +221,26 @@ class MemoryBackend:
     def close(self) -> Deferred[None]:
         self._closed = True
         return succeed(None)
+
+
+class _Room:
+    """The bytes a page cut by size (:class:`~navistore.interfaces.ISizedReads`) has left."""
+
+    def __init__(self, max_bytes: int | None) -> None:
+        self.left = max_bytes
+        self.spent = False
+
+    def take(self, record: Record) -> bool:
+        """Count ``record`` in; return whether the page is now full by size."""
+        if self.left is not None:
+            self.left -= record_size(record)
+            self.spent = self.left <= 0
+        return self.spent
+
+
+def _seq(record: Record) -> int:
+    assert record.seq is not None
+    return record.seq
 
 
 def open_memory(url: BackendURL) -> MemoryBackend:

@@ -9,6 +9,7 @@ it read, and retries if another write slipped in between. That makes "was this a
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from typing import Callable
 
@@ -29,6 +30,7 @@ from navistore.interfaces import (
     ANY,
     Expectation,
     IImmediateReads,
+    IPrefixChanges,
     IStorageBackend,
     WouldBlock,
 )
@@ -38,7 +40,7 @@ from navistore.store.errors import Conflict, NotFound, PreconditionFailed, Refus
 from navistore.store.horizon import PurgeHorizon
 from navistore.store.pages import ChangesPage, KeysPage, WriteResult
 
-__all__ = ["MATCH_ANY", "NODE_ID_META", "ChangeListener", "Store"]
+__all__ = ["FALLBACK_SCAN_RECORDS", "MATCH_ANY", "NODE_ID_META", "ChangeListener", "Store"]
 
 log = Logger()
 
@@ -56,6 +58,34 @@ ChangeListener = Callable[[Record], None]
 
 def _live(record: Record | None) -> Record | None:
     return None if record is None or record.deleted else record
+
+
+#: Over a backend without IPrefixChanges, the most changes one prefix-filtered read of the feed
+#: examines (or ten times its limit, if more): it then answers what it found so far.
+FALLBACK_SCAN_RECORDS = 10_000
+
+
+def _seq_of(record: Record) -> int:
+    assert record.seq is not None
+    return record.seq
+
+
+def _outermost(prefix: str | tuple[str, ...]) -> tuple[str, ...]:
+    """The prefixes, in key order, without those inside another: a key under two nested
+    prefixes counts once. Sorted, the prefixes a string starts with come right before it."""
+    kept: list[str] = []
+    for candidate in sorted({prefix} if isinstance(prefix, str) else set(prefix)):
+        if not (kept and candidate.startswith(kept[-1])):
+            kept.append(candidate)
+    return tuple(kept)
+
+
+def _short_page(found: list[Record], since: int, cursor: int, newest: int) -> ChangesPage:
+    """A page that is not full, read to the end: complete up to ``cursor``, and at least up
+    to ``newest`` (read before it). Nothing after ``since`` may mean the client is ahead of
+    this node (restored, or another node behind the same URL): answer the node's own newest
+    seq, never an echo."""
+    return ChangesPage(found, max(cursor, newest) if cursor > since else newest)
 
 
 class Store:
@@ -174,32 +204,93 @@ class Store:
     ) -> ChangesPage:
         """Return what changed after seq ``since``, in seq order, tombstones included.
 
-        With a prefix (or a tuple of them: a change under any counts), changes elsewhere are
-        skipped; ``last_seq`` still advances past them so
+        With a prefix (or a tuple of them: a change under any counts, once even where they
+        nest), changes elsewhere are skipped; ``last_seq`` still advances past them so
         that a client resuming from it never re-reads what was skipped. At most ``limit``
         records are returned; when the page is full ``last_seq`` is the seq of its last record.
         A ``since`` beyond the newest seq answers the newest seq, so the client sees it is ahead.
+
+        A backend providing :class:`~navistore.interfaces.IPrefixChanges` finds the changes
+        under a prefix at the cost of what it returns. Over any other, one call examines at
+        most :data:`FALLBACK_SCAN_RECORDS` changes (or ten pages) and may answer a short, even
+        empty, page whose ``last_seq`` is where it stopped, below the newest seq: ``more`` then
+        says to read on from there at once. So no call holds the node for the whole log.
         """
+        if limit < 1:
+            raise ValueError(f"a page holds at least one change, not limit={limit}")
         # Read the newest seq first: every change up to it is committed, so a client resuming
         # from it after a short page can miss nothing written meanwhile.
         newest = await self.backend.last_seq()
+        prefixes = _outermost(prefix)
+        if not prefixes:
+            return ChangesPage([], newest)
+        if prefixes[0] in ("", "/"):
+            return await self._whole_feed(since, limit, newest)
+        if IPrefixChanges.providedBy(self.backend):
+            return await self._changes_under(prefixes, since, limit, newest)
+        return await self._bounded_scan(prefixes, since, limit, newest)
+
+    async def _whole_feed(self, since: int, limit: int, newest: int) -> ChangesPage:
+        page: list[Record] = await self.backend.changes(since, limit)
+        if len(page) == limit:
+            return ChangesPage(page, _seq_of(page[-1]), more=True)
+        return _short_page(page, since, _seq_of(page[-1]) if page else since, newest)
+
+    async def _changes_under(
+        self, prefixes: tuple[str, ...], since: int, limit: int, newest: int
+    ) -> ChangesPage:
+        """One ``changes_under`` per prefix (they are disjoint), merged by seq.
+
+        Each read is complete up to some seq: its last record's if it is full, else at least
+        ``newest`` (read before it) and its last record's. Records past the least of those
+        are left for the next page: a later read may hold a change an earlier one could not
+        have seen, and ``last_seq`` must not pass an unread change.
+        """
+        backend = IPrefixChanges(self.backend)
+        complete_to = None
+        pages: list[list[Record]] = []
+        for prefix in prefixes:
+            page: list[Record] = await backend.changes_under(prefix, since, limit)
+            pages.append(page)
+            if len(page) == limit:
+                reached = _seq_of(page[-1])
+            else:
+                reached = max(newest, _seq_of(page[-1]) if page else newest)
+            complete_to = reached if complete_to is None else min(complete_to, reached)
+        assert complete_to is not None
+        found: list[Record] = []
+        for record in heapq.merge(*pages, key=_seq_of):
+            if _seq_of(record) > complete_to:
+                break
+            found.append(record)
+            if len(found) == limit:
+                return ChangesPage(found, _seq_of(record), more=True)
+        return _short_page(found, since, complete_to, newest)
+
+    async def _bounded_scan(
+        self, prefixes: tuple[str, ...], since: int, limit: int, newest: int
+    ) -> ChangesPage:
+        """The whole feed page by page, keys tested here, at most a bounded number of changes
+        examined (a backend without IPrefixChanges has no better way)."""
+        budget = max(FALLBACK_SCAN_RECORDS, 10 * limit)
         found: list[Record] = []
         cursor = since
         batch = max(limit, 100)
-        while True:
-            page = await self.backend.changes(cursor, batch)
+        examined = 0
+        while examined < budget:
+            asked = min(batch, budget - examined)
+            page: list[Record] = await self.backend.changes(cursor, asked)
             for record in page:
-                assert record.seq is not None
-                if record.key.startswith(prefix):
+                if record.key.startswith(prefixes):
                     found.append(record)
                     if len(found) == limit:
-                        return ChangesPage(found, record.seq)
-                cursor = record.seq
-            if len(page) < batch:
-                break
-        # Nothing after ``since`` may mean the client is ahead of this node (restored, or
-        # another node behind the same URL): answer the node's own newest seq, never an echo.
-        return ChangesPage(found, max(cursor, newest) if cursor > since else newest)
+                        return ChangesPage(found, _seq_of(record), more=True)
+                cursor = _seq_of(record)
+            examined += len(page)
+            if len(page) < asked:
+                return _short_page(found, since, cursor, newest)
+        # Stopped at the bound: everything up to ``cursor`` was examined, and no further.
+        return ChangesPage(found, cursor, more=cursor < newest)
 
     async def last_seq(self) -> int:
         """The node's newest seq."""

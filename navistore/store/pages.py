@@ -27,7 +27,14 @@ class KeysPage:
 
 @attrs.frozen
 class ChangesPage:
-    """A page of the change feed; resume with ``since=last_seq``."""
+    """A page of the change feed; resume with ``since=last_seq``.
+
+    ``more`` says that changes after ``last_seq`` may be there already: the page is full, or a
+    prefix-filtered read stopped at its work bound before the node's newest seq (an empty page
+    may then still have moved ``last_seq``). A reader waiting for changes reads on at once
+    rather than waiting for the next write.
+    """
 
     records: list[Record]
     last_seq: int
+    more: bool = False

@@ -54,8 +54,10 @@ from navistore.web.send_budget import SMALL_ANSWER, send_budget_of
 
 __all__ = ["ApiResource", "Route"]
 
-#: How many recent request paths keep their validated key (then the cache starts over).
+#: How many recent request paths keep their validated key, and how many bytes of path they may
+#: hold together (then the cache starts over): distinct long paths cannot fill memory.
 _KEY_CACHE_SIZE = 65536
+_KEY_CACHE_BYTES = 4 * 1024 * 1024
 _WRITES = (b"PUT", b"POST", b"DELETE")
 _READS = (b"GET", b"HEAD")
 
@@ -119,6 +121,7 @@ class ApiResource(Resource):
         )
         self.listings = Listings(store, watch_hub=watch_hub)
         self._keys_seen: dict[bytes, Route] = {}
+        self._keys_seen_bytes = 0
         # HEAD is listed explicitly: it must never reach an endpoint with effects (/reset).
         self._endpoints: dict[str, dict[bytes, Handler]] = {
             "_health": {b"GET": self._health, b"HEAD": self._health},
@@ -215,9 +218,11 @@ class ApiResource(Resource):
             # A key stored before format characters were refused may still be read and deleted.
             return Route("key", self.store.canonical_key(path, allow_format=True))
         if plain:
-            if len(self._keys_seen) >= _KEY_CACHE_SIZE:
+            if len(self._keys_seen) >= _KEY_CACHE_SIZE or self._keys_seen_bytes > _KEY_CACHE_BYTES:
                 self._keys_seen.clear()
+                self._keys_seen_bytes = 0
             self._keys_seen[raw] = route
+            self._keys_seen_bytes += len(raw) + len(route.name)
         return route
 
     async def _dispatch(self, request: Request, route: Route) -> Response:

@@ -28,26 +28,40 @@ forwarded to the upstream, like every write there.
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.web.server import Request
 
 from navistore.errors import InvalidRecord
 from navistore.hooks import WriteForwarder
-from navistore.json_documents import parse_json
 from navistore.keys import InvalidKey
 from navistore.protocol.records import InvalidValue, decode_value
-from navistore.record import check_content_type
+from navistore.record import Record, check_content_type
 from navistore.store import Store
+from navistore.tokens import Caller
 from navistore.web.access import caller_of
 from navistore.web.errors import ApiError, BadRequest
 from navistore.web.params import flag, forwarded_write, request_body
 from navistore.web.responses import Endpoints, Response, forwarded_response, json_response
 from navistore.web.site import bulk_body_limit
 
-__all__ = ["BulkEndpoints", "bulk_endpoints"]
+__all__ = ["COMMIT_ENTRIES", "MAX_ENTRIES", "BulkEndpoints", "bulk_endpoints"]
 
 _FIELDS = frozenset({"key", "value", "encoding", "content_type", "version"})
+
+#: The most entries one load may carry (more: 413 ``too_many_entries``).
+MAX_ENTRIES = 100_000
+#: Entries decoded and checked per reactor turn (a few milliseconds of work).
+CHECK_ENTRIES = 1000
+#: Entries written per group commit (one transaction each).
+COMMIT_ENTRIES = 1000
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_SHAPE = 'the body must be a JSON array of {"key", "value", "encoding", "content_type"}'
 
 
 class InvalidEntry(BadRequest):
@@ -59,6 +73,106 @@ class InvalidEntry(BadRequest):
         )
 
 
+class _Reader:
+    """Reads a bulk body's entries one JSON value at a time.
+
+    ``json.loads`` of a 64 MiB body of tiny entries builds two million dicts at once (gigabytes);
+    this reader decodes one entry, checks it, keeps only its ``(key, value, content type)`` and
+    moves on, so that a load costs about its own size. It accepts a JSON array of entries, or a
+    listing page (``{"keys": [...], "next": ...}``) whose other members are plain values.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.position = 0
+        self._decoder = json.JSONDecoder()
+        self._done = False
+
+    def _skip(self) -> str:
+        """Skip whitespace; the next character ('' at the end)."""
+        self.position = _WHITESPACE.match(self.text, self.position).end()  # type: ignore[union-attr]
+        return self.text[self.position : self.position + 1]
+
+    def _expect(self, char: str, what: str) -> None:
+        if self._skip() != char:
+            found = self.text[self.position : self.position + 20]
+            raise BadRequest(
+                "invalid_bulk_body",
+                f"the body is not JSON: expected {what} at character "
+                f"{self.position}, found {found!r}",
+            )
+        self.position += 1
+
+    def _value(self) -> Any:
+        self._skip()
+        try:
+            value, self.position = self._decoder.raw_decode(self.text, self.position)
+        except RecursionError:
+            raise BadRequest("invalid_bulk_body", "the body is nested too deeply") from None
+        except ValueError as exc:
+            raise BadRequest("invalid_bulk_body", f"the body is not JSON: {exc}") from None
+        return value
+
+    def open(self) -> None:
+        """Read up to the first entry: the array's ``[``, or a listing page's up to ``"keys"``."""
+        first = self._skip()
+        if first == "{":
+            self.position += 1
+            self._members_until_keys()
+        elif first != "[":
+            raise BadRequest("invalid_bulk_body", _SHAPE)
+        self._expect("[", "'['")
+        if self._skip() == "]":
+            self.position += 1
+            self._close()
+
+    def _members_until_keys(self) -> None:
+        while True:
+            if self._skip() == "}":
+                raise BadRequest("invalid_bulk_body", _SHAPE)
+            name = self._value()
+            self._expect(":", "':'")
+            if name == "keys":
+                return
+            if self._skip() in ("[", "{"):
+                raise BadRequest(
+                    "invalid_bulk_body", f"a listing page's {name!r} must be a plain value"
+                )
+            self._value()
+            self._expect(",", "',' (a listing page needs \"keys\")")
+
+    def entries(self, count: int) -> list[Any]:
+        """Up to ``count`` more entries (none once the array is over)."""
+        found: list[Any] = []
+        while not self._done and len(found) < count:
+            found.append(self._value())
+            following = self._skip()
+            self.position += 1
+            if following == "]":
+                self._close()
+            elif following != ",":
+                self.position -= 1
+                self._expect(",", "',' or ']'")
+        return found
+
+    def _close(self) -> None:
+        """After the array: the rest of a listing page, then nothing but whitespace."""
+        self._done = True
+        if self.text.lstrip()[:1] == "{":
+            while self._skip() == ",":
+                self.position += 1
+                self._value()
+                self._expect(":", "':'")
+                if self._skip() in ("[", "{"):
+                    raise BadRequest("invalid_bulk_body", "a listing page's members are plain")
+                self._value()
+            self._expect("}", "'}'")
+        if self._skip() != "":
+            raise BadRequest(
+                "invalid_bulk_body", f"the body goes on after its end (character {self.position})"
+            )
+
+
 class BulkEndpoints:
     """The ``/_bulk`` handler over one Store.
 
@@ -66,6 +180,8 @@ class BulkEndpoints:
     :param max_body_size: the largest body accepted (default :func:`~.limits.bulk_body_limit`,
         the limit the Site enforces while the body arrives).
     :param write_forwarder: on a cache node, where writes go instead of this node's Store.
+    :param clock: what the load yields to between chunks (default: the global reactor).
+    :param max_entries: the most entries one load may carry.
     """
 
     def __init__(
@@ -75,6 +191,8 @@ class BulkEndpoints:
         max_value_size: int,
         max_body_size: int | None = None,
         write_forwarder: WriteForwarder | None = None,
+        clock: IReactorTime | None = None,
+        max_entries: int = MAX_ENTRIES,
     ) -> None:
         self.store = store
         self.max_value_size = max_value_size
@@ -82,6 +200,12 @@ class BulkEndpoints:
             bulk_body_limit(max_value_size) if max_body_size is None else max_body_size
         )
         self.write_forwarder = write_forwarder
+        self.max_entries = max_entries
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor
+        self.clock: IReactorTime = clock
 
     def endpoints(self) -> Endpoints:
         """The endpoint by name and method, for ``make_site(..., extra_endpoints=...)``."""
@@ -95,19 +219,12 @@ class BulkEndpoints:
             # caller's token goes with it) and answers it.
             forwarded = await self.write_forwarder.forward(forwarded_write(request, body))
             return forwarded_response(forwarded)
-        entries = self.parse(body)
-        caller = caller_of(request)
-        for index, (key, _value, _type) in enumerate(entries):
-            if not caller.covers(key):
-                raise ApiError(
-                    403,
-                    "forbidden",
-                    f"entry {index}: {caller.name} may not write {key!r}: it is outside its "
-                    "prefixes; nothing was written",
-                    {"index": index, "key": key, "prefixes": list(caller.prefixes)},
-                )
-        stored = await self.store.put_many(entries)
-        document: dict[str, Any] = {"received": len(entries), "written": len(stored)}
+        received, entries = await self.parse(body, caller_of(request))
+        del body  # the load's own objects from now on, not its text too
+        stored: list[Record] = []
+        for start in range(0, len(entries), COMMIT_ENTRIES):
+            stored.extend(await self.store.put_many(entries[start : start + COMMIT_ENTRIES]))
+        document: dict[str, Any] = {"received": received, "written": len(stored)}
         if flag(request, "verbose"):
             document["records"] = [
                 {"key": record.key, "version": record.stamp.encode(), "seq": record.seq}
@@ -115,21 +232,59 @@ class BulkEndpoints:
             ]
         return json_response(document)
 
-    def parse(self, body: bytes) -> list[tuple[str, bytes, str | None]]:
-        """Decode and check a whole body; raise BadRequest (nothing written) at the first fault."""
+    async def parse(
+        self, body: bytes, caller: Caller | None = None
+    ) -> tuple[int, list[tuple[str, bytes, str | None]]]:
+        """Decode and check a whole body, :data:`CHECK_ENTRIES` entries per reactor turn: how
+        many entries it has, and the ``(key, value, content type)`` to write.
+
+        Raises BadRequest (nothing written) at the first fault, 403 for an entry outside the
+        caller's prefixes once all are checked. A key given twice keeps its later entry, at
+        that entry's place (the outcome of running the puts in order)."""
         try:
-            document = parse_json(body)
-        except ValueError as exc:
-            raise BadRequest("invalid_bulk_body", f"the body is not JSON: {exc}") from None
-        if isinstance(document, dict) and isinstance(document.get("keys"), list):
-            document = document["keys"]  # a listing page, fed back as it came
-        if not isinstance(document, list):
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
             raise BadRequest(
-                "invalid_bulk_body",
-                'the body must be a JSON array of {"key", "value", "encoding", "content_type"}',
-            )
+                "invalid_bulk_body", f"the body is not JSON: not UTF-8 (byte {exc.start})"
+            ) from None
+        reader = _Reader(text)
+        reader.open()
         valid_types: set[str] = set()  # a load has few content types: each is checked once
-        return [self._entry(index, entry, valid_types) for index, entry in enumerate(document)]
+        latest: dict[str, tuple[str, bytes, str | None]] = {}
+        outside: ApiError | None = None
+        index = 0
+        while True:
+            chunk = reader.entries(CHECK_ENTRIES)
+            if not chunk:
+                break
+            for entry in chunk:
+                if index >= self.max_entries:
+                    raise ApiError(
+                        413,
+                        "too_many_entries",
+                        f"a bulk load may carry at most {self.max_entries} entries; send the "
+                        "rest in another load",
+                        {"max_entries": self.max_entries},
+                    )
+                checked = self._entry(index, entry, valid_types)
+                key = checked[0]
+                if outside is None and caller is not None and not caller.covers(key):
+                    outside = ApiError(
+                        403,
+                        "forbidden",
+                        f"entry {index}: {caller.name} may not write {key!r}: it is outside its "
+                        "prefixes; nothing was written",
+                        {"index": index, "key": key, "prefixes": list(caller.prefixes)},
+                    )
+                latest.pop(key, None)  # re-inserted: the later entry's place counts
+                latest[key] = checked
+                index += 1
+            if len(chunk) < CHECK_ENTRIES:
+                break  # the last chunk: a small load never waits for the next reactor turn
+            await deferLater(self.clock, 0, lambda: None)  # let other requests in
+        if outside is not None:
+            raise outside
+        return index, list(latest.values())
 
     def _entry(
         self, index: int, entry: Any, valid_types: set[str]
@@ -180,9 +335,13 @@ class BulkEndpoints:
 
 
 def bulk_endpoints(
-    store: Store, *, max_value_size: int, write_forwarder: WriteForwarder | None = None
+    store: Store,
+    *,
+    max_value_size: int,
+    write_forwarder: WriteForwarder | None = None,
+    clock: IReactorTime | None = None,
 ) -> Endpoints:
     """The ``/_bulk`` endpoint over ``store``, ready for ``extra_endpoints``."""
     return BulkEndpoints(
-        store, max_value_size=max_value_size, write_forwarder=write_forwarder
+        store, max_value_size=max_value_size, write_forwarder=write_forwarder, clock=clock
     ).endpoints()

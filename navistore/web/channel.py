@@ -86,7 +86,9 @@ def unsent_bytes(transport: object) -> int:
     waiting = 0
     depth = 0
     while transport is not None and depth < 4:
-        waiting += len(getattr(transport, "dataBuffer", b"") or b"")
+        # A socket's buffer is sent from ``offset`` on (the sent part is dropped in bulk).
+        buffered = len(getattr(transport, "dataBuffer", b"") or b"")
+        waiting += max(0, buffered - int(getattr(transport, "offset", 0) or 0))
         waiting += sum(len(chunk) for chunk in getattr(transport, "_tempDataBuffer", ()) or ())
         waiting += sum(len(chunk) for chunk in getattr(transport, "_appSendBuffer", ()) or ())
         transport = getattr(transport, "transport", None)
@@ -299,7 +301,7 @@ class NavistoreChannel(HTTPChannel):
     def requestDone(self, request: Any) -> None:
         self._phase = _IDLE
         self._since = self._now()
-        self._unsent_mark = unsent_bytes(self.transport) if self._held else None
+        self._unsent_mark = None
         super().requestDone(request)
 
     def check_deadline(self, now: float) -> None:
@@ -365,11 +367,20 @@ class NavistoreChannel(HTTPChannel):
         )
 
     def timeoutConnection(self) -> None:
-        """Nothing was received for ``idle_timeout``: close, unless an answer still drains."""
+        """Nothing was received for ``idle_timeout``: close, unless an answer still drains.
+
+        An answer still unsent is checked again a quarter of the timeout later (then every
+        timeout): if nothing of it moved meanwhile the client stopped reading, and the
+        connection is cut, so a client that reads nothing holds its answer for at most 1.25
+        times the idle timeout.
+        """
         unsent = unsent_bytes(self.transport)
         if unsent and (self._unsent_mark is None or unsent < self._unsent_mark):
-            self._unsent_mark = unsent  # the client reads, slowly: give it another round
-            self.setTimeout(self.limits.idle_timeout)
+            # The client reads (slowly), or it is the first look: give it another round.
+            first = self._unsent_mark is None
+            self._unsent_mark = unsent
+            idle = self.limits.idle_timeout
+            self.setTimeout(idle / 4 if first else idle)
             return
         if unsent:
             self._abort()  # the client stopped reading: nothing would ever flush

@@ -5,13 +5,15 @@ raise :class:`ApiError` (or one of its subclasses) for what only the web layer k
 parameter, a method not allowed); the rest of the node raises its own typed errors, each with a
 stable ``code`` (and a ``detail`` where it has one), and :data:`ERROR_RULES` says, in one place,
 which status each kind of error is answered with. Anything unforeseen is a 500 whose traceback
-goes to the log.
+goes to the log, once per kind and place (:class:`ErrorLog`): a client repeating the request
+that hits a bug cannot flood the log, and the repeats are counted in one line a minute.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 from twisted.logger import Logger
@@ -32,6 +34,7 @@ __all__ = [
     "ERROR_RULES",
     "ApiError",
     "BadRequest",
+    "ErrorLog",
     "ErrorRule",
     "MethodNotAllowed",
     "TooLarge",
@@ -143,6 +146,80 @@ def error_body(code: str, message: str, detail: Any = None) -> bytes:
     return json_bytes(document)
 
 
+class ErrorLog:
+    """Logs each kind of failure once in full, then its repeats as a count at most once a period.
+
+    A kind is the exception's type and where it was raised (file and line), or a logged error's
+    type and message. At most :attr:`KINDS` kinds are remembered; past that, it starts over.
+
+    :param period: seconds between two lines counting the repeats of one kind.
+    :param now: the clock (monotonic seconds).
+    """
+
+    KINDS = 256
+
+    def __init__(self, period: float = 60.0, now: Callable[[], float] = time.monotonic) -> None:
+        self.period = period
+        self._now = now
+        self._kinds: dict[tuple[str, ...], list[float]] = {}  # kind: [next line due, repeats]
+
+    def _occurred(self, kind: tuple[str, ...]) -> int | None:
+        """Count an occurrence of ``kind``: None to stay quiet, else how many repeats to report
+        (-1: the first occurrence)."""
+        now = self._now()
+        seen = self._kinds.get(kind)
+        if seen is None:
+            if len(self._kinds) >= self.KINDS:
+                self._kinds.clear()
+            self._kinds[kind] = [now + self.period, 0]
+            return -1
+        seen[1] += 1
+        if now < seen[0]:
+            return None
+        repeats = int(seen[1])
+        seen[0], seen[1] = now + self.period, 0
+        return repeats
+
+    def failure(self, failure: Failure) -> None:
+        """Log an unexpected failure: its traceback the first time, then counts."""
+        kind = _failure_kind(failure)
+        repeats = self._occurred(kind)
+        if repeats == -1:
+            log.failure("unexpected error while answering a request", failure)
+        elif repeats is not None:
+            log.error(
+                "unexpected error while answering a request, {repeats} more times since the "
+                "last line: {kind} at {where}: {error}",
+                repeats=repeats,
+                kind=kind[0],
+                where=kind[1],
+                error=failure.getErrorMessage(),
+            )
+
+    def error(self, name: str, message: str) -> None:
+        """Log an expected kind of error (a failing backend), its repeats counted."""
+        repeats = self._occurred((name, message))
+        if repeats == -1:
+            log.error("{kind}: {error}", kind=name, error=message)
+        elif repeats is not None:
+            log.error(
+                "{kind}: {error} ({repeats} times since the last line)",
+                kind=name,
+                error=message,
+                repeats=repeats,
+            )
+
+
+def _failure_kind(failure: Failure) -> tuple[str, ...]:
+    frames = failure.frames
+    where = f"{frames[-1][1]}:{frames[-1][2]}" if frames else "?"
+    return (failure.type.__name__ if failure.type else "?", where)
+
+
+#: The node's log of unexpected errors (one per process: the log is one per process).
+errors_logged = ErrorLog()
+
+
 def as_api_error(failure: Failure | BaseException) -> ApiError:
     """The answer a client gets for any exception a handler raised (see :data:`ERROR_RULES`)."""
     exc = failure.value if isinstance(failure, Failure) else failure
@@ -153,11 +230,8 @@ def as_api_error(failure: Failure | BaseException) -> ApiError:
             status = rule.status if rule.status is not None else int(getattr(exc, "status", 500))
             message = rule.message_prefix + str(exc)
             if rule.logged:
-                log.error("{kind}: {error}", kind=type(exc).__name__, error=str(exc))
+                errors_logged.error(type(exc).__name__, str(exc))
             code = str(getattr(exc, "code", "error"))
             return ApiError(status, code, message, getattr(exc, "detail", None), dict(rule.headers))
-    log.failure(
-        "unexpected error while answering a request",
-        failure if isinstance(failure, Failure) else Failure(exc),
-    )
+    errors_logged.failure(failure if isinstance(failure, Failure) else Failure(exc))
     return ApiError(500, "internal_error", "the server failed to answer; see its log")

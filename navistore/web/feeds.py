@@ -187,6 +187,8 @@ async def _long_poll(request: Request, store: Store, hub: WatchHub, asked: _Aske
             # Nothing under the prefix up to last_seq: later reads start there.
             cursor = page.last_seq
             watcher.skip_through(cursor)
+            if page.more:
+                continue  # the read stopped at its work bound: older changes remain to read
             woken = await watcher.next(remaining)
             if watcher.overflowed:
                 watcher.recovered()
@@ -243,7 +245,7 @@ async def _events(
                         yield b"".join(_event(record) for record in page.records)
                     delivered = page.last_seq
                     watcher.skip_through(delivered)
-                    if len(page.records) < _STREAM_PAGE:
+                    if not page.more:  # a short page may stop early too: read on then
                         break
                 catching_up = False
             batch = await watcher.next(heartbeat)
@@ -324,6 +326,16 @@ async def wait_for_key(
     return _with_seq(response, last)
 
 
+async def _first_change(store: Store, since: int, seen: Prefixes) -> ChangesPage:
+    """The first change under ``seen`` after ``since``, reading on past pages that stopped at
+    their work bound empty (:attr:`ChangesPage.more`), up to the newest seq."""
+    while True:
+        page, _ = await read_changes(store, since, limit=1, prefix=seen)
+        if page.records or not page.more:
+            return page
+        since = page.last_seq
+
+
 async def wait_for_prefix(
     request: Request,
     store: Store,
@@ -341,7 +353,7 @@ async def wait_for_prefix(
     watcher = hub.watch(prefix, since=index)
     try:
         seen = caller_of(request).visible(prefix)
-        page, _ = await read_changes(store, index, limit=1, prefix=seen)
+        page = await _first_change(store, index, seen)
         deadline = hub.clock.seconds() + timeout
         watcher.skip_through(page.last_seq)
         while not page.records and not watcher.closed:
@@ -352,7 +364,7 @@ async def wait_for_prefix(
             if not batch and not watcher.overflowed:
                 break
             watcher.recovered()
-            page, _ = await read_changes(store, index, limit=1, prefix=seen)
+            page = await _first_change(store, index, seen)
     finally:
         watcher.release()
     last = await store.last_seq()

@@ -2,9 +2,10 @@
 
 :class:`BackendComplianceTests` checks, clause by clause, the contract written in the docstrings of
 :class:`~navistore.interfaces.IStorageBackend` (and of the optional
-:class:`~navistore.interfaces.IImmediateReads`). It is a pytest mixin built on pytest-twisted:
-every backend in this repository subclasses it, and so does any third-party backend, so that
-"works with Navistore" means the same thing for all of them.
+:class:`~navistore.interfaces.IImmediateReads` and :class:`~navistore.interfaces.IPrefixChanges`).
+It is a pytest mixin built on pytest-twisted: every backend in this repository subclasses it, and
+so does any third-party backend, so that "works with Navistore" means the same thing for all of
+them.
 
 Each clause is a mixin of its own module, so that a clause and the tables of examples it uses can
 be read (and a failing test found) in one short file; :class:`BackendComplianceTests` combines
@@ -27,7 +28,9 @@ them all, and is the only class a backend author needs:
 * :mod:`~navistore.testing.compliance.concurrency`: calls issued at once;
 * :mod:`~navistore.testing.compliance.lifecycle`: ``close``, and persistence across reopening;
 * :mod:`~navistore.testing.compliance.immediate_reads`: ``peek``, for backends providing
-  IImmediateReads (skipped as not applicable for the others).
+  IImmediateReads (skipped as not applicable for the others);
+* :mod:`~navistore.testing.compliance.prefix_changes`: ``changes_under``, for backends
+  providing IPrefixChanges (skipped as not applicable for the others).
 
 The helpers :func:`make_stamp`, :func:`make_record` and :func:`make_tombstone` build deterministic
 test data; backend authors may use them in their own backend-specific tests.
@@ -45,6 +48,7 @@ from navistore.testing.compliance.immediate_reads import ImmediateReadsContract
 from navistore.testing.compliance.interface import InterfaceContract
 from navistore.testing.compliance.lifecycle import LifecycleContract
 from navistore.testing.compliance.malformed import MalformedRecordContract
+from navistore.testing.compliance.prefix_changes import PrefixChangesContract
 from navistore.testing.compliance.purge import PurgeContract
 from navistore.testing.compliance.reset_meta import ResetAndMetaContract
 from navistore.testing.compliance.scan import ScanContract
@@ -87,6 +91,7 @@ class BackendComplianceTests(
     ConcurrencyContract,
     LifecycleContract,
     ImmediateReadsContract,
+    PrefixChangesContract,
     BackendFixtures,
 ):
     """The :class:`~navistore.interfaces.IStorageBackend` contract, as pytest-twisted tests.
@@ -135,8 +140,9 @@ class BackendComplianceTests(
     * A persistence test closes the backend before calling the reopen callable, so the
       callable may reopen files or connections the old one held.
     * The tests of ``peek`` run only against a backend providing the optional
-      :class:`~navistore.interfaces.IImmediateReads`; for any other they are reported as skipped
-      with ``not applicable``.
+      :class:`~navistore.interfaces.IImmediateReads`, and those of ``changes_under`` only
+      against one providing the optional :class:`~navistore.interfaces.IPrefixChanges`; for
+      any other they are reported as skipped with ``not applicable``.
 
     The contract, in brief: every method returns a Deferred and reports failures as errbacks;
     ``apply`` is last-writer-wins by stamp with an optional expectation (ANY, ABSENT or a stamp),
