@@ -9,6 +9,7 @@ errbacks carrying one of the errors in :mod:`navistore.errors`. The shipped comp
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from typing import Union
 
 from twisted.internet.defer import Deferred
@@ -32,8 +33,9 @@ __all__ = [
     "InvalidRecord",
     "StorageFailure",
     "WouldBlock",
+    "cut_by_bytes",
     "expectation_holds",
-    "record_size",
+    "stored_size",
     "supersedes",
 ]
 
@@ -179,9 +181,20 @@ class IPrefixChanges(Interface):
         ``max_bytes`` cuts the page by size as :class:`ISizedReads` says."""
 
 
-def record_size(record: Record) -> int:
+def stored_size(record: Record) -> int:
     """What a record weighs in a page cut by bytes (:class:`ISizedReads`): its key and value."""
     return len(record.key) + len(record.value)
+
+
+def cut_by_bytes(records: Sequence[Record], max_bytes: int) -> tuple[list[Record], bool]:
+    """The records up to and including the one whose size brings the total to ``max_bytes``,
+    and whether the total got there (the page is full by size)."""
+    left = max_bytes
+    for index, record in enumerate(records):
+        left -= stored_size(record)
+        if left <= 0:
+            return list(records[: index + 1]), True
+    return list(records), False
 
 
 class ISizedReads(Interface):
@@ -189,7 +202,7 @@ class ISizedReads(Interface):
 
     A page of ``limit`` records over values near the value limit would be gigabytes, read into
     memory at once (and, in sqlite, on the reactor thread). With ``max_bytes`` the read stops
-    after the first record that brings the :func:`record_size` of the page to ``max_bytes`` or
+    after the first record that brings the :func:`stored_size` of the page to ``max_bytes`` or
     more: a page holds at least one record and at most ``max_bytes`` plus one record, and a
     page whose size stays under ``max_bytes`` is cut by ``limit`` alone, so the caller tells a
     page cut by bytes (read on after its last record) from the end of the listing. Without it

@@ -353,11 +353,11 @@ class WriteBetweenQueries(WithoutPrefixChanges):
         self.landed: list[Record] = []
 
     def changes_under(
-        self, prefix: str = "/", since: int = 0, limit: int = 1000
+        self, prefix: str = "/", since: int = 0, limit: int = 1000, max_bytes: int | None = None
     ) -> Deferred[list[Record]]:
         if prefix == "/b/" and not self.landed:
             self.landed.append(fired(self.inner.apply(live("/a/late", 10_000))))
-        return self.inner.changes_under(prefix, since, limit)
+        return self.inner.changes_under(prefix, since, limit, max_bytes)
 
 
 def test_merge_never_passes_a_change_an_earlier_query_could_not_see() -> None:

@@ -17,9 +17,8 @@ from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 
 from navistore.links import backoff_delay, iso_time
-from navistore.protocol.batches import encode_ack, record_size
+from navistore.protocol.batches import cut_batch, encode_ack, record_size
 from navistore.replication.peers import cursor_meta
-from navistore.replication.pusher import cut_batch
 from navistore.testing.fakehttp import answer, fail, hang
 
 Nodes = tuple[Clock, Network, Node, Node]

@@ -284,7 +284,8 @@ def test_persistent_backend_cannot_declare_itself_ram_only(
 def test_installed_navistore_ships_the_suite(installed_venv: Path, tmp_path: Path) -> None:
     """From outside the repository, an installed (non-editable) Navistore runs the whole suite
     against the example backend: every contract test passes but those of the optional
-    ``IImmediateReads`` and ``IPrefixChanges``, which the example does not provide: they, and
+    ``IImmediateReads``, ``IPrefixChanges`` and ``ISizedReads``, which the example does not
+    provide: they, and
     nothing else, are skipped as not applicable. Nothing fails."""
     project = tmp_path / "third_party_project"
     project.mkdir()
@@ -322,6 +323,7 @@ def test_installed_navistore_ships_the_suite(installed_venv: Path, tmp_path: Pat
     assert {reason for _count, reason in skips} == {
         "not applicable: minimal does not provide IImmediateReads",
         "not applicable: minimal does not provide IPrefixChanges",
+        "not applicable: minimal does not provide ISizedReads",
     }, output
     skipped = sum(int(count) for count, _reason in skips)
     assert re.search(rf"\b{skipped} skipped\b", output), output

@@ -35,7 +35,14 @@ from zope.interface import implementer
 
 from navistore.backend import BackendURL, BackendURLError
 from navistore.errors import BackendClosed, InvalidRecord, StorageFailure
-from navistore.interfaces import ANY, Expectation, IStorageBackend
+from navistore.interfaces import (
+    ANY,
+    Expectation,
+    ISizedReads,
+    IStorageBackend,
+    cut_by_bytes,
+    stored_size,
+)
 from navistore.links import BadAnswer, HTTPClient, exchange, treq_client
 from navistore.protocol.backend_rpc import RPC_PATHS, apply_params
 from navistore.protocol.records import MalformedRecord, record_from_json
@@ -55,7 +62,7 @@ DEFAULT_CONNECTIONS = 8
 _T = TypeVar("_T")
 
 
-@implementer(IStorageBackend)
+@implementer(IStorageBackend, ISizedReads)
 class HttpBackend:
     """The backend contract as requests to a node serving the backend RPC.
 
@@ -198,18 +205,23 @@ class HttpBackend:
         after: str | None = None,
         limit: int = 1000,
         include_deleted: bool = False,
+        max_bytes: int | None = None,
     ) -> Deferred[list[Record]]:
         async def work() -> list[Record]:
             found: list[Record] = []
+            left = max_bytes
             cursor = after
-            while len(found) < limit:
+            while len(found) < limit and (left is None or left > 0):
                 params: dict[str, str | int] = {"prefix": prefix, "limit": limit - len(found)}
                 if cursor is not None:
                     params["after"] = cursor
                 if include_deleted:
                     params["deleted"] = "true"
+                if left is not None:
+                    params["max_bytes"] = left
                 document = await self._call("scan", "GET", params)
                 page = self._decode("scan", document.get("records"))
+                page, left = _within(page, left)
                 found.extend(page)
                 if not page or not document.get("truncated"):
                     break
@@ -218,14 +230,20 @@ class HttpBackend:
 
         return self._run("scan", work)
 
-    def changes(self, since: int = 0, limit: int = 1000) -> Deferred[list[Record]]:
+    def changes(
+        self, since: int = 0, limit: int = 1000, max_bytes: int | None = None
+    ) -> Deferred[list[Record]]:
         async def work() -> list[Record]:
             found: list[Record] = []
+            left = max_bytes
             cursor = max(since, 0)
-            while len(found) < limit:
+            while len(found) < limit and (left is None or left > 0):
                 params = {"since": cursor, "limit": limit - len(found)}
+                if left is not None:
+                    params["max_bytes"] = left
                 document = await self._call("changes", "GET", params)
                 page = self._decode("changes", document.get("records"))
+                page, left = _within(page, left)
                 found.extend(page)
                 if not page or not document.get("truncated"):
                     break
@@ -298,6 +316,15 @@ class HttpBackend:
             released = self._close_client()
             if isinstance(released, Deferred):
                 await released
+
+
+def _within(page: list[Record], left: int | None) -> tuple[list[Record], int | None]:
+    """A page cut to the ``left`` bytes a sized read has (None: no cut), and what remains
+    (0 or less once full): an older serving node may answer more than it was asked."""
+    if left is None:
+        return page, None
+    kept, full = cut_by_bytes(page, left)
+    return kept, 0 if full else left - sum(map(stored_size, kept))
 
 
 def _integer(document: Any, name: str, operation: str) -> int:

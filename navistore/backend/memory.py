@@ -23,7 +23,7 @@ from navistore.interfaces import (
     ISizedReads,
     IStorageBackend,
     expectation_holds,
-    record_size,
+    stored_size,
     supersedes,
 )
 from navistore.keys import prefix_upper_bound
@@ -233,7 +233,7 @@ class _Room:
     def take(self, record: Record) -> bool:
         """Count ``record`` in; return whether the page is now full by size."""
         if self.left is not None:
-            self.left -= record_size(record)
+            self.left -= stored_size(record)
             self.spent = self.left <= 0
         return self.spent
 

@@ -14,7 +14,7 @@ from twisted.enterprise import adbapi
 
 from navistore.clock import Stamp
 from navistore.errors import StorageFailure
-from navistore.interfaces import Expectation, expectation_holds, record_size, supersedes
+from navistore.interfaces import Expectation, expectation_holds, stored_size, supersedes
 from navistore.record import Record
 
 __all__ = [
@@ -238,7 +238,7 @@ def select_records(
             break
         record = _to_record(row)
         found.append(record)
-        left -= record_size(record)
+        left -= stored_size(record)
     return found
 
 
@@ -321,7 +321,7 @@ def changes_under(
         txn.execute(changes_under_sql("count", bounded), (*within, window))
         under = int(txn.fetchall()[0][0])
         wanted = limit - len(found)
-        left = None if max_bytes is None else max_bytes - sum(map(record_size, found))
+        left = None if max_bytes is None else max_bytes - sum(map(stored_size, found))
         if under < window:
             keys = (*within, since, wanted)
             found.extend(select_records(txn, changes_under_sql("keys", bounded), keys, left))
@@ -337,7 +337,7 @@ def changes_under(
         found.extend(select_records(txn, changes_under_sql("window", bounded), walk, left))
         if len(found) == limit:
             return found
-        if max_bytes is not None and sum(map(record_size, found)) >= max_bytes:
+        if max_bytes is not None and sum(map(stored_size, found)) >= max_bytes:
             return found
         since = window_end
         window *= 2

@@ -18,7 +18,7 @@ a malformed batch raises :class:`MalformedBatch` and nothing in it may be applie
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -30,9 +30,11 @@ from navistore.protocol.records import MalformedRecord, record_from_json, record
 from navistore.record import MAX_SEQ, Record, check_record
 
 __all__ = [
+    "BATCH_BYTES",
     "MEDIA_TYPE",
     "Batch",
     "MalformedBatch",
+    "cut_batch",
     "decode_ack",
     "decode_batch",
     "encode_ack",
@@ -43,6 +45,10 @@ __all__ = [
 
 #: The content type of a batch.
 MEDIA_TYPE = "application/json"
+#: The most bytes (by :func:`record_size`) a pushed batch or a pulled page carries, but a
+#: first record alone: so a batch stays within the receiver's body limit for one value
+#: (``replication_body_limit``) whatever the values.
+BATCH_BYTES = 1024 * 1024
 
 
 class MalformedBatch(ValueError):
@@ -53,12 +59,18 @@ class MalformedBatch(ValueError):
 
 @attrs.frozen
 class Batch:
-    """A decoded batch: who sent it, its records (chains as sent), and the pull cursor."""
+    """A decoded batch: who sent it, its records (chains as sent), and the pull cursor.
+
+    ``more`` (pulled pages): True when the page was cut (by count or by bytes) and the puller
+    should read on at once, False when it was read to the source's end, None when the source
+    does not say (a release before it did: judge by the page's length).
+    """
 
     source: str
     records: list[Record]
     last_seq: int | None = None
     purged_before: int | None = None
+    more: bool | None = None
 
 
 def forwarded_chain(record: Record, sender: str) -> tuple[str, ...]:
@@ -74,11 +86,27 @@ def record_size(record: Record) -> int:
     return len(record.value) * 4 // 3 + len(record.key) + 40 * (len(record.chain) + 3)
 
 
+def cut_batch(records: Sequence[Record], batch_bytes: int) -> list[Record]:
+    """The longest head of ``records`` within ``batch_bytes`` (by :func:`record_size`).
+
+    A first record bigger than the limit is still returned alone, so that it is ever sent.
+    """
+    batch: list[Record] = []
+    size = 0
+    for record in records:
+        size += record_size(record)
+        if batch and size > batch_bytes:
+            break
+        batch.append(record)
+    return batch
+
+
 def encode_batch(
     source: str,
     records: Iterable[Record],
     last_seq: int | None = None,
     purged_before: int | None = None,
+    more: bool | None = None,
 ) -> bytes:
     """Encode records sent by node ``source`` (each chain gets ``source`` appended)."""
     document: dict[str, Any] = {
@@ -91,6 +119,8 @@ def encode_batch(
         document["last_seq"] = last_seq
     if purged_before is not None:
         document["purged_before"] = purged_before
+    if more is not None:
+        document["more"] = more
     return json.dumps(document, separators=(",", ":")).encode("utf-8")
 
 
@@ -142,7 +172,10 @@ def decode_batch(body: bytes) -> Batch:
             not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEQ
         ):
             raise MalformedBatch(f"batch: {name!r} must be a whole number from 0 to {MAX_SEQ}")
-    return Batch(source, records, seqs[0], seqs[1])
+    more = document.get("more")
+    if more is not None and not isinstance(more, bool):
+        raise MalformedBatch("batch: 'more' must be true or false")
+    return Batch(source, records, seqs[0], seqs[1], more)
 
 
 def encode_ack(node_id: str, received: int, applied: int) -> bytes:

@@ -192,7 +192,7 @@ class TombstoneCollector(Service):
                 peer_cursor=peer_cursor,
                 before_seq=bound.before_seq,
             )
-            if len(page.records) < _SCAN_PAGE:
+            if not page.more:
                 break
             position = page.last_seq
         self.runs += 1

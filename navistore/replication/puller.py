@@ -150,7 +150,9 @@ class Puller(Worker):
         self._succeeded()
         self.pulled += len(batch.records)
         await self._move(batch.last_seq)
-        return len(batch.records) < self._page_records
+        if batch.more is not None:  # cut by count or by bytes: read on at once
+            return not batch.more
+        return len(batch.records) < self._page_records  # a source that does not say
 
     async def _move(self, cursor: int) -> None:
         self.cursor = cursor

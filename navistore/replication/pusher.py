@@ -22,7 +22,6 @@ comes back then gets the write while the client still waits for it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, succeed
@@ -30,33 +29,24 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from navistore.links import PeerLink
-from navistore.protocol.batches import MalformedBatch, decode_ack, encode_batch, record_size
+from navistore.protocol.batches import (
+    BATCH_BYTES,
+    MalformedBatch,
+    cut_batch,
+    decode_ack,
+    encode_batch,
+)
 from navistore.record import Record
 from navistore.replication.peers import cursor_meta, node_meta
 from navistore.replication.worker import Worker
 from navistore.store import Store
 
-__all__ = ["URGENT_RETRY", "Pusher", "cut_batch"]
+__all__ = ["URGENT_RETRY", "Pusher"]
 
 log = Logger()
 
 #: While a write waits for this peer, a failing peer is retried at least this often (seconds).
 URGENT_RETRY = 1.0
-
-
-def cut_batch(records: Sequence[Record], batch_bytes: int) -> list[Record]:
-    """The longest head of ``records`` within ``batch_bytes`` (by :func:`record_size`).
-
-    A first record bigger than the limit is still returned alone, so that it is ever sent.
-    """
-    batch: list[Record] = []
-    size = 0
-    for record in records:
-        size += record_size(record)
-        if batch and size > batch_bytes:
-            break
-        batch.append(record)
-    return batch
 
 
 class Pusher(Worker):
@@ -78,7 +68,7 @@ class Pusher(Worker):
         *,
         link: PeerLink,
         batch_records: int = 500,
-        batch_bytes: int = 1_048_576,
+        batch_bytes: int = BATCH_BYTES,
         node_hint: Callable[[], str | None] | None = None,
         on_progress: Callable[[], None] | None = None,
     ) -> None:
@@ -274,11 +264,13 @@ class Pusher(Worker):
         self._changed = False
         newest = await self._store.last_seq()
         self._last_seq = max(self._last_seq, newest)
-        page = await self._store.changes(self.cursor, limit=self._batch_records)
+        page = await self._store.changes(
+            self.cursor, limit=self._batch_records, max_bytes=self._batch_bytes
+        )
         read = cut_batch(page.records, self._batch_bytes)
         target = read[-1].seq if read else self.cursor
         assert target is not None
-        if len(read) == len(page.records) < self._batch_records:
+        if len(read) == len(page.records) and not page.more:
             # Everything up to ``newest`` was in this (short) page: gaps left by reset or by
             # rewritten keys need no acknowledgement.
             target = max(target, newest)

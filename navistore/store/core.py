@@ -33,12 +33,15 @@ from navistore.interfaces import (
     IPrefixChanges,
     IStorageBackend,
     WouldBlock,
+    cut_by_bytes,
+    stored_size,
 )
 from navistore.keys import DEFAULT_MAX_KEY_BYTES, InvalidKey, normalize_key, normalize_prefix
 from navistore.record import DEFAULT_CONTENT_TYPE, DEFAULT_MAX_VALUE_SIZE, Record
 from navistore.store.errors import Conflict, NotFound, PreconditionFailed, RefusedRecord
 from navistore.store.horizon import PurgeHorizon
 from navistore.store.pages import ChangesPage, KeysPage, WriteResult
+from navistore.store.sized import DEFAULT_PAGE_BYTES, changes_page, scan_page
 
 __all__ = ["FALLBACK_SCAN_RECORDS", "MATCH_ANY", "NODE_ID_META", "ChangeListener", "Store"]
 
@@ -96,6 +99,8 @@ class Store:
     :param backend: where records live.
     :param clock: the node's hybrid logical clock (its node id is the node's id).
     :param max_key_bytes: the longest key accepted from clients.
+    :param page_bytes: the bytes of keys and values one page of :meth:`list` or
+        :meth:`changes` holds, unless the call says otherwise (see :mod:`navistore.store.sized`).
     """
 
     def __init__(
@@ -105,11 +110,13 @@ class Store:
         *,
         max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
         max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
+        page_bytes: int = DEFAULT_PAGE_BYTES,
     ) -> None:
         self.backend = backend
         self.clock = clock
         self.max_key_bytes = max_key_bytes
         self.max_value_size = max_value_size
+        self.page_bytes = page_bytes
         self._listeners: list[ChangeListener] = []
         self._horizon = PurgeHorizon(backend)
         self._peek: Callable[[str], Record | None] | None = None
@@ -186,14 +193,20 @@ class Store:
         *,
         after: str | None = None,
         limit: int = 1000,
+        max_bytes: int | None = None,
     ) -> KeysPage:
-        """List live records under a canonical prefix in key order, one page at a time."""
-        records = await self.backend.scan(prefix, after, limit + 1, False)
-        following = None
+        """List live records under a canonical prefix in key order, one page at a time.
+
+        A page holds at most ``limit`` records and is cut once its keys and values reach
+        ``max_bytes`` (default :attr:`page_bytes`; at least one record): ``next`` then goes on
+        after its last key, even if no key follows.
+        """
+        size = self.page_bytes if max_bytes is None else max_bytes
+        records, full = await scan_page(self.backend, prefix, after, limit + 1, False, size)
         if len(records) > limit:
             records = records[:limit]
-            following = records[-1].key
-        return KeysPage(records, following)
+            full = True
+        return KeysPage(records, records[-1].key if full else None)
 
     async def changes(
         self,
@@ -201,6 +214,7 @@ class Store:
         *,
         limit: int = 1000,
         prefix: str | tuple[str, ...] = "/",
+        max_bytes: int | None = None,
     ) -> ChangesPage:
         """Return what changed after seq ``since``, in seq order, tombstones included.
 
@@ -215,9 +229,14 @@ class Store:
         most :data:`FALLBACK_SCAN_RECORDS` changes (or ten pages) and may answer a short, even
         empty, page whose ``last_seq`` is where it stopped, below the newest seq: ``more`` then
         says to read on from there at once. So no call holds the node for the whole log.
+
+        A page is also cut once its keys and values reach ``max_bytes`` (default
+        :attr:`page_bytes`; at least one record): ``more`` then says so, and ``last_seq`` is its
+        last record's.
         """
         if limit < 1:
             raise ValueError(f"a page holds at least one change, not limit={limit}")
+        size = self.page_bytes if max_bytes is None else max_bytes
         # Read the newest seq first: every change up to it is committed, so a client resuming
         # from it after a short page can miss nothing written meanwhile.
         newest = await self.backend.last_seq()
@@ -225,19 +244,19 @@ class Store:
         if not prefixes:
             return ChangesPage([], newest)
         if prefixes[0] in ("", "/"):
-            return await self._whole_feed(since, limit, newest)
+            return await self._whole_feed(since, limit, newest, size)
         if IPrefixChanges.providedBy(self.backend):
-            return await self._changes_under(prefixes, since, limit, newest)
-        return await self._bounded_scan(prefixes, since, limit, newest)
+            return await self._changes_under(prefixes, since, limit, newest, size)
+        return await self._bounded_scan(prefixes, since, limit, newest, size)
 
-    async def _whole_feed(self, since: int, limit: int, newest: int) -> ChangesPage:
-        page: list[Record] = await self.backend.changes(since, limit)
-        if len(page) == limit:
+    async def _whole_feed(self, since: int, limit: int, newest: int, size: int) -> ChangesPage:
+        page, full = await changes_page(self.backend, since, limit, size)
+        if full or len(page) == limit:
             return ChangesPage(page, _seq_of(page[-1]), more=True)
         return _short_page(page, since, _seq_of(page[-1]) if page else since, newest)
 
     async def _changes_under(
-        self, prefixes: tuple[str, ...], since: int, limit: int, newest: int
+        self, prefixes: tuple[str, ...], since: int, limit: int, newest: int, size: int
     ) -> ChangesPage:
         """One ``changes_under`` per prefix (they are disjoint), merged by seq.
 
@@ -250,25 +269,28 @@ class Store:
         complete_to = None
         pages: list[list[Record]] = []
         for prefix in prefixes:
-            page: list[Record] = await backend.changes_under(prefix, since, limit)
+            page: list[Record] = await backend.changes_under(prefix, since, limit, size)
+            page, full = cut_by_bytes(page, size)
             pages.append(page)
-            if len(page) == limit:
+            if full or len(page) == limit:
                 reached = _seq_of(page[-1])
             else:
                 reached = max(newest, _seq_of(page[-1]) if page else newest)
             complete_to = reached if complete_to is None else min(complete_to, reached)
         assert complete_to is not None
         found: list[Record] = []
+        left = size
         for record in heapq.merge(*pages, key=_seq_of):
             if _seq_of(record) > complete_to:
                 break
             found.append(record)
-            if len(found) == limit:
+            left -= stored_size(record)
+            if len(found) == limit or left <= 0:
                 return ChangesPage(found, _seq_of(record), more=True)
         return _short_page(found, since, complete_to, newest)
 
     async def _bounded_scan(
-        self, prefixes: tuple[str, ...], since: int, limit: int, newest: int
+        self, prefixes: tuple[str, ...], since: int, limit: int, newest: int, size: int
     ) -> ChangesPage:
         """The whole feed page by page, keys tested here, at most a bounded number of changes
         examined (a backend without IPrefixChanges has no better way)."""
@@ -277,17 +299,19 @@ class Store:
         cursor = since
         batch = max(limit, 100)
         examined = 0
+        left = size
         while examined < budget:
             asked = min(batch, budget - examined)
-            page: list[Record] = await self.backend.changes(cursor, asked)
+            page, full = await changes_page(self.backend, cursor, asked, size)
             for record in page:
                 if record.key.startswith(prefixes):
                     found.append(record)
-                    if len(found) == limit:
+                    left -= stored_size(record)
+                    if len(found) == limit or left <= 0:
                         return ChangesPage(found, _seq_of(record), more=True)
                 cursor = _seq_of(record)
             examined += len(page)
-            if len(page) < asked:
+            if len(page) < asked and not full:
                 return _short_page(found, since, cursor, newest)
         # Stopped at the bound: everything up to ``cursor`` was examined, and no further.
         return ChangesPage(found, cursor, more=cursor < newest)

@@ -17,10 +17,12 @@ JSON answer; errors are the API's JSON errors):
 - ``POST /_backend_apply?key=&stamp=&content_type=&deleted=true|false&chain=a,b&expect=any|
   absent|<stamp>``, body = the value → ``{"seq": N}`` when stored, ``{"seq": null}`` when not;
   a malformed record is 400 ``invalid_record`` and stores nothing.
-- ``GET /_backend_scan?prefix=&after=&limit=&deleted=true`` and
-  ``GET /_backend_changes?since=&limit=`` → ``{"records": [...], "truncated": bool}``. A page
-  stops early at :data:`MAX_PAGE` records or :data:`PAGE_BYTES` of values (at least one
-  record); ``truncated`` then says to continue after its last record.
+- ``GET /_backend_scan?prefix=&after=&limit=&deleted=true&max_bytes=`` and
+  ``GET /_backend_changes?since=&limit=&max_bytes=`` → ``{"records": [...], "truncated":
+  bool}``. A page stops early at :data:`MAX_PAGE` records or once its keys and values reach
+  ``max_bytes`` (at most, and by default, :data:`PAGE_BYTES`; the record that gets there is
+  included, see :class:`~navistore.interfaces.ISizedReads`); ``truncated`` then says to
+  continue after its last record.
 - ``GET /_backend_last_seq`` → ``{"last_seq": N}``.
 - ``POST /_backend_purge?before_seq=N`` → ``{"purged": n}``.
 - ``POST /_backend_reset`` → ``{"reset": true}``; with ``?meta=forget`` it also forgets every
@@ -45,6 +47,7 @@ from navistore.protocol.backend_rpc import RPC_PATHS, record_from_params
 from navistore.protocol.records import MalformedRecord, record_to_json
 from navistore.record import Record, check_record
 from navistore.store import Store
+from navistore.store.sized import changes_page, scan_page
 from navistore.web.errors import BadRequest
 from navistore.web.params import flag, int_arg, query, query_arg, request_body
 from navistore.web.responses import Endpoints, Response, json_response
@@ -53,7 +56,7 @@ __all__ = ["MAX_PAGE", "META_PREFIX", "PAGE_BYTES", "backend_rpc_endpoints"]
 
 #: The most records one scan or changes answer carries.
 MAX_PAGE = 10_000
-#: Roughly how many value bytes one scan or changes answer carries before stopping early.
+#: The most bytes of keys and values one scan or changes answer carries (plus one record).
 PAGE_BYTES = 8 * 1024 * 1024
 #: Where client meta data lives among the serving node's own.
 META_PREFIX = "remote."
@@ -67,17 +70,16 @@ def _required(request: Request, name: str) -> str:
     return value
 
 
-def _page(records: list[Record], wanted: int, asked: int) -> Response:
-    """Answer a page, cut at the byte budget; ``truncated`` when the reader should go on."""
-    kept: list[dict[str, Any]] = []
-    size = 0
-    for record in records:
-        if kept and size + len(record.value) > PAGE_BYTES:
-            break
-        kept.append(record_to_json(record))
-        size += len(record.value)
-    truncated = len(kept) < len(records) or (wanted > asked and len(records) == asked)
+def _page(records: list[Record], full: bool, wanted: int, asked: int) -> Response:
+    """Answer a page; ``truncated`` when it was cut by bytes or by :data:`MAX_PAGE`."""
+    truncated = full or (wanted > asked and len(records) == asked)
+    kept: list[dict[str, Any]] = [record_to_json(record) for record in records]
     return json_response({"records": kept, "truncated": truncated})
+
+
+def _max_bytes(request: Request) -> int:
+    """``?max_bytes=``, held to 1 .. :data:`PAGE_BYTES` (a client may ask for less)."""
+    return max(1, min(int_arg(request, "max_bytes", PAGE_BYTES), PAGE_BYTES))
 
 
 class BackendRpc:
@@ -127,20 +129,23 @@ class BackendRpc:
         """A page of records under a prefix, in key order."""
         wanted = int_arg(request, "limit", 1000)
         asked = min(wanted, MAX_PAGE)
-        records = await self.backend.scan(
+        records, full = await scan_page(
+            self.backend,
             query_arg(request, "prefix") or "/",
             query_arg(request, "after"),
             asked,
             flag(request, "deleted"),
+            _max_bytes(request),
         )
-        return _page(records, wanted, asked)
+        return _page(records, full, wanted, asked)
 
     async def changes(self, request: Request) -> Response:
         """A page of the change log after ``since``, in seq order."""
         wanted = int_arg(request, "limit", 1000)
         asked = min(wanted, MAX_PAGE)
-        records = await self.backend.changes(int_arg(request, "since", 0), asked)
-        return _page(records, wanted, asked)
+        since = int_arg(request, "since", 0)
+        records, full = await changes_page(self.backend, since, asked, _max_bytes(request))
+        return _page(records, full, wanted, asked)
 
     async def last_seq(self, request: Request) -> Response:
         """The greatest seq the backend ever assigned."""

@@ -20,7 +20,14 @@ from twisted.web.server import Request
 from navistore.hooks import PeerControl
 from navistore.json_documents import parse_json
 from navistore.peer_urls import normalize_peer_url, parse_peer_list
-from navistore.protocol.batches import MEDIA_TYPE, decode_batch, encode_ack, encode_batch
+from navistore.protocol.batches import (
+    BATCH_BYTES,
+    MEDIA_TYPE,
+    cut_batch,
+    decode_batch,
+    encode_ack,
+    encode_batch,
+)
 from navistore.store import Store
 from navistore.store.feed import check_horizon
 from navistore.web.errors import ApiError, BadRequest
@@ -104,15 +111,20 @@ class ReplicationEndpoints:
         started_at = horizon_arg(request)
         await check_horizon(self.store, since, started_at=started_at)
         newest = await self.store.last_seq()
-        page = await self.store.changes(since, limit=limit)
+        page = await self.store.changes(since, limit=limit, max_bytes=BATCH_BYTES)
         # Checked again after the read: a purge that ran meanwhile leaves a gap too.
         horizon = await check_horizon(self.store, since, started_at=started_at)
-        records = page.records
+        # Cut as a pushed batch is, so the page fits the puller's body limit; ``last_seq`` is
+        # then its last record's and the puller reads on.
+        records = cut_batch(page.records, BATCH_BYTES)
         last = records[-1].seq if records else since
         assert last is not None
-        if len(records) < limit:
+        more = page.more or len(records) < len(page.records)
+        if not more:  # short: read to the end
             last = max(last, newest, since)
-        body = encode_batch(self.store.node_id, records, last_seq=last, purged_before=horizon)
+        body = encode_batch(
+            self.store.node_id, records, last_seq=last, purged_before=horizon, more=more
+        )
         return Response(200, body, {b"Content-Type": MEDIA_TYPE.encode("ascii")})
 
     # -- /_peers ------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 :class:`BackendComplianceTests` checks, clause by clause, the contract written in the docstrings of
 :class:`~navistore.interfaces.IStorageBackend` (and of the optional
-:class:`~navistore.interfaces.IImmediateReads` and :class:`~navistore.interfaces.IPrefixChanges`).
+:class:`~navistore.interfaces.IImmediateReads`, :class:`~navistore.interfaces.IPrefixChanges` and
+:class:`~navistore.interfaces.ISizedReads`).
 It is a pytest mixin built on pytest-twisted: every backend in this repository subclasses it, and
 so does any third-party backend, so that "works with Navistore" means the same thing for all of
 them.
@@ -30,7 +31,9 @@ them all, and is the only class a backend author needs:
 * :mod:`~navistore.testing.compliance.immediate_reads`: ``peek``, for backends providing
   IImmediateReads (skipped as not applicable for the others);
 * :mod:`~navistore.testing.compliance.prefix_changes`: ``changes_under``, for backends
-  providing IPrefixChanges (skipped as not applicable for the others).
+  providing IPrefixChanges (skipped as not applicable for the others);
+* :mod:`~navistore.testing.compliance.sized_reads`: pages cut by bytes, for backends providing
+  ISizedReads (skipped as not applicable for the others).
 
 The helpers :func:`make_stamp`, :func:`make_record` and :func:`make_tombstone` build deterministic
 test data; backend authors may use them in their own backend-specific tests.
@@ -53,6 +56,7 @@ from navistore.testing.compliance.purge import PurgeContract
 from navistore.testing.compliance.reset_meta import ResetAndMetaContract
 from navistore.testing.compliance.scan import ScanContract
 from navistore.testing.compliance.seq import SeqContract
+from navistore.testing.compliance.sized_reads import SizedReadsContract
 from navistore.testing.compliance.support import (
     NODE_A,
     NODE_B,
@@ -92,6 +96,7 @@ class BackendComplianceTests(
     LifecycleContract,
     ImmediateReadsContract,
     PrefixChangesContract,
+    SizedReadsContract,
     BackendFixtures,
 ):
     """The :class:`~navistore.interfaces.IStorageBackend` contract, as pytest-twisted tests.
@@ -140,9 +145,11 @@ class BackendComplianceTests(
     * A persistence test closes the backend before calling the reopen callable, so the
       callable may reopen files or connections the old one held.
     * The tests of ``peek`` run only against a backend providing the optional
-      :class:`~navistore.interfaces.IImmediateReads`, and those of ``changes_under`` only
-      against one providing the optional :class:`~navistore.interfaces.IPrefixChanges`; for
-      any other they are reported as skipped with ``not applicable``.
+      :class:`~navistore.interfaces.IImmediateReads`, those of ``changes_under`` only
+      against one providing the optional :class:`~navistore.interfaces.IPrefixChanges`, and
+      those of pages cut by bytes only against one providing
+      :class:`~navistore.interfaces.ISizedReads`; for any other they are reported as skipped
+      with ``not applicable``.
 
     The contract, in brief: every method returns a Deferred and reports failures as errbacks;
     ``apply`` is last-writer-wins by stamp with an optional expectation (ANY, ABSENT or a stamp),
