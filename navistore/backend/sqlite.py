@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING, Any, Callable, cast
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -161,6 +162,8 @@ class SqliteBackend:
         self._issued = 0  # the ticket of the last record-changing call issued
         self._done = 0  # the ticket of the last one finished (they finish in ticket order)
         self._barrier = 0  # the ticket of the last reset or purge, which change any key
+        # While a reset or purge runs (in chunks): fires when it is over.
+        self._changes_over: Deferred[None] | None = None
         self._key_tickets: dict[str, int] = {}  # keys with an apply in flight: its ticket
         # writer=reactor: the writing connection, and the checkpoints run on the pool's thread.
         self._writer: sqlite3.Connection | None = None
@@ -205,8 +208,8 @@ class SqliteBackend:
         if self._flush_call is not None:
             self._flush_call.cancel()
             self._flush_call = None
-        if not self._pending:
-            return
+        if not self._pending or self._changes_over is not None:
+            return  # (a purge or reset under way sends them when it is over)
         batch, self._pending = self._pending, []
         self._batches_in_flight += 1
         written = self._interact("apply", schema.write_batch, [(r, e) for r, e, _, _ in batch])
@@ -284,9 +287,18 @@ class SqliteBackend:
         self._release(None)
 
     def _run(self, operation: str, interaction: Callable[..., Any], *args: Any) -> Deferred:
-        """Run one interaction after every apply issued before it; BackendClosed once closed."""
+        """Run one interaction after every apply issued before it (and after a purge or reset
+        under way); BackendClosed once closed."""
         if self._closed:
             return fail(BackendClosed(operation))
+        if self._changes_over is not None:
+            self._outstanding += 1  # closing waits for it
+
+            def go_on(_: None) -> Deferred:
+                self._send_pending()  # the applies issued before this call go first
+                return self._interact(operation, interaction, *args).addBoth(self._release)
+
+            return _after(self._changes_over).addCallback(go_on).addBoth(self._release)
         self._send_pending()
         return self._interact(operation, interaction, *args).addBoth(self._release)
 
@@ -301,14 +313,53 @@ class SqliteBackend:
         return Failure(error)
 
     def _changing(self, operation: str, interaction: Callable[..., Any], *args: Any) -> Deferred:
-        """Run a call that may change any record (reset, purge): reads issued after it wait."""
+        """Run a call that may change any record (reset, purge) in transactions of
+        :data:`~navistore.backend.sqlite_schema.CHANGE_CHUNK` records, one per reactor turn,
+        until one removes fewer; every call issued after it waits until it is over (applies
+        form the next batch, reads and meta calls queue), so none sees it half done."""
         if self._closed:
             return fail(BackendClosed(operation))
         self._send_pending()
         self._issued += 1
         self._barrier = ticket = self._issued
-        done = self._interact(operation, interaction, *args)
-        return done.addBoth(self._finished_with, ticket).addBoth(self._release)
+        self._batches_in_flight += 1  # applies issued meanwhile wait for it
+        self._outstanding += 1
+        previous = self._changes_over
+        over: Deferred[None] = Deferred()
+        self._changes_over = over
+        done = Deferred.fromCoroutine(self._in_chunks(previous, operation, interaction, *args))
+
+        def finished(result: object) -> object:
+            self._batches_in_flight -= 1
+            self._finished(ticket)
+            if self._changes_over is over:
+                self._changes_over = None
+            over.callback(None)
+            self._schedule_flush()
+            return result
+
+        return done.addBoth(finished).addBoth(self._release)
+
+    async def _in_chunks(
+        self,
+        previous: Deferred[None] | None,
+        operation: str,
+        interaction: Callable[..., Any],
+        *args: Any,
+    ) -> int:
+        if previous is not None:
+            await _after(previous)
+        total = 0
+        while True:
+            removed = int(
+                await self._interact(operation, interaction, *args, schema.CHANGE_CHUNK).addBoth(
+                    self._release
+                )
+            )
+            total += removed
+            if removed < schema.CHANGE_CHUNK:
+                return total
+            await deferLater(self._reactor, 0, lambda: None)  # let other connections in
 
     def _finished_with(self, result: object, ticket: int) -> object:
         self._finished(ticket)
@@ -445,7 +496,7 @@ class SqliteBackend:
         return self._changing("purge_tombstones", schema.purge, before_seq)
 
     def reset(self) -> Deferred[None]:
-        return self._changing("reset", schema.reset)
+        return self._changing("reset", schema.reset).addCallback(lambda _: None)
 
     def get_meta(self, name: str) -> Deferred[str | None]:
         return self._run("get_meta", schema.get_meta, name)
@@ -505,3 +556,15 @@ def open_sqlite(url: BackendURL) -> SqliteBackend:
     if url.location == ":memory:":
         raise BackendURLError(f"{url.text}: for a store in RAM use memory:")
     return SqliteBackend(url.location, synchronous=synchronous, writer=writer)
+
+
+def _after(event: Deferred[None]) -> Deferred[None]:
+    """A Deferred firing once ``event`` has, without taking its result from other waiters."""
+    waited: Deferred[None] = Deferred()
+
+    def passed_on(result: object) -> object:
+        waited.callback(None)
+        return result
+
+    event.addBoth(passed_on)
+    return waited

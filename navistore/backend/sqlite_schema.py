@@ -20,6 +20,7 @@ from navistore.record import Record
 __all__ = [
     "BUSY_TIMEOUT_MS",
     "CHANGES_SQL",
+    "CHANGE_CHUNK",
     "GET_SQL",
     "MAX_LIMIT",
     "MIGRATIONS",
@@ -76,6 +77,14 @@ _UPDATE_SQL = (
     " WHERE key = ?"
 )
 PURGE_SQL = "DELETE FROM records WHERE deleted = 1 AND seq < ?"
+_PURGE_CHUNK_SQL = (
+    "DELETE FROM records WHERE rowid IN"
+    " (SELECT rowid FROM records WHERE deleted = 1 AND seq < ? LIMIT ?)"
+)
+_RESET_CHUNK_SQL = "DELETE FROM records WHERE rowid IN (SELECT rowid FROM records LIMIT ?)"
+#: How many records one transaction of a purge or a reset removes (a few milliseconds of
+#: work: the reactor thread, which runs them with writer=reactor, is never held long).
+CHANGE_CHUNK = 2000
 _READ_STATE_SQL = "SELECT value FROM backend_state WHERE name = ?"
 _WRITE_STATE_SQL = "UPDATE backend_state SET value = ? WHERE name = ?"
 
@@ -343,13 +352,22 @@ def changes_under(
         window *= 2
 
 
-def purge(txn: adbapi.Transaction, before_seq: int) -> int:
-    txn.execute(PURGE_SQL, (before_seq,))
+def purge(txn: adbapi.Transaction, before_seq: int, chunk: int | None = None) -> int:
+    """Remove tombstones below ``before_seq``, at most ``chunk`` of them (None: all)."""
+    if chunk is None:
+        txn.execute(PURGE_SQL, (before_seq,))
+    else:
+        txn.execute(_PURGE_CHUNK_SQL, (before_seq, chunk))
     return int(txn.rowcount)
 
 
-def reset(txn: adbapi.Transaction) -> None:
-    txn.execute("DELETE FROM records")
+def reset(txn: adbapi.Transaction, chunk: int | None = None) -> int:
+    """Remove records, at most ``chunk`` of them (None: all); return how many."""
+    if chunk is None:
+        txn.execute("DELETE FROM records")
+    else:
+        txn.execute(_RESET_CHUNK_SQL, (chunk,))
+    return int(txn.rowcount)
 
 
 def get_meta(txn: adbapi.Transaction, name: str) -> str | None:
