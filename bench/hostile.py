@@ -200,10 +200,10 @@ class Node:
         self.start()
 
     def start(self) -> None:
-        prelude = ""
+        prelude = os.environ.get("HOSTILE_NODE_PRELUDE", "")  # e.g. a profiler, to study a row
         if self.nofile is not None:
             limit = self.nofile
-            prelude = (
+            prelude += (
                 f"import resource; resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, {limit})); "
             )
         command = [

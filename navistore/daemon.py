@@ -38,6 +38,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from navistore import __version__
+from navistore.allocator import MemoryReleaser, tune_allocator
 from navistore.backend import BackendURLError, open_backend
 from navistore.errors import BackendError
 from navistore.interfaces import IStorageBackend
@@ -197,6 +198,8 @@ class NavistoreService(MultiService):
         self.node = node
         for service in node.services:
             service.setServiceParent(self)
+        tune_allocator()
+        MemoryReleaser(self._reactor).setServiceParent(self)
         site = node.site
         self._tracker = RequestTracker(site.requestFactory)
         # HTTP channels only call it with (channel, queued) for a Request: a callable will do.

@@ -39,6 +39,7 @@ from navistore.json_documents import parse_json
 __all__ = [
     "BACKOFF_BASE",
     "BACKOFF_FACTOR",
+    "SMALL_ANSWER_BYTES",
     "Answer",
     "AnswerTooLarge",
     "BadAnswer",
@@ -117,6 +118,11 @@ class Refused(Exception):
 
 class BadAnswer(ValueError):
     """The other node answered something outside the protocol; the message says what."""
+
+
+#: The most bytes read of an answer that is a small JSON document by the protocol (a push's
+#: acknowledgement, ``/_health``, a forwarded write's answer): a peer answering more is broken.
+SMALL_ANSWER_BYTES = 64 * 1024
 
 
 class AnswerTooLarge(BadAnswer):

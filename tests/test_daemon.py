@@ -7,7 +7,9 @@ runs.
 from __future__ import annotations
 
 import json
+import os
 import socket
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,6 +21,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import CannotListenError, ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseNeverReceived
 
 from navistore.backend import BackendURLError
@@ -227,3 +230,36 @@ async def test_late_startup_failure_is_handed_over_after_cleaning_up() -> None:
     assert await refused(url)
     assert not service.running
     await service.stopService()
+
+
+def test_the_allocator_gives_freed_memory_back() -> None:
+    """With the allocator tuned (glibc), 200 MiB of 64 KiB blocks freed leave the process's
+    RSS where it was, and a released heap shrinks too: what a large request freed is given
+    back to the system (the hostile-load goal), not kept for reuse."""
+    from navistore.allocator import MemoryReleaser, tune_allocator
+
+    if not tune_allocator():
+        pytest.skip("not applicable: the C library is not glibc")
+
+    def rss_mib() -> float:
+        return (
+            int(Path("/proc/self/statm").read_text().split()[1])
+            * os.sysconf("SC_PAGE_SIZE")
+            / 2**20
+        )
+
+    before = rss_mib()
+    blocks = [os.urandom(64 * 1024) for _ in range(3200)]
+    small = [b"%d" % index * 20 for index in range(100_000)]
+    grown = rss_mib()
+    del blocks
+    assert rss_mib() - before < (grown - before) / 4
+    scattered = [bytes(700) for _ in range(100_000)]
+    pins = scattered[::50]  # still used: the heap cannot shrink from its top past them
+    del small, scattered
+    releaser = MemoryReleaser(Clock())
+    high = rss_mib()
+    releaser.release()
+    assert releaser.runs == 1
+    assert rss_mib() < high - 20  # 70 MB of 700-byte blocks were freed between the pins
+    assert len(pins) == 2000

@@ -39,6 +39,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "wiring": (
         "navistore.node",
         "navistore.daemon",
+        "navistore.allocator",
         "navistore.listening",
         "navistore.tls_endpoint",
         "navistore.tap",

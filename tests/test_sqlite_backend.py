@@ -28,7 +28,7 @@ from navistore.backend.sqlite import SqliteBackend
 from navistore.backend.sqlite_schema import scan_sql
 from navistore.clock import Stamp
 from navistore.errors import BackendClosed, InvalidRecord, StorageFailure
-from navistore.interfaces import ABSENT, ANY, Expectation, IStorageBackend
+from navistore.interfaces import ABSENT, ANY, Expectation, IStorageBackend, WouldBlock
 from navistore.record import Record
 from navistore.testing import BackendComplianceTests
 
@@ -678,3 +678,27 @@ async def test_changes_under_through_the_pool(thread_backend: SqliteBackend) -> 
     stored = await defer.gatherResults(pending)
     assert await listed == stored
     assert await backend.changes_under("/p/", 0, 2) == [await backend.get("/p/0"), stored[0]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_large_values_are_read_off_the_reactor_thread(
+    backend: SqliteBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A value over LARGE_VALUE is never read on the reactor thread: ``peek`` says WouldBlock
+    without reading it, and ``get`` reads it on the pool's thread, whole; a small value is still
+    read at once."""
+    big = await backend.apply(record("/big", 1, b"b" * (sqlite_module.LARGE_VALUE + 1)))
+    small = await backend.apply(record("/small", 1))
+    threads: list[str] = []
+    real = sqlite_module.read_record
+
+    def traced(txn: Any, key: str) -> Any:
+        threads.append(threading.current_thread().name)
+        return real(txn, key)
+
+    monkeypatch.setattr(sqlite_module, "read_record", traced)
+    with pytest.raises(WouldBlock):
+        backend.peek("/big")
+    assert backend.peek("/small") == small
+    assert await backend.get("/big") == big
+    assert threads and threading.main_thread().name not in threads

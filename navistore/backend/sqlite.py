@@ -425,12 +425,38 @@ class SqliteBackend:
             raise BackendClosed("peek")
         if self._key_tickets.get(key, 0) > self._done or self._barrier > self._done:
             raise WouldBlock(key)
-        record: Record | None = self._read("peek", schema.read_record, key)
+        try:
+            record: Record | None = self._read("peek", schema.read_small_record, key)
+        except schema.LargeValue:
+            raise WouldBlock(key) from None
         return record
 
     def get(self, key: str) -> Deferred[Record | None]:
+        """The record, read on the reactor thread when it can be answered at once and its
+        value is small; a large value (over ``LARGE_VALUE``) is read on the pool's thread,
+        which sqlite lets run beside the reactor (it releases the GIL while it reads)."""
         need = max(self._key_tickets.get(key, 0), self._barrier)
-        return self._read_after(need, "get", schema.read_record, key)
+        if self._closed:
+            return fail(BackendClosed("get"))
+        if need <= self._done:
+            try:
+                return succeed(self._read("get", schema.read_small_record, key))
+            except WouldBlock:
+                pass
+            except schema.LargeValue:
+                return self._read_in_pool("get", schema.read_record, key)
+        return self._run("get", schema.read_record, key)
+
+    def _read_in_pool(self, operation: str, query: Callable[..., Any], *args: Any) -> Deferred:
+        """Read on the pool's thread now, even with writer=reactor: every write the read
+        needs is committed already, and WAL lets the pool's connection read beside the
+        writer."""
+        if self.writer == "thread" or self._pool.threadpool.joined:
+            return self._run(operation, query, *args)
+        self._outstanding += 1
+        done: Deferred[Any] = self._pool.runInteraction(query, *args)
+        done.addCallbacks(self._pool_ready, self._storage_failure, errbackArgs=(operation,))
+        return done.addBoth(self._release)
 
     def scan(
         self,

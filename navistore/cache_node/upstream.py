@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from navistore.clock import InvalidStamp, Stamp, validate_node_id
 from navistore.hooks import ForwardedWrite
-from navistore.links import Answer, BadAnswer, PeerLink
+from navistore.links import SMALL_ANSWER_BYTES, Answer, BadAnswer, PeerLink
 from navistore.record import DEFAULT_CONTENT_TYPE
 
 __all__ = ["HOP_BY_HOP", "Change", "Upstream", "parse_etag"]
@@ -38,6 +38,10 @@ def parse_etag(values: Sequence[bytes] | None) -> Stamp:
         raise BadAnswer(f"the upstream's answer has no usable ETag: {exc}") from None
 
 
+#: Room for one change in the upstream's ``/_changes`` page (JSON; keys may be a few KiB).
+_CHANGE_BYTES = 4096
+
+
 class Upstream:
     """The node a cache node copies, at ``url``, reached through ``link``."""
 
@@ -45,9 +49,10 @@ class Upstream:
         self.url = url
         self.link = link
 
-    async def _get_json(self, path: str) -> Any:
-        """GET a JSON document; raise unless the upstream answers 200 with JSON."""
-        answer = await self.link.exchange("GET", self.url + path)
+    async def _get_json(self, path: str, max_bytes: int = SMALL_ANSWER_BYTES) -> Any:
+        """GET a JSON document; raise unless the upstream answers 200 with JSON (at most
+        ``max_bytes`` of it)."""
+        answer = await self.link.exchange("GET", self.url + path, max_bytes=max_bytes)
         if answer.status != 200:
             raise answer.refusal()
         return answer.json(f"the upstream's {path}")
@@ -62,7 +67,10 @@ class Upstream:
 
     async def changes(self, since: int, limit: int) -> tuple[int, list[Change]]:
         """A page of the upstream's change feed after ``since``: its ``last_seq`` and changes."""
-        document = await self._get_json(f"/_changes?since={since}&limit={limit}")
+        # A change is about 150 bytes of JSON (a key of at most a few KiB): room for a page.
+        document = await self._get_json(
+            f"/_changes?since={since}&limit={limit}", max_bytes=_CHANGE_BYTES * max(limit, 1)
+        )
         try:
             changes = [
                 (str(item["key"]), Stamp.decode(item["stamp"]), bool(item["deleted"]))
@@ -92,4 +100,6 @@ class Upstream:
         }
         data = write.body if write.body or write.method != "DELETE" else None
         url = self.url + quote(write.target, safe=_URL_SAFE)
-        return await self.link.exchange(write.method, url, body=data, headers=headers)
+        return await self.link.exchange(
+            write.method, url, body=data, headers=headers, max_bytes=SMALL_ANSWER_BYTES
+        )

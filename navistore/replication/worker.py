@@ -14,7 +14,7 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from navistore.links import Answer, Failures, PeerLink, iso_time
+from navistore.links import SMALL_ANSWER_BYTES, Answer, Failures, PeerLink, iso_time
 from navistore.protocol.batches import MEDIA_TYPE
 from navistore.store import Store
 from navistore.waiters import Waiters
@@ -154,8 +154,13 @@ class Worker:
         if body is None:
             attempt = self._link.exchange("GET", url)
         else:
+            # The answer to a pushed batch is its acknowledgement: a few bytes of JSON.
             attempt = self._link.exchange(
-                "POST", url, body=body, headers={"Content-Type": MEDIA_TYPE}
+                "POST",
+                url,
+                body=body,
+                headers={"Content-Type": MEDIA_TYPE},
+                max_bytes=SMALL_ANSWER_BYTES,
             )
         return await self._interruptibly(attempt)
 

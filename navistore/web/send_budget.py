@@ -18,8 +18,9 @@ from twisted.internet.defer import Deferred, succeed
 
 __all__ = ["DEFAULT_SEND_BUFFER", "SMALL_ANSWER", "SendBudget", "send_budget_of"]
 
-#: The bytes all slow readers together may hold by default: 32 MiB.
-DEFAULT_SEND_BUFFER = 32 * 1024 * 1024
+#: The bytes all slow readers together may hold by default: 16 MiB, one value at the value
+#: limit (one answer may overshoot it, so two such values at most are held).
+DEFAULT_SEND_BUFFER = 16 * 1024 * 1024
 
 #: An answer this small is sent at once whatever the budget (one connection's send buffer holds
 #: about this much before its client is counted as slow).
