@@ -792,6 +792,7 @@ class Bench:
         self.leftover_peers: list[str] = []
         self.extra_nodes: list[Node] = []
         self.big_written = False
+        self.big_since = 0  # the seq before the big values: a pull from there reads them
         self.changes_written = False
         self.reference: float | None = None
         self.main = Node(runtime, workroot / "main")
@@ -850,6 +851,7 @@ class Bench:
         """Six values at the value limit under ``/big/`` (distinct, printable ASCII)."""
         if self.big_written:
             return
+        self.big_since = self.last_seq() or 0
         for index in range(6):
             value = bytes([ord("a") + index]) * self.sizes.big_value
             status, body = call(
@@ -1256,10 +1258,9 @@ def attack_bulk_values(bench: Bench, row: Row) -> None:
     bench.measure(row, bench.main, run)
 
 
-def attack_listing(bench: Bench, row: Row) -> None:
-    bench.ensure_big_values()
-    row.name = f"GET /big/?values=true over six {mib(bench.sizes.big_value)} values"
-    data = request_bytes("GET", "/big/?values=true")
+def big_read(bench: Bench, row: Row, target: str) -> None:
+    """One GET of ``target``, whose answer may hold all the big values; its size noted."""
+    data = request_bytes("GET", target)
 
     def run() -> None:
         result = exchange(bench.main.port, data, seconds=ATTACK_WAIT, keep=0)
@@ -1271,6 +1272,12 @@ def attack_listing(bench: Bench, row: Row) -> None:
             row.note(describe(result))
 
     bench.measure(row, bench.main, run)
+
+
+def attack_listing(bench: Bench, row: Row) -> None:
+    bench.ensure_big_values()
+    row.name = f"GET /big/?values=true over six {mib(bench.sizes.big_value)} values"
+    big_read(bench, row, "/big/?values=true")
 
 
 def attack_peer(bench: Bench, row: Row) -> None:
@@ -1453,19 +1460,11 @@ def attack_missing(bench: Bench, row: Row) -> None:
 
 def attack_replicate(bench: Bench, row: Row) -> None:
     bench.ensure_big_values()
-    row.name = f"GET /_replicate?limit=10000 with six {mib(bench.sizes.big_value)} values"
-    data = request_bytes("GET", "/_replicate?limit=10000")
-
-    def run() -> None:
-        result = exchange(bench.main.port, data, seconds=ATTACK_WAIT, keep=0)
-        row.count(result.label)
-        if result.answer is not None:
-            whole = "" if result.answer.complete else " (incomplete)"
-            row.note(f"answer {result.answer.size / MIB:.1f} MiB{whole} in {result.seconds:.1f} s")
-        else:
-            row.note(describe(result))
-
-    bench.measure(row, bench.main, run)
+    row.name = (
+        f"GET /_replicate?since=(before them)&limit=10000 with six {mib(bench.sizes.big_value)}"
+        " values"
+    )
+    big_read(bench, row, f"/_replicate?since={bench.big_since}&limit=10000")
 
 
 def attack_longpoll(bench: Bench, row: Row) -> None:

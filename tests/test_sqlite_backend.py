@@ -702,3 +702,21 @@ async def test_large_values_are_read_off_the_reactor_thread(
     assert backend.peek("/small") == small
     assert await backend.get("/big") == big
     assert threads and threading.main_thread().name not in threads
+    # (thread, whether the query leaves large values out) of every page read
+    pages: list[tuple[str, bool]] = []
+    real_select = sqlite_module.select_records
+    main = threading.main_thread().name
+
+    def traced_select(txn: Any, sql: str, *args: Any) -> Any:
+        pages.append((threading.current_thread().name, "CASE WHEN length(value)" in sql))
+        return real_select(txn, sql, *args)
+
+    monkeypatch.setattr(sqlite_module, "select_records", traced_select)
+    assert await backend.scan("/", limit=10) == [big, small]
+    assert await backend.changes(0, 10) == [big, small]
+    assert all(small_only for thread, small_only in pages if thread == main)
+    # The two whole reads, values and all, ran on the pool's thread.
+    assert [thread == main for thread, small_only in pages if not small_only] == [False, False]
+    pages.clear()
+    assert await backend.scan("/small", limit=10) == [small]  # small: on the reactor thread
+    assert pages == [(main, True)]

@@ -509,9 +509,18 @@ class SqliteBackend:
         if limit <= 0 and not self._closed:
             return succeed([])  # sqlite would read LIMIT -1 as "no limit"
         bounded = (*params, min(limit, schema.MAX_LIMIT))
-        return self._read_after(
-            self._issued, operation, schema.select_records, sql, bounded, max_bytes
-        )
+        if self._closed:
+            return fail(BackendClosed(operation))
+        if self._issued <= self._done:
+            # As get(): on the reactor thread, unless a value on the page is large.
+            try:
+                small = schema.select_small_records
+                return succeed(self._read(operation, small, sql, bounded, max_bytes))
+            except WouldBlock:
+                pass
+            except schema.LargeValue:
+                return self._read_in_pool(operation, schema.select_records, sql, bounded, max_bytes)
+        return self._run(operation, schema.select_records, sql, bounded, max_bytes)
 
     def last_seq(self) -> Deferred[int]:
         return self._read_after(

@@ -37,10 +37,12 @@ __all__ = [
     "open_connection",
     "purge",
     "read_record",
+    "read_small_record",
     "read_state",
     "reset",
     "scan_sql",
     "select_records",
+    "select_small_records",
     "set_meta",
     "transact",
     "write_batch",
@@ -75,10 +77,11 @@ GET_SQL = f"SELECT {_COLUMNS} FROM records WHERE key = ?"
 #: The values too large to read on the reactor thread: a 16 MiB value is 4,000 overflow pages,
 #: tens of milliseconds to read (measured with bench/hostile.py, fifty clients reading one).
 LARGE_VALUE = 1024 * 1024
-_GET_SMALL_SQL = (
-    "SELECT key, seq, stamp, deleted, content_type, chain,"
-    " CASE WHEN length(value) > ? THEN NULL ELSE value END FROM records WHERE key = ?"
+_SMALL_COLUMNS = (
+    "key, seq, stamp, deleted, content_type, chain,"
+    f" CASE WHEN length(value) > {LARGE_VALUE} THEN NULL ELSE value END"
 )
+_GET_SMALL_SQL = f"SELECT {_SMALL_COLUMNS} FROM records WHERE key = ?"
 CHANGES_SQL = f"SELECT {_COLUMNS} FROM records WHERE seq > ? ORDER BY seq LIMIT ?"
 _INSERT_SQL = f"INSERT INTO records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
 _UPDATE_SQL = (
@@ -152,6 +155,8 @@ def changes_under_sql(shape: str, bounded: bool) -> str:
 
 def _to_record(row: tuple[Any, ...]) -> Record:
     key, seq, stamp, deleted, content_type, chain, value = row
+    if value is None:  # values are NOT NULL: this one was left out for its size
+        raise LargeValue(key)
     nodes = tuple(chain.split(",")) if chain else ()
     return Record(key, bytes(value), content_type, Stamp.decode(stamp), bool(deleted), seq, nodes)
 
@@ -247,13 +252,20 @@ def read_small_record(txn: adbapi.Transaction, key: str) -> Record | None:
     """:func:`read_record`, unless the value is over :data:`LARGE_VALUE` bytes: then raise
     :class:`LargeValue` without reading it (sqlite knows a blob's length from the row's header,
     without reading the chain of overflow pages that holds it)."""
-    txn.execute(_GET_SMALL_SQL, (LARGE_VALUE, key))
+    txn.execute(_GET_SMALL_SQL, (key,))
     rows = txn.fetchall()
     if not rows:
         return None
-    if rows[0][6] is None:  # values are NOT NULL: this one was left out for its size
-        raise LargeValue(key)
-    return _to_record(rows[0])
+    return _to_record(rows[0])  # LargeValue if the value was left out for its size
+
+
+def select_small_records(
+    txn: adbapi.Transaction, sql: str, params: tuple[Any, ...], max_bytes: int | None = None
+) -> list[Record]:
+    """:func:`select_records`, but raise :class:`LargeValue` as soon as a selected value is
+    over :data:`LARGE_VALUE` bytes, without reading it (the caller reads the page elsewhere)."""
+    found = select_records(txn, sql.replace(_COLUMNS, _SMALL_COLUMNS, 1), params, max_bytes)
+    return found
 
 
 def select_records(
