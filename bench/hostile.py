@@ -26,11 +26,12 @@ format characters in keys, a header line without a colon). For each it prints a 
 
 A node that does not answer ``/_health`` within 30 s after an attack is "stuck": it is killed and
 restarted on the same database, and the row says so. At the end the node must still serve (a
-PUT and a GET) and the sentinels be unchanged. The goals, per row: RSS peak and kept at most
-64 MiB (3 x the 16 MiB value limit is less), every ``/_health`` answered 200 within 100 ms, no
-5xx (but the 503 ``upstream_unavailable`` the README promises for a broken upstream), no stuck
-node, and for the descriptor-starved node all 10 GETs answered. The table is Markdown;
-``--json FILE`` also writes the figures.
+PUT and a GET) and the sentinels be unchanged. The goals, per row: RSS peak at most
+max(64 MiB, 3 x the limit the request is under): 64 MiB (3 x the 16 MiB value limit is less),
+192 MiB for the bulk loads (3 x the 64 MiB body limit); RSS kept at most 64 MiB; every
+``/_health`` answered 200 within 100 ms, no 5xx (but the 503 ``upstream_unavailable`` the
+README promises for a broken upstream), no stuck node, and for the descriptor-starved node
+all 10 GETs answered. The table is Markdown; ``--json FILE`` also writes the figures.
 
 The bench imports no Navistore code: ``--python`` and ``--tree`` choose the interpreter and the
 source tree the nodes run (``PYTHONPATH=tree``; the module file the node imports is printed), so
@@ -78,6 +79,7 @@ RSS_INTERVAL = 0.025
 PROBE_INTERVAL = 0.02
 MIN_PROBE = 1.0  # seconds the probe polls at least, even around an attack that takes none
 RSS_GOAL_MIB = 64.0
+BULK_LIMIT_MIB = 64.0  # a /_bulk body's limit: its rows may peak at 3 x that
 RECYCLE_MIB = 16.0
 HEALTH_GOAL_MS = 100.0
 SEQ_OVER = str(2**63)
@@ -706,6 +708,8 @@ class Row:
     #: When set, the only statuses (labels) the attack's clients should see: any other is a
     #: missed goal ("answers"), e.g. a slow client that gets no 408.
     expected: set[str] | None = None
+    #: The RSS goal: max(64 MiB, 3 x the value or body limit the request is under).
+    rss_goal_mib: float = RSS_GOAL_MIB
 
     def count(self, label: str, times: int = 1) -> None:
         self.statuses[label] += times
@@ -716,7 +720,7 @@ class Row:
     def failures(self) -> list[str]:
         """The goals this row missed."""
         missed = []
-        if self.peak_mib is None or self.peak_mib > RSS_GOAL_MIB:
+        if self.peak_mib is None or self.peak_mib > self.rss_goal_mib:
             missed.append("RSS peak")
         if self.kept_mib is None or self.kept_mib > RSS_GOAL_MIB:
             missed.append("RSS kept")
@@ -1226,6 +1230,7 @@ def attack_bulk(bench: Bench, row: Row) -> None:
     del entries
     row.name = f"POST /_bulk, {mib(limit)} of tiny entries"
     row.expected = {"413"}  # past the entry limit: refused as it is read, nothing written
+    row.rss_goal_mib = 3 * BULK_LIMIT_MIB
     data = request_bytes("POST", "/_bulk", body, {"Content-Type": "application/json"})
 
     def run() -> None:
@@ -1249,6 +1254,7 @@ def attack_bulk_values(bench: Bench, row: Row) -> None:
     data = request_bytes("POST", "/_bulk", body, {"Content-Type": "application/json"})
     del body
     row.expected = {"200"}
+    row.rss_goal_mib = 3 * BULK_LIMIT_MIB
 
     def run() -> None:
         result = exchange(bench.main.port, data, seconds=ATTACK_WAIT * 4)
@@ -1792,7 +1798,8 @@ def print_report(rows: list[Row], outcome: Outcome | None, heading: str) -> None
     met = not failing and outcome.serving and outcome.intact == 100
     verdict = "every row met them" if not failing else "rows missing them: " + "; ".join(failing)
     print(
-        f"Goals (RSS peak and kept <= {RSS_GOAL_MIB:.0f} MiB, /_health 200 within "
+        f"Goals (RSS peak <= max({RSS_GOAL_MIB:.0f} MiB, 3 x the limit), kept <= "
+        f"{RSS_GOAL_MIB:.0f} MiB, /_health 200 within "
         f"{HEALTH_GOAL_MS:.0f} ms, no 5xx, node serving, sentinels intact): "
         f"{'MET' if met else 'NOT MET'}; {verdict}."
     )

@@ -5,9 +5,11 @@ frees all of it, but glibc keeps freed heap memory for reuse: measured with
 ``bench/hostile.py``, such a node kept 88 to 143 MiB of RSS it no longer used. Two settings
 give it back, as the hostile-load goal (RSS given back after a request) requires:
 
-- :func:`tune_allocator`: blocks of 64 KiB and more (socket reads, bodies, values) are mapped
-  on their own and unmapped when freed, instead of being carved out of the heap, where one live
-  block above them pins them (glibc's threshold otherwise grows up to 32 MiB by itself);
+- :func:`tune_allocator`: blocks of 256 KiB and more (bodies, values, answers) are mapped on
+  their own and unmapped when freed, instead of being carved out of the heap, where one live
+  block above them pins them (glibc's threshold otherwise grows up to 32 MiB by itself). Not
+  lower: Twisted reads sockets into 64 KiB buffers, and mapping those would cost every request
+  two system calls;
 - :class:`MemoryReleaser`: every two seconds ``malloc_trim(0)`` returns the free pages inside
   the heap. It costs microseconds when there is nothing to return, and measured about 25 ms to
   return 200 MiB, well within one reactor turn's budget.
@@ -31,7 +33,7 @@ __all__ = ["MMAP_THRESHOLD", "TRIM_INTERVAL", "MemoryReleaser", "tune_allocator"
 log = Logger()
 
 #: Blocks this large or larger are mapped on their own (``M_MMAP_THRESHOLD``).
-MMAP_THRESHOLD = 64 * 1024
+MMAP_THRESHOLD = 256 * 1024
 #: Seconds between two ``malloc_trim(0)``.
 TRIM_INTERVAL = 2.0
 _M_MMAP_THRESHOLD = -3  # from glibc's malloc.h

@@ -517,19 +517,21 @@ async def test_sqlite_writes_one_load_in_one_transaction(
         await api.request("PUT", "/first", b"1")
         before = await store.last_seq()
         batches.clear()
-        entries = [{"key": f"/load/k{number:04d}", "value": str(number)} for number in range(500)]
+        small = COMMIT_ENTRIES - 10
+        entries = [{"key": f"/load/k{number:04d}", "value": str(number)} for number in range(small)]
         answer = await api.bulk(entries, verbose="true")
-        assert answer.json()["written"] == 500
-        assert batches == [500]
+        assert answer.json()["written"] == small
+        assert batches == [small]
         seqs = [record["seq"] for record in answer.json()["records"]]
-        assert seqs == list(range(before + 1, before + 501))
-        assert await store.last_seq() == before + 500
-        assert (await store.get("/load/k0499")) is not None
+        assert seqs == list(range(before + 1, before + small + 1))
+        assert await store.last_seq() == before + small
+        assert (await store.get(f"/load/k{small - 1:04d}")) is not None
         batches.clear()
         entries = [{"key": f"/big/k{number:05d}", "value": "v"} for number in range(2500)]
         answer = await api.bulk(entries)
         assert answer.json()["written"] == 2500
-        assert batches == [COMMIT_ENTRIES, COMMIT_ENTRIES, 2500 - 2 * COMMIT_ENTRIES]
+        whole, rest = divmod(2500, COMMIT_ENTRIES)
+        assert batches == [COMMIT_ENTRIES] * whole + ([rest] if rest else [])
     finally:
         await store.close()
 
