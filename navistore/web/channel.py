@@ -178,6 +178,7 @@ class NavistoreChannel(HTTPChannel):
     _refused = False
     _held = 0
     _unsent_mark: int | None = None
+    _seconds: Any = None
 
     # -- wiring -------------------------------------------------------------------------------
 
@@ -193,10 +194,14 @@ class NavistoreChannel(HTTPChannel):
         return getattr(self.site, "send_budget", None)
 
     def _now(self) -> float:
-        clock: Any = getattr(self.site, "reactor", None)
-        if clock is None:
-            from twisted.internet import reactor as clock
-        return float(clock.seconds())
+        # Several times a request: the Site's clock is looked up once per connection.
+        seconds = self._seconds
+        if seconds is None:
+            clock: Any = getattr(self.site, "reactor", None)
+            if clock is None:
+                from twisted.internet import reactor as clock
+            seconds = self._seconds = clock.seconds
+        return float(seconds())
 
     @property
     def evictable(self) -> bool:
