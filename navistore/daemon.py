@@ -18,6 +18,7 @@ Lifecycle:
 
 from __future__ import annotations
 
+import os
 import signal
 from typing import Any, Callable, cast
 
@@ -45,6 +46,7 @@ from navistore.interfaces import IStorageBackend
 from navistore.links import HTTPClient, PeerLink
 from navistore.listening import Connections, RequestTracker, describe_address, self_urls
 from navistore.node import Node, NodeConfig, access_policy, build_node, default_http_client
+from navistore.service_manager import notify
 from navistore.store import Store
 from navistore.tokens import TokenFileError, load_tokens
 from navistore.waiters import Waiters
@@ -223,6 +225,11 @@ class NavistoreService(MultiService):
             log.info("Navistore access: {policy}", policy=describe_policy(access))
         if self.config.tokens_file is not None:
             self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
+        notify(
+            "READY=1",
+            f"STATUS=serving on {', '.join(self.endpoints)}",
+            f"MAINPID={os.getpid()}",
+        )
 
     def _sighup(self, _number: int, _frame: object) -> None:
         self._reactor.callFromThread(self.reload_tokens)
@@ -243,6 +250,7 @@ class NavistoreService(MultiService):
             return False
         node.access.tokens = tokens
         log.info("tokens reloaded: {count} from {path}", count=len(tokens), path=path)
+        notify("READY=1", f"STATUS=tokens reloaded: {len(tokens)} from {path}")
         return True
 
     def _start_failed(self, failure: Failure) -> Deferred[None]:
@@ -297,6 +305,7 @@ class NavistoreService(MultiService):
         return self._stopped.wait()
 
     async def _stop(self) -> None:
+        notify("STOPPING=1")
         if self._starting is not None:
             await self._starting  # a failure was reported and cleaned up when it happened
         self._connections.refuse()

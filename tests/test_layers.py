@@ -40,6 +40,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "navistore.node",
         "navistore.daemon",
         "navistore.allocator",
+        "navistore.service_manager",
         "navistore.listening",
         "navistore.tls_endpoint",
         "navistore.tap",
