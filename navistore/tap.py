@@ -18,6 +18,7 @@ from twisted.application.service import MultiService
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from navistore import version_line
 from navistore.backend import BackendURLError, known_schemes, parse_backend_url
 from navistore.clock import DEFAULT_MAX_DRIFT_MS
 from navistore.daemon import NavistoreService
@@ -108,6 +109,11 @@ def check_backend_url(url: str) -> None:
 
 class Options(usage.Options):
     """The options of ``twistd navistore``."""
+
+    def opt_version(self) -> None:
+        """Print Navistore's version (and Twisted's, Python's) and exit."""
+        print(version_line())
+        sys.exit(0)
 
     synopsis = "[--port ENDPOINT]... [--backend URL] [--peer URL]... [options]"
     longdesc = (

@@ -49,6 +49,7 @@ from collections.abc import Sequence
 from typing import Any, BinaryIO, Callable, NoReturn, TextIO
 from urllib.parse import quote, urlencode, urlsplit
 
+from navistore import version_line
 from navistore.json_documents import parse_json
 from navistore.keys import InvalidKey, normalize_key, normalize_prefix
 
@@ -392,6 +393,7 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
             "130 interrupted"
         ),
     )
+    parser.add_argument("--version", action="version", version=version_line())
     parser.add_argument(
         "--url",
         default=env.get(ENV_URL) or DEFAULT_URL,

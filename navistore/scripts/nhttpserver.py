@@ -15,6 +15,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from navistore import version_line
+
 __all__ = ["build_parser", "nhttpserver_main", "twistd_argv"]
 
 #: The classic default port and sqlite file.
@@ -31,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
             "options. It runs 'twistd navistore'; see 'twistd navistore --help' for more."
         ),
     )
+    parser.add_argument("--version", action="version", version=version_line())
     parser.add_argument(
         "-P",
         "--port",
