@@ -407,17 +407,30 @@ class SqliteBackend:
             cursor.close()
 
     def _read_after(
-        self, need: int, operation: str, query: Callable[..., Any], *args: Any
+        self,
+        need: int,
+        operation: str,
+        query: Callable[..., Any],
+        *args: Any,
+        here: Callable[..., Any] | None = None,
     ) -> Deferred:
         """Read on the reader when the calls up to ticket ``need`` are done; else (or when the
-        reader cannot answer) through the pool, queued behind them and before any later write."""
+        reader cannot answer) through the pool, queued behind them and before any later write.
+
+        :param here: what to run on the reader instead of ``query``: one that raises
+            :class:`~navistore.backend.sqlite_schema.LargeValue` rather than read a value over
+            ``LARGE_VALUE`` (tens of milliseconds of the reactor); ``query`` then reads it all
+            on the pool's thread, which sqlite lets run beside the reactor.
+        """
         if self._closed:
             return fail(BackendClosed(operation))
         if need <= self._done:
             try:
-                return succeed(self._read(operation, query, *args))
+                return succeed(self._read(operation, here or query, *args))
             except WouldBlock:
                 pass
+            except schema.LargeValue:
+                return self._read_in_pool(operation, query, *args)
         return self._run(operation, query, *args)
 
     def peek(self, key: str) -> Record | None:
@@ -432,20 +445,8 @@ class SqliteBackend:
         return record
 
     def get(self, key: str) -> Deferred[Record | None]:
-        """The record, read on the reactor thread when it can be answered at once and its
-        value is small; a large value (over ``LARGE_VALUE``) is read on the pool's thread,
-        which sqlite lets run beside the reactor (it releases the GIL while it reads)."""
         need = max(self._key_tickets.get(key, 0), self._barrier)
-        if self._closed:
-            return fail(BackendClosed("get"))
-        if need <= self._done:
-            try:
-                return succeed(self._read("get", schema.read_small_record, key))
-            except WouldBlock:
-                pass
-            except schema.LargeValue:
-                return self._read_in_pool("get", schema.read_record, key)
-        return self._run("get", schema.read_record, key)
+        return self._read_after(need, "get", schema.read_record, key, here=schema.read_small_record)
 
     def _read_in_pool(self, operation: str, query: Callable[..., Any], *args: Any) -> Deferred:
         """Read on the pool's thread now, even with writer=reactor: every write the read
@@ -509,18 +510,15 @@ class SqliteBackend:
         if limit <= 0 and not self._closed:
             return succeed([])  # sqlite would read LIMIT -1 as "no limit"
         bounded = (*params, min(limit, schema.MAX_LIMIT))
-        if self._closed:
-            return fail(BackendClosed(operation))
-        if self._issued <= self._done:
-            # As get(): on the reactor thread, unless a value on the page is large.
-            try:
-                small = schema.select_small_records
-                return succeed(self._read(operation, small, sql, bounded, max_bytes))
-            except WouldBlock:
-                pass
-            except schema.LargeValue:
-                return self._read_in_pool(operation, schema.select_records, sql, bounded, max_bytes)
-        return self._run(operation, schema.select_records, sql, bounded, max_bytes)
+        return self._read_after(
+            self._issued,
+            operation,
+            schema.select_records,
+            sql,
+            bounded,
+            max_bytes,
+            here=schema.select_small_records,
+        )
 
     def last_seq(self) -> Deferred[int]:
         return self._read_after(

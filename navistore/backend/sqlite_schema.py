@@ -264,8 +264,7 @@ def select_small_records(
 ) -> list[Record]:
     """:func:`select_records`, but raise :class:`LargeValue` as soon as a selected value is
     over :data:`LARGE_VALUE` bytes, without reading it (the caller reads the page elsewhere)."""
-    found = select_records(txn, sql.replace(_COLUMNS, _SMALL_COLUMNS, 1), params, max_bytes)
-    return found
+    return select_records(txn, sql.replace(_COLUMNS, _SMALL_COLUMNS, 1), params, max_bytes)
 
 
 def select_records(

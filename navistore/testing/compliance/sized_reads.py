@@ -124,7 +124,8 @@ class SizedReadsContract(BackendFixtures):
     ) -> None:
         """A backend providing IPrefixChanges too cuts ``changes_under`` the same way."""
         if not IPrefixChanges.providedBy(backend):
-            pytest.skip("not applicable: the backend does not provide IPrefixChanges")
+            kind = getattr(backend, "kind", type(backend).__name__)
+            pytest.skip(f"not applicable: {kind} does not provide IPrefixChanges")
         await _build(backend)
         whole = await IPrefixChanges(backend).changes_under("/s/", 0, _EVERYTHING)
         page = await IPrefixChanges(backend).changes_under("/s/", 0, _EVERYTHING, max_bytes)
