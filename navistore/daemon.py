@@ -18,6 +18,7 @@ Lifecycle:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from typing import Any, Callable, cast
@@ -52,9 +53,13 @@ from navistore.tokens import TokenFileError, load_tokens
 from navistore.waiters import Waiters
 from navistore.web.access import describe_policy
 
-__all__ = ["NavistoreService", "describe_address"]
+__all__ = ["STARTUP_REPORTED", "NavistoreService", "describe_address"]
 
 log = Logger()
+
+#: The attribute set on an exception once the node has logged it as why it cannot start, so
+#: that whoever raises it further need not print it again (see :mod:`navistore.tap`).
+STARTUP_REPORTED = "_navistore_startup_reported"
 
 #: Startup errors whose message says it all; anything else is logged with its traceback.
 _EXPECTED_STARTUP_ERRORS = (BackendURLError, BackendError, CannotListenError, OSError, ValueError)
@@ -219,6 +224,14 @@ class NavistoreService(MultiService):
             node_id=self.store.node_id,
             backend=self.config.backend_url,
         )
+        collector = node.collector
+        log.info(
+            "Tombstone collector: first run in {first:g} s, then every {interval:g} s; "
+            "tombstones kept {retention:g} s at least, and until every peer has them",
+            first=collector.first_delay,
+            interval=collector.interval,
+            retention=collector.retention,
+        )
         if access.open_mode:
             log.warn("Navistore is OPEN: {policy}", policy=describe_policy(access))
         else:
@@ -271,6 +284,8 @@ class NavistoreService(MultiService):
             log.critical("Navistore cannot start: {why}", why=failure.getErrorMessage())
         else:
             log.failure("Navistore cannot start", failure, level=LogLevel.critical)
+        with contextlib.suppress(AttributeError, TypeError):  # an exception without __dict__
+            setattr(failure.value, STARTUP_REPORTED, True)
 
     def _abandon(self) -> Deferred[None]:
         """Release what a failed start holds: the ports, then the backend."""
@@ -343,6 +358,8 @@ class NavistoreService(MultiService):
             self._previous_sighup = None
         if node is not None and node.access.audit is not None:
             node.access.audit.close()
+        if node is not None and node.site.access_log is not None:
+            node.site.access_log.close()
         backend, self._backend = self._backend, None
         if backend is not None:
             try:

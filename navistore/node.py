@@ -11,6 +11,7 @@ concrete objects; everything else receives them.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any, Callable
 
@@ -45,6 +46,7 @@ from navistore.web import (
     make_site,
 )
 from navistore.web.access import AccessPolicy, AuditLog
+from navistore.web.access_log import ACCESS_LOG_FORMATS, AccessLog
 from navistore.web.backend_rpc import backend_rpc_endpoints
 from navistore.web.bulk import bulk_endpoints
 from navistore.web.replication import replication_endpoints
@@ -60,6 +62,7 @@ __all__ = [
     "access_policy",
     "build_node",
     "default_http_client",
+    "open_access_log",
 ]
 
 log = Logger()
@@ -119,6 +122,10 @@ class NodeConfig:
     :ivar max_connections: the most client connections at once; None: derived from the
         file-descriptor limit (:func:`~navistore.listening.default_max_connections`).
     :ivar max_send_buffer: the bytes clients that do not read may hold together.
+    :ivar access_log: the file each answered request is logged to (``-``: standard output),
+        or None.
+    :ivar log_format: ``text`` or ``json``, of the access log (and, under twistd, of the
+        node's own log).
     """
 
     backend_url: str = DEFAULT_BACKEND
@@ -151,8 +158,14 @@ class NodeConfig:
     limits: ConnectionLimits = DEFAULT_LIMITS
     max_connections: int | None = None
     max_send_buffer: int = DEFAULT_SEND_BUFFER
+    access_log: str | None = None
+    log_format: str = "text"
 
     def __attrs_post_init__(self) -> None:
+        if self.log_format not in ACCESS_LOG_FORMATS:
+            raise ValueError(
+                f"--log-format: {self.log_format!r} is not one of {', '.join(ACCESS_LOG_FORMATS)}"
+            )
         if not self.endpoints:
             raise ValueError("a Navistore node needs at least one endpoint to listen on")
         if self.open_mode and self.tokens_file is not None:
@@ -168,6 +181,23 @@ class NodeConfig:
                 "--upstream makes a cache node, which has no peers of its own: it cannot be "
                 "combined with --peer, --clone-from or --read-fallback"
             )
+
+
+def open_access_log(config: NodeConfig) -> AccessLog | None:
+    """The access log a node so configured writes (opened now, for appending), or None.
+
+    ``-`` is the process's own standard output as it was at start (under twistd ``sys.stdout``
+    is redirected into the node's log, which would prefix every line).
+
+    :raises OSError: the file cannot be opened.
+    """
+    if config.access_log is None:
+        return None
+    if config.access_log == "-":
+        stdout = sys.__stdout__ if sys.__stdout__ is not None else sys.stdout
+        return AccessLog(stdout, config.log_format, owned=False)
+    file = open(config.access_log, "a", encoding="utf-8")  # noqa: SIM115 - closed at stop
+    return AccessLog(file, config.log_format)
 
 
 def access_policy(config: NodeConfig) -> AccessPolicy:
@@ -298,6 +328,7 @@ def build_node(
         replica_waiter=replication.replica_waiter(),
         limits=config.limits,
         send_budget=SendBudget(config.max_send_buffer),
+        access_log=open_access_log(config),
     )
     return Node(config, store, watch_hub, replication, collector, cache, site, services, access)
 

@@ -19,19 +19,28 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from navistore import version_line
-from navistore.backend import BackendURLError, known_schemes, parse_backend_url
+from navistore.backend import BackendURLError, check_backend
 from navistore.clock import DEFAULT_MAX_DRIFT_MS
-from navistore.daemon import NavistoreService
+from navistore.config_file import ConfigFileError, config_path, merge_arguments, read_config
+from navistore.daemon import STARTUP_REPORTED, NavistoreService
 from navistore.keys import DEFAULT_MAX_KEY_BYTES
-from navistore.node import DEFAULT_BACKEND, DEFAULT_ENDPOINTS, NodeConfig
+from navistore.logs import log_json_under_twistd
+from navistore.node import DEFAULT_BACKEND, DEFAULT_ENDPOINTS, NodeConfig, PeerTLS
 from navistore.peer_urls import InvalidPeer, normalize_peer_url
-from navistore.replication.gc import DEFAULT_RETENTION
+from navistore.replication.gc import DEFAULT_INTERVAL, DEFAULT_RETENTION
 from navistore.tokens import MIN_SECRET_LENGTH, TokenFileError, load_tokens, parse_permissions
 from navistore.watch_hub import DEFAULT_MAX_WATCHERS
 from navistore.web import DEFAULT_LIMITS, DEFAULT_MAX_VALUE_SIZE, ConnectionLimits
 from navistore.web.send_budget import DEFAULT_SEND_BUFFER
 
-__all__ = ["Options", "check_backend_url", "makeService", "node_config"]
+__all__ = [
+    "REPEATABLE",
+    "Options",
+    "check_backend_url",
+    "check_endpoint",
+    "makeService",
+    "node_config",
+]
 
 #: Exit status of a process whose node could not start after twistd began running it.
 STARTUP_FAILED = 1
@@ -88,23 +97,78 @@ _count.coerceDoc = "A whole number, at least 1."  # type: ignore[attr-defined]
 
 
 def check_backend_url(url: str) -> None:
-    """Refuse a backend URL that cannot name a backend: bad syntax or an unknown scheme.
+    """Refuse a backend URL that cannot name a working backend: bad syntax, an unknown scheme,
+    an option or value the backend refuses, or (sqlite) a file this process cannot write.
 
-    This runs while the options are parsed, so a mistyped URL is a usage error reported before
-    anything starts. The backend's own options are checked when it is made, at start.
+    This runs while the options are parsed, so the mistake is reported before anything binds;
+    nothing is opened (:func:`navistore.backend.check_backend`).
 
     :raises usage.UsageError: with the reason and, for an unknown scheme, the known ones.
     """
     try:
-        scheme = parse_backend_url(url).scheme
+        check_backend(url)
     except BackendURLError as exc:
         raise usage.UsageError(f"--backend: {exc}") from None
-    known = known_schemes()
-    if scheme not in known:
-        raise usage.UsageError(
-            f"--backend: no backend for scheme {scheme!r} in {url!r}; known schemes: "
-            + ", ".join(known)
-        )
+
+
+def check_endpoint(text: str) -> str:
+    """The endpoint string ``--port`` names (a bare number is ``tcp:N``), checked as Twisted
+    parses it (unknown type, bad argument, a TLS key file missing) without binding anything.
+
+    :raises usage.UsageError: naming the endpoint and what is wrong with it.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+
+    description = text.strip()
+    if description.isdigit():
+        if not 0 <= int(description) <= 65535:
+            raise usage.UsageError(f"--port {text!r}: not a TCP port number (0 to 65535)")
+        description = f"tcp:{int(description)}"
+    try:
+        serverFromString(reactor, description)
+    except Exception as exc:  # each endpoint parser raises its own kinds
+        raise usage.UsageError(f"--port {text!r}: {exc}") from None
+    return description
+
+
+def _check_writable_file(path: str | None, option: str) -> None:
+    """Refuse a file this process could neither append to nor create."""
+    if path is None or path == "-":
+        return
+    target = os.path.abspath(path)
+    directory = os.path.dirname(target)
+    if os.path.isdir(target):
+        raise usage.UsageError(f"--{option}: {path} is a directory")
+    if os.path.exists(target):
+        if not os.access(target, os.W_OK):
+            raise usage.UsageError(f"--{option}: {path} is not writable")
+    elif not os.path.isdir(directory):
+        raise usage.UsageError(f"--{option}: the directory {directory} does not exist")
+    elif not os.access(directory, os.W_OK | os.X_OK):
+        raise usage.UsageError(f"--{option}: cannot create {path} (directory not writable)")
+
+
+def _named(name: str, coerce: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``coerce``, whose refusals name the option (usage.Options' own message does not)."""
+
+    def named(text: str) -> Any:
+        try:
+            return coerce(text)
+        except ValueError as exc:
+            raise ValueError(f"--{name}: {exc}") from None
+
+    named.coerceDoc = coerce.coerceDoc  # type: ignore[attr-defined]
+    return named
+
+
+#: The options that may be given several times (a list in a config file).
+REPEATABLE = ("port", "peer", "allowed-host", "cors-origin")
+
+#: Log formats of --log-format.
+LOG_FORMATS = ("text", "json")
+
+_TYPE_ENFORCEMENT = "Parameter type enforcement failed: "
 
 
 class Options(usage.Options):
@@ -124,10 +188,10 @@ class Options(usage.Options):
         "sqlite:///var/lib/navistore/store.db, sqlite:store.db?synchronous=full."
     )
 
-    optParameters = [
+    optParameters: list[list[Any]] = [
         [
             "backend",
-            "b",
+            None,
             DEFAULT_BACKEND,
             "Where the data lives, as a backend URL.",
         ],
@@ -150,7 +214,7 @@ class Options(usage.Options):
             None,
             DEFAULT_MAX_WATCHERS,
             "The most concurrent watches (long-polls, event streams, ?wait); more get 503.",
-            _positive_int,
+            _count,
         ],
         [
             "tombstone-retention",
@@ -158,6 +222,28 @@ class Options(usage.Options):
             DEFAULT_RETENTION,
             "Seconds a delete's tombstone is kept at least (and until every peer has it).",
             _seconds,
+        ],
+        [
+            "tombstone-gc-interval",
+            None,
+            DEFAULT_INTERVAL,
+            "Seconds between tombstone collections (the first runs a minute after start, or "
+            "sooner with a shorter interval).",
+            _positive_seconds,
+        ],
+        [
+            "access-log",
+            None,
+            None,
+            "Log every request to this file (- for standard output), in the combined log "
+            "format, or as JSON lines with --log-format json.",
+        ],
+        [
+            "log-format",
+            None,
+            "text",
+            "text or json: the format of the access log and of the node's own log (JSON: one "
+            "object a line, for log collectors).",
         ],
         [
             "tokens",
@@ -272,6 +358,12 @@ class Options(usage.Options):
         self["allowed-host"] = []
         self["cors-origin"] = []
 
+    def opt_config(self, path: str) -> None:
+        """Read options from this TOML file first (keys are these long options' names);
+        options given here override it. See contrib/navistore.toml."""
+        # Read by parseOptions before the other options; here only when given twice.
+        raise usage.UsageError("--config may be given once")
+
     def opt_allowed_host(self, host: str) -> None:
         """In protected mode, accept this Host name too from callers on this machine
         (repeatable; loopback names are always accepted)."""
@@ -285,10 +377,11 @@ class Options(usage.Options):
         self["cors-origin"].append(origin.rstrip("/"))
 
     def opt_port(self, endpoint: str) -> None:
-        """Listen on this Twisted endpoint string (repeatable; default tcp:8888)."""
-        self["port"].append(endpoint)
+        """Listen on this Twisted endpoint string, or TCP port number (repeatable; default
+        tcp:8888)."""
+        self["port"].append(check_endpoint(endpoint))
 
-    opt_p = opt_port
+    opt_P = opt_port
 
     def opt_peer(self, url: str) -> None:
         """Replicate every write to the node at this URL, e.g. http://10.0.0.2:8888
@@ -313,27 +406,62 @@ class Options(usage.Options):
         except InvalidPeer as exc:
             raise usage.UsageError(f"--clone-from: {exc}") from None
 
-    def parseOptions(self, options: Any = None) -> None:
-        """Parse like usage.Options; a usage error under twistd also makes the process fail.
+    #: Set on the throwaway instances that check one config-file key at a time.
+    _checking_one = False
 
-        twistd before Twisted 26.10 (so every Twisted on Python 3.9 and PyPy 3.9) prints a usage
-        error and then exits 0. When twistd parses these options as its ``navistore`` command
-        (``parent`` is then twistd's own options), the process exits USAGE_ERROR once twistd has
-        printed why; parsed on their own (tests, tools) they just raise, as before.
+    def parseOptions(self, options: Any = None) -> None:
+        """Parse like usage.Options, after the ``--config`` file's options (which these
+        override); a usage error under twistd is one line and exit status 1.
+
+        Under twistd (``parent`` is then twistd's own options), a refusal is printed as one
+        line on stderr and the process exits USAGE_ERROR, rather than twistd's whole help
+        (and, before Twisted 26.10, exit status 0). Parsed on their own (tests, tools), the
+        options raise :class:`usage.UsageError`.
         """
+        arguments = sys.argv[1:] if options is None else list(options)
         try:
-            super().parseOptions(options)
-        except usage.UsageError:
+            path, rest = config_path(arguments)
+            if path is not None:
+                rest = self._with_config_file(path, rest)
+                self["config"] = path
+            super().parseOptions(rest)
+        except (usage.UsageError, ConfigFileError) as exc:
             if self.parent is not None:
-                _exit_after_twistd(USAGE_ERROR)
-            raise
+                _refuse(exc)
+            raise usage.UsageError(_plain(exc)) from None
+
+    def _with_config_file(self, path: str, command_line: list[str]) -> list[str]:
+        """The arguments a config file stands for, checked key by key (so a refusal names
+        the file and line), followed by the command line's."""
+        names = [name for name in self.longOpt if name.rstrip("=") not in _NOT_KEYS]
+        file_options = read_config(
+            path,
+            parameters=[name[:-1] for name in names if name.endswith("=")],
+            flags=[name for name in names if not name.endswith("=")],
+            repeatable=REPEATABLE,
+        )
+        for option in file_options:
+            probe = type(self)()
+            probe._checking_one = True
+            try:
+                probe.parseOptions(option.arguments)
+            except usage.UsageError as exc:
+                raise ConfigFileError(f"{option.where}: {_plain(exc)}") from None
+        return merge_arguments(
+            file_options, command_line, repeatable=REPEATABLE, short={"P": "port"}
+        )
 
     def postOptions(self) -> None:
-        """Fill in the default endpoint and refuse a backend URL that names no backend."""
+        """Fill in the defaults and check everything that can be checked before binding: the
+        backend URL and its options, the endpoints (checked as given), files to read or
+        write, the peer secret, the tokens file and how the options combine."""
+        if self._checking_one:
+            return
         if not self["port"]:
             self["port"] = list(DEFAULT_ENDPOINTS)
         self.setdefault("clone-from", None)
         self.setdefault("upstream", None)
+        self.setdefault("config", None)
         if self["upstream"] is not None and (
             self["peer"] or self["clone-from"] or self["read-fallback"]
         ):
@@ -341,7 +469,13 @@ class Options(usage.Options):
                 "--upstream makes a cache node, which has no peers of its own: it cannot be "
                 "combined with --peer, --clone-from or --read-fallback"
             )
+        if self["log-format"] not in LOG_FORMATS:
+            raise usage.UsageError(
+                f"--log-format: {self['log-format']!r} is not one of {', '.join(LOG_FORMATS)}"
+            )
         check_backend_url(self["backend"])
+        _check_writable_file(self["audit-log"], "audit-log")
+        _check_writable_file(self["access-log"], "access-log")
         self["peer-token"] = _peer_token(self)
         if self["tokens"] is not None:
             try:
@@ -350,9 +484,59 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--tokens: {exc}") from None
         try:
             self["anonymous"] = parse_permissions(self["anonymous"] or "", "--anonymous")
-            node_config(self)
+            config = node_config(self)
         except ValueError as exc:
             raise usage.UsageError(str(exc)) from None
+        if self["log-format"] == "json" and self.parent is not None:
+            log_json_under_twistd(self.parent)
+        if config.peer_ca is not None or config.peer_cert is not None:
+            try:
+                PeerTLS(config)
+            except Exception as exc:  # OSError, or OpenSSL's own errors for a bad PEM
+                raise usage.UsageError(f"--peer-ca/--peer-cert/--peer-key: {exc}") from None
+
+
+# Every coercer's refusal names its option (usage.Options' own message would not).
+Options.optParameters = [
+    [*entry[:4], _named(entry[0], entry[4])] if len(entry) > 4 else entry
+    for entry in Options.optParameters
+]
+
+#: Long options that are no config-file keys.
+_NOT_KEYS = ("help", "version", "config")
+
+#: Short options that were others' before, and what to say when one is given.
+_MOVED_SHORT = {
+    "-p": "-p is not an option of twistd navistore: use -P or --port for a port "
+    "(nhttpserver's -p is --pidfile, as twistd's own --pidfile is)",
+    "-b": "-b is not an option of twistd navistore: use --backend "
+    "(nhttpserver's -b is --background)",
+}
+
+
+def _plain(error: Exception) -> str:
+    """A refusal's message without usage.Options' prefix, with a hint for moved flags."""
+    message = str(error)
+    if message.startswith(_TYPE_ENFORCEMENT):
+        message = message[len(_TYPE_ENFORCEMENT) :]
+    for flag, hint in _MOVED_SHORT.items():
+        if message == f"option {flag} not recognized":
+            return hint
+    return message
+
+
+def _program() -> str:
+    """What the user typed: ``nhttpserver``, or ``twistd navistore``."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "twistd"
+    return name if name.startswith("nhttpserver") else "twistd navistore"
+
+
+def _refuse(error: Exception) -> None:
+    """Print a refusal of the options as one line and exit USAGE_ERROR."""
+    program = _program()
+    print(f"{program}: error: {_plain(error)} (see {program} --help)", file=sys.stderr)
+    sys.stderr.flush()
+    sys.exit(USAGE_ERROR)
 
 
 #: The environment variable a peer secret may come from (not visible in ``ps``).
@@ -415,6 +599,7 @@ def node_config(options: Options) -> NodeConfig:
         max_key_bytes=options["max-key-bytes"],
         max_watchers=options["max-watchers"],
         tombstone_retention=options["tombstone-retention"],
+        tombstone_gc_interval=options["tombstone-gc-interval"],
         peers=options["peer"],
         clone_from=options.get("clone-from"),
         upstream=options.get("upstream"),
@@ -438,6 +623,8 @@ def node_config(options: Options) -> NodeConfig:
         ),
         max_connections=options["max-connections"],
         max_send_buffer=options["max-send-buffer"],
+        access_log=options["access-log"],
+        log_format=options["log-format"],
     )
 
 
@@ -445,6 +632,23 @@ def makeService(options: Options) -> MultiService:
     """Make the node the options describe, on the reactor twistd runs."""
     from twisted.internet import reactor
 
+    sys.excepthook = _quiet_when_reported(sys.excepthook)
     return NavistoreService(
         node_config(options), reactor=reactor, on_startup_failure=_stop_process(reactor)
     )
+
+
+def _quiet_when_reported(previous: Callable[..., Any]) -> Callable[..., Any]:
+    """An excepthook that prints nothing for a startup failure the node has logged already.
+
+    A failure to start (a busy port, a database that cannot be opened) is raised out of
+    twistd, which removes its pidfile and tells a waiting parent; the interpreter then exits 1.
+    Its traceback would only repeat, in 30-odd lines, the one line the node logged.
+    """
+
+    def hook(kind: type[BaseException], value: BaseException, traceback: Any) -> None:
+        if getattr(value, STARTUP_REPORTED, False):
+            return
+        previous(kind, value, traceback)
+
+    return hook

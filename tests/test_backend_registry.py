@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from navistore.backend import (
     BackendURL,
     BackendURLError,
     UnknownBackend,
+    check_backend,
     known_schemes,
     open_backend,
     parse_backend_url,
@@ -29,6 +31,7 @@ THIRD_PARTY_MODULE = "thirdparty_navistore_backend"
 THIRD_PARTY_SOURCE = '''
 """A backend shipped by somebody else: a MemoryBackend under another name."""
 
+from navistore.backend import BackendURLError
 from navistore.backend.memory import MemoryBackend
 
 received_urls = []
@@ -45,6 +48,16 @@ def open_thirdparty(url):
 
 def open_broken(url):
     return object()
+
+
+def check_thirdparty(url):
+    checked_urls.append(url)
+    if "bad" in url.options:
+        raise BackendURLError(f"{url.text}: bad is bad")
+
+
+checked_urls = []
+open_thirdparty.check = check_thirdparty
 '''
 
 
@@ -202,3 +215,43 @@ def test_factory_that_gives_no_backend_is_refused(third_party: ModuleType) -> No
     error naming the scheme, not a broken backend handed to the server."""
     with pytest.raises(BackendURLError, match="the factory for 'broken' gave no IStorageBackend"):
         open_backend("broken:")
+
+
+def test_check_backend_refuses_without_opening(tmp_path: Path) -> None:
+    """check_backend finds what open_backend would refuse (options, values, a sqlite file in a
+    missing or read-only directory) and opens nothing: no database file appears."""
+    good = tmp_path / "store.db"
+    check_backend(f"sqlite://{good}?synchronous=full")
+    assert not good.exists()
+    for url, message in [
+        ("memory:x", "takes no location"),
+        (f"sqlite://{good}?bogus=1", "unknown option(s) bogus"),
+        (f"sqlite://{good}?writer=fast", "writer='fast'"),
+        (f"sqlite://{tmp_path}/no/dir/x.db", "does not exist"),
+        (f"sqlite://{tmp_path}", "is a directory"),
+        ("http://127.0.0.1:port", "127.0.0.1:port"),
+        ("http://127.0.0.1:1?timeout=0", "must be a positive number"),
+        ("nosuch:x", "no backend for scheme"),
+    ]:
+        with pytest.raises(BackendURLError) as caught:
+            check_backend(url)
+        assert message in str(caught.value), url
+    if os.geteuid() != 0:  # root may write anywhere
+        read_only = tmp_path / "ro"
+        read_only.mkdir(mode=0o500)
+        with pytest.raises(BackendURLError, match="not writable"):
+            check_backend(f"sqlite://{read_only}/x.db")
+
+
+def test_a_third_party_factory_may_bring_its_check(third_party: ModuleType) -> None:
+    """A factory's ``check`` attribute is what check_backend runs for its scheme; a factory
+    without one is checked for its scheme only."""
+    check_backend("thirdparty:fine")
+    with pytest.raises(BackendURLError, match="bad is bad"):
+        check_backend("thirdparty:x?bad=1")
+    assert [url.text for url in third_party.checked_urls] == [
+        "thirdparty:fine",
+        "thirdparty:x?bad=1",
+    ]
+    assert third_party.received_urls == []
+    check_backend("broken:anything")

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -180,22 +181,75 @@ def test_nhttpserver_daemonizes_with_pidfile_and_logfile(tmp_path: Path) -> None
 # -- failing to start ---------------------------------------------------------------------------
 
 
+def assert_one_line_refusal(result: subprocess.CompletedProcess[str], *expected: str) -> None:
+    """The process refused its configuration as a usage error: exit status 1, one line on
+    stderr saying why, no traceback, and nothing bound or logged before it."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "error:" in lines[0]
+    for words in expected:
+        assert words in lines[0], lines[0]
+
+
 @pytest.mark.parametrize("launcher", ["twistd", "nhttpserver"])
 def test_bad_backend_url_exits_at_once(tmp_path: Path, launcher: str) -> None:
-    """An unknown backend scheme is a usage error: non-zero exit, quickly, saying why."""
+    """An unknown backend scheme is a usage error: exit status 1, quickly, in one line."""
     if launcher == "twistd":
         command = twistd("nosuch:somewhere")
     else:
         command = nhttpserver("-P", LOOPBACK, "--backend", "nosuch:somewhere")
     started = time.monotonic()
     result = run_to_exit(command, tmp_path)
-    assert result.returncode != 0
-    assert "no backend for scheme 'nosuch'" in result.stdout + result.stderr
+    assert_one_line_refusal(result, "no backend for scheme 'nosuch'")
     assert time.monotonic() - started < DEADLINE
 
 
+#: Configuration mistakes, and words the refusal must contain.
+CONFIGURATION_ERRORS = [
+    (["--port", "foo"], ["--port", "'foo'"]),
+    (["--port", "tcp:http"], ["--port 'tcp:http'"]),
+    (["--port", "ssl:0:privateKey=missing.pem"], ["missing.pem"]),
+    (["--backend", "sqlite:x.db?bogus=1"], ["unknown option(s) bogus"]),
+    (["--backend", "sqlite:x.db?synchronous=sometimes"], ["synchronous='sometimes'"]),
+    (["--backend", "sqlite:///no/such/dir/x.db"], ["/no/such/dir does not exist"]),
+    (["--audit-log", "/no/such/dir/audit.log"], ["--audit-log", "does not exist"]),
+    (["--access-log", "/no/such/dir/access.log"], ["--access-log", "does not exist"]),
+    (["--tokens", "missing.toml"], ["--tokens", "missing.toml"]),
+    (["--peer-ca", "missing.pem"], ["--peer-ca", "missing.pem"]),
+    (["--max-watchers", "0"], ["--max-watchers: 0 is not positive"]),
+    (["--log-format", "xml"], ["--log-format", "'xml'"]),
+    (["-p", "8888"], ["use -P or --port"]),
+    (["-b", "memory:"], ["use --backend"]),
+]
+
+#: -p and -b are twistd navistore's mistakes only: nhttpserver's are --pidfile and --background.
+_LAUNCHES = [
+    (launcher, options, expected)
+    for launcher in ("twistd", "nhttpserver")
+    for options, expected in CONFIGURATION_ERRORS
+    if launcher == "twistd" or options[0] not in ("-p", "-b")
+]
+
+
+@pytest.mark.parametrize(("launcher", "options", "expected"), _LAUNCHES)
+def test_configuration_errors_are_one_line_before_binding(
+    tmp_path: Path, launcher: str, options: list[str], expected: list[str]
+) -> None:
+    """Every configuration mistake (endpoint, backend URL and its options, paths, tokens file,
+    values) is found while the options are parsed: one line, exit status 1, nothing bound.
+    nhttpserver hands the same options on and refuses them the same way."""
+    if launcher == "twistd":
+        command = [*twistd("memory:"), *options]
+    else:
+        command = nhttpserver("-P", LOOPBACK, *options)
+    assert_one_line_refusal(run_to_exit(command, tmp_path), *expected)
+
+
 def test_busy_port_exits_non_zero(tmp_path: Path) -> None:
-    """A port that cannot be bound stops the start: non-zero exit with the reason."""
+    """A port that cannot be bound stops the start: exit status 1 with the reason in one log
+    line, and no traceback."""
     import socket
 
     with socket.socket() as busy:
@@ -203,22 +257,24 @@ def test_busy_port_exits_non_zero(tmp_path: Path) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         result = run_to_exit(twistd("memory:", port=f"tcp:{port}:interface=127.0.0.1"), tmp_path)
-    assert result.returncode != 0
+    assert result.returncode == 1
     output = result.stdout + result.stderr
     assert "Navistore cannot start" in output and "Address already in use" in output
+    assert "Traceback" not in output, output
 
 
 def test_unopenable_storage_exits_non_zero(tmp_path: Path) -> None:
-    """A sqlite file that cannot be opened (its directory does not exist) fails the start once
-    the reactor runs: the process logs why and exits non-zero instead of serving or hanging."""
-    missing = tmp_path / "no" / "such" / "dir" / "store.db"
-    result = run_to_exit(twistd(f"sqlite://{missing}"), tmp_path)
-    assert result.returncode != 0
+    """A sqlite file that cannot be opened (it is no database) fails the start once the
+    reactor runs: the process logs why in one line and exits 1 instead of serving or
+    hanging."""
+    garbage = tmp_path / "store.db"
+    garbage.write_bytes(b"this is not a sqlite database, " * 100)
+    result = run_to_exit(twistd(f"sqlite://{garbage}"), tmp_path)
+    assert result.returncode == 1
     output = result.stdout + result.stderr
     assert "Navistore cannot start" in output
-    # sqlite's own words on CPython ("unable to open database file"); PyPy's sqlite3 module
-    # words it itself ("Could not open database").
-    assert re.search(r"(unable to|could not) open database", output, re.IGNORECASE), output
+    assert re.search(r"not a database", output, re.IGNORECASE), output
+    assert "Traceback" not in output, output
 
 
 # -- an installed copy --------------------------------------------------------------------------

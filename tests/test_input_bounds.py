@@ -80,6 +80,22 @@ async def test_integers_out_of_range_are_400(
     assert answer.json()["error"] == "invalid_parameter"
 
 
+@pytest.mark.parametrize("path", ["/_changes", "/_keys", "/doc/?list"])
+@pytest_twisted.ensureDeferred
+async def test_a_limit_out_of_range_is_worded_alike_on_both_sides(node: Node, path: str) -> None:
+    """``limit=0`` and ``limit=10001`` are refused in the same words, naming the range."""
+    join = "&" if "?" in path else "?"
+    messages = []
+    for limit in ("0", "10001"):
+        answer = await api_of(node).request("GET", f"{path}{join}limit={limit}")
+        assert answer.status == 400 and answer.json()["error"] == "invalid_parameter"
+        messages.append(answer.json()["message"])
+    assert messages == [
+        f"parameter 'limit' must be a whole number from 1 to 10000, not '{limit}'"
+        for limit in ("0", "10001")
+    ]
+
+
 @pytest_twisted.ensureDeferred
 async def test_replicas_out_of_range_is_400(node: Node) -> None:
     answer = await api_of(node).put("/k?replicas=" + TOO_BIG, b"v")

@@ -41,6 +41,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "navistore.daemon",
         "navistore.allocator",
         "navistore.service_manager",
+        "navistore.config_file",
+        "navistore.logs",
         "navistore.listening",
         "navistore.tls_endpoint",
         "navistore.tap",

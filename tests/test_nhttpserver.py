@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from navistore.scripts.nhttpserver import twistd_argv
+from navistore.scripts.nhttpserver import DEFAULT_PORT, DEFAULT_STORAGE_PATH, twistd_argv
+from navistore.tap import Options
 
 # -- nhttpserver: the classic options as twistd arguments ---------------------------------------
 
 
 def test_nhttpserver_defaults() -> None:
-    """Bare ``nhttpserver`` runs twistd in the foreground on tcp:8888 over ./navistore.db, with no
-    pidfile (twistd would otherwise write twistd.pid)."""
-    assert twistd_argv([]) == [
-        "--nodaemon",
-        "--pidfile",
-        "",
-        "navistore",
-        "--port",
-        "tcp:8888",
-        "--backend",
-        "sqlite:navistore.db",
-    ]
+    """Bare ``nhttpserver`` runs twistd in the foreground with no pidfile (twistd would otherwise
+    write twistd.pid), on the node's own defaults, which are the classic port and file."""
+    assert twistd_argv([]) == ["--nodaemon", "--pidfile", "", "navistore"]
+    options = Options()
+    options.parseOptions([])
+    assert options["port"] == [f"tcp:{DEFAULT_PORT}"]
+    assert options["backend"] == f"sqlite:{DEFAULT_STORAGE_PATH}"
 
 
 def test_nhttpserver_classic_options() -> None:
@@ -84,11 +82,14 @@ def test_nhttpserver_modern_overrides() -> None:
     ],
 )
 def test_nhttpserver_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    """Contradictory or malformed classic options exit with status 2 and a message."""
+    """Contradictory or malformed classic options exit with status 1 and a one-line message,
+    as ``twistd navistore``'s refusals do."""
     with pytest.raises(SystemExit) as caught:
         twistd_argv(argv)
-    assert caught.value.code == 2
-    assert "nhttpserver: error:" in capsys.readouterr().err
+    assert caught.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("nhttpserver: error:")
+    assert err.count("\n") == 1
 
 
 def test_nhttpserver_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -108,11 +109,47 @@ def test_nhttpserver_passes_peers_through() -> None:
         ["--peer", "http://a:1", "--peer", "http://b:2", "--clone-from", "http://c:3"]
     )
     tail = argv[argv.index("navistore") :]
-    assert tail[-6:] == [
+    assert tail[1:] == [
+        "--clone-from",
+        "http://c:3",
         "--peer",
         "http://a:1",
         "--peer",
         "http://b:2",
-        "--clone-from",
-        "http://c:3",
     ]
+
+
+def _value_for(name: str) -> str:
+    return {"backend": "memory:", "port": "tcp:0"}.get(name, "1")
+
+
+def test_nhttpserver_accepts_every_option_of_twistd_navistore() -> None:
+    """Every long option of ``twistd navistore`` is an option of nhttpserver by the same name,
+    handed on as given (the list is read from the tap's options: a new option cannot be
+    forgotten)."""
+    names = [entry for entry in Options().longOpt if entry.rstrip("=") not in ("help", "version")]
+    assert "max-value-size=" in names and "config=" in names and "serve-backend" in names
+    for entry in names:
+        name = entry.rstrip("=")
+        given = [f"--{name}", _value_for(name)] if entry.endswith("=") else [f"--{name}"]
+        tail = twistd_argv(given)[-len(given) :]
+        if name == "port":
+            assert tail == ["--port", "tcp:0"]
+        else:
+            assert tail == given, name
+
+
+def test_nhttpserver_hands_a_config_file_its_port_and_backend(tmp_path: Path) -> None:
+    """With ``--config`` and no ``-P`` or ``-s``, the file's port and backend are the ones the
+    node gets (nhttpserver hands on no defaults of its own)."""
+    config = tmp_path / "n.toml"
+    config.write_text('port = ["tcp:0:interface=127.0.0.1"]\nbackend = "memory:"\n')
+    argv = twistd_argv(["--config", str(config)])
+    options = Options()
+    options.parseOptions(argv[argv.index("navistore") + 1 :])
+    assert options["port"] == ["tcp:0:interface=127.0.0.1"]
+    assert options["backend"] == "memory:"
+    argv = twistd_argv(["--config", str(config), "-P", "9999"])
+    options = Options()
+    options.parseOptions(argv[argv.index("navistore") + 1 :])
+    assert options["port"] == ["tcp:9999"]

@@ -274,6 +274,8 @@ async def test_more_replicas_than_peers_answers_at_once() -> None:
     request = c.put("/k?replicas=3&timeout=60")
     status, document = await c.answer(request)
     assert status == 504
+    assert document["error"] == "replicas_unavailable"
+    assert "3 replica(s) wanted but this node has 2 peer(s)" in document["message"]
     assert document["detail"]["reached"] == []
     assert document["detail"]["missing"] == [peer.url for peer in c.peers]
     assert c.tracker.waiting == 0 and wait_timers(c.clock, 60) == []

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.processes import request, running, source_env, stop_process, twistd
+from support.processes import REPOSITORY, request, running, source_env, stop_process, twistd
 
 from navistore.service_manager import notify
 
@@ -95,8 +95,9 @@ def unit_settings() -> dict[str, str]:
 
 def test_the_unit_file_starts_a_notifying_node_with_options_it_accepts(tmp_path: Path) -> None:
     """``contrib/systemd/navistore.service`` is a Type=notify unit whose ExecStart runs
-    ``twistd --nodaemon ... navistore`` with options ``twistd navistore`` parses, reloads with
-    SIGHUP, keeps its data in its StateDirectory, and is hardened."""
+    ``twistd --nodaemon ... navistore --config FILE``, a file made from the shipped example as
+    the unit's comment says being one ``twistd navistore`` accepts; it reloads with SIGHUP,
+    keeps its data in its StateDirectory, and is hardened."""
     from navistore.tap import Options
 
     settings = unit_settings()
@@ -106,13 +107,24 @@ def test_the_unit_file_starts_a_notifying_node_with_options_it_accepts(tmp_path:
     command = settings["ExecStart"].split()
     assert command[:2] == ["/usr/bin/twistd", "--nodaemon"]
     arguments = command[command.index("navistore") + 1 :]
+    assert arguments == ["--config", "/etc/navistore/navistore.toml"]
     tokens = tmp_path / "tokens"  # the unit's /etc/navistore/tokens, here
     tokens.write_text(
         '[[token]]\nname = "ops"\nsecret = "0123456789abcdef0123"\nallow = ["read"]\n'
     )
-    arguments[arguments.index("/etc/navistore/tokens")] = str(tokens)
+    # The file the unit reads: the shipped example, with the two lines its comment asks for.
+    config = tmp_path / "navistore.toml"
+    example = (REPOSITORY / "contrib" / "navistore.toml").read_text(encoding="utf-8")
+    state = tmp_path / "var-lib-navistore"
+    state.mkdir()
+    config.write_text(
+        example + f'backend = "sqlite://{state}/navistore.db"\ntokens = "{tokens}"\n',
+        encoding="utf-8",
+    )
     options = Options()
-    options.parseOptions(arguments)
-    assert options["backend"].startswith("sqlite:///var/lib/navistore/")
+    options.parseOptions(["--config", str(config)])
+    assert options["backend"] == f"sqlite://{state}/navistore.db"
+    assert options["tokens"] == str(tokens)
+    assert 'tokens = "/etc/navistore/tokens"' in UNIT.read_text()
     for hardening in ("NoNewPrivileges", "ProtectSystem", "PrivateTmp", "RestrictAddressFamilies"):
         assert hardening in settings

@@ -39,9 +39,10 @@ def test_defaults() -> None:
 
 
 def test_port_is_repeatable() -> None:
-    """``--port`` and ``-p`` add endpoints in order; any given replaces the default."""
-    options = parse("--port", "tcp:8888", "-p", "unix:/tmp/n.sock", "--port=ssl:8443:k=v")
-    assert options["port"] == ["tcp:8888", "unix:/tmp/n.sock", "ssl:8443:k=v"]
+    """``--port`` and ``-P`` add endpoints in order (a bare number is a TCP port); any given
+    replaces the default."""
+    options = parse("--port", "tcp:8888", "-P", "unix:/tmp/n.sock", "--port=9000")
+    assert options["port"] == ["tcp:8888", "unix:/tmp/n.sock", "tcp:9000"]
 
 
 def test_options_are_not_shared_between_parses() -> None:
@@ -52,7 +53,7 @@ def test_options_are_not_shared_between_parses() -> None:
 
 def test_sizes_are_parsed_as_integers() -> None:
     """``--max-value-size`` and ``--max-key-bytes`` take whole numbers of bytes."""
-    options = parse("--max-value-size", "1048576", "--max-key-bytes", "256", "-b", "memory:")
+    options = parse("--max-value-size", "1048576", "--max-key-bytes", "256", "--backend", "memory:")
     assert options["max-value-size"] == 1048576
     assert options["max-key-bytes"] == 256
     assert options["backend"] == "memory:"
@@ -61,10 +62,12 @@ def test_sizes_are_parsed_as_integers() -> None:
 @pytest.mark.parametrize("option", ["--max-value-size", "--max-key-bytes"])
 @pytest.mark.parametrize("value", ["lots", "1.5", "0", "-3", ""])
 def test_bad_sizes_are_usage_errors(option: str, value: str) -> None:
-    """A size that is not a positive whole number is refused while parsing, naming the value."""
+    """A size that is not a positive whole number is refused while parsing, naming the option
+    and the value."""
     with pytest.raises(usage.UsageError) as caught:
         parse(option, value)
-    assert "enforcement failed" in str(caught.value)
+    assert str(caught.value).startswith(f"{option}: ")
+    assert repr(value) in str(caught.value) or value in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -87,7 +90,7 @@ def test_bad_backend_url_is_a_usage_error(url: str, message: str) -> None:
 
 def test_make_service_builds_an_unstarted_node() -> None:
     """makeService returns a MultiService carrying the options, and binds or opens nothing."""
-    options = parse("-p", LOOPBACK, "-p", "tcp:0:interface=127.0.0.1", "-b", "memory:")
+    options = parse("-P", LOOPBACK, "-P", "tcp:0:interface=127.0.0.1", "--backend", "memory:")
     options["max-value-size"] = 4096
     service = makeService(options)
     assert isinstance(service, MultiService)

@@ -4,6 +4,10 @@ A backend URL is ``scheme:location?option=value&...``: ``memory:``, ``sqlite:///
 ``sqlite:relative.db?synchronous=full``. Third-party packages add schemes by declaring an entry
 point in the group ``navistore.backends`` whose name is the scheme and whose object is a callable
 taking a :class:`BackendURL` and returning an :class:`~navistore.interfaces.IStorageBackend`.
+A factory may also have a ``check`` attribute, a callable taking the same :class:`BackendURL`
+that raises :class:`BackendURLError` for a URL the factory would refuse, without opening
+anything: :func:`check_backend` calls it while a node's options are parsed, so a bad option or
+path fails the start before a port is bound.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ __all__ = [
     "BackendURL",
     "BackendURLError",
     "UnknownBackend",
+    "check_backend",
     "known_schemes",
     "open_backend",
     "parse_backend_url",
@@ -36,6 +41,14 @@ _BUILTIN: dict[str, str] = {
     "sqlite": "navistore.backend.sqlite:open_sqlite",
     "http": "navistore.backend.http:open_http",
     "https": "navistore.backend.http:open_http",
+}
+
+#: What checks a built-in backend's URL without opening it (see :func:`check_backend`).
+_BUILTIN_CHECKS: dict[str, str] = {
+    "memory": "navistore.backend.memory:check_memory",
+    "sqlite": "navistore.backend.sqlite:check_sqlite",
+    "http": "navistore.backend.http:check_http",
+    "https": "navistore.backend.http:check_http",
 }
 
 BackendFactory = Callable[["BackendURL"], Any]
@@ -120,6 +133,37 @@ def _load(reference: str) -> BackendFactory:
     return factory
 
 
+def _factory(parsed: BackendURL) -> BackendFactory:
+    if parsed.scheme in _BUILTIN:
+        return _load(_BUILTIN[parsed.scheme])
+    entry = _entry_points().get(parsed.scheme)
+    if entry is None:
+        raise UnknownBackend(
+            f"no backend for scheme {parsed.scheme!r} in {parsed.text!r}; known schemes: "
+            + ", ".join(known_schemes())
+        )
+    factory: BackendFactory = entry.load()
+    return factory
+
+
+def check_backend(url: str) -> None:
+    """Refuse a URL the backend it names would refuse, without opening it: unknown scheme,
+    options, values, or (for sqlite) a path this process cannot write. A third-party backend
+    is checked when its factory has a ``check`` attribute; otherwise only its scheme is.
+
+    :raises UnknownBackend: the scheme is not known; the message lists the known schemes.
+    :raises BackendURLError: the URL or one of its options is invalid.
+    """
+    parsed = parse_backend_url(url)
+    factory = _factory(parsed)
+    if parsed.scheme in _BUILTIN_CHECKS:
+        check: Callable[[BackendURL], object] | None = _load(_BUILTIN_CHECKS[parsed.scheme])
+    else:
+        check = getattr(factory, "check", None)
+    if check is not None:
+        check(parsed)
+
+
 def open_backend(url: str) -> IStorageBackend:
     """Make the backend a URL names.
 
@@ -127,17 +171,7 @@ def open_backend(url: str) -> IStorageBackend:
     :raises BackendURLError: the URL or one of its options is invalid.
     """
     parsed = parse_backend_url(url)
-    if parsed.scheme in _BUILTIN:
-        factory = _load(_BUILTIN[parsed.scheme])
-    else:
-        entry = _entry_points().get(parsed.scheme)
-        if entry is None:
-            raise UnknownBackend(
-                f"no backend for scheme {parsed.scheme!r} in {url!r}; known schemes: "
-                + ", ".join(known_schemes())
-            )
-        factory = entry.load()
-    backend = factory(parsed)
+    backend = _factory(parsed)(parsed)
     if not IStorageBackend.providedBy(backend):
         raise BackendURLError(f"{url}: the factory for {parsed.scheme!r} gave no IStorageBackend")
     return backend

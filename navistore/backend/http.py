@@ -27,7 +27,7 @@ import os
 from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any, Callable, TypeVar
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import SplitResult, quote, urlencode, urlsplit
 
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, fail, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -345,11 +345,35 @@ def _positive_number(url: BackendURL, name: str, default: float) -> float:
     return number
 
 
+def check_http(url: BackendURL) -> None:
+    """Refuse an ``http(s)://`` backend URL that cannot work (options, address, token file),
+    without connecting: what :func:`open_http` would refuse."""
+    _settings(url)
+
+
 def open_http(url: BackendURL) -> HttpBackend:
     """Make an :class:`HttpBackend` for ``http://host:port`` or ``https://host:port``.
 
     It talks through treq over its own persistent connection pool, closed by ``close()``.
     """
+    parts, timeout, connections, token = _settings(url)
+
+    from twisted.internet import reactor
+
+    client, close = treq_client(reactor, connect_timeout=min(timeout, 10.0), per_host=connections)
+    return HttpBackend(
+        f"{url.scheme}://{parts.netloc}{parts.path}",
+        http_client=client,
+        reactor=reactor,
+        close_client=close,
+        token=token,
+        timeout=timeout,
+        connections=connections,
+    )
+
+
+def _settings(url: BackendURL) -> tuple[SplitResult, float, int, str | None]:
+    """The address, timeout, connection count and token an ``http(s)://`` URL says."""
     url.refuse_unknown_options(("timeout", "connections", "token_file"))
     parts = urlsplit(f"{url.scheme}:{url.location}")
     if not url.location.startswith("//") or not parts.hostname:
@@ -371,16 +395,4 @@ def open_http(url: BackendURL) -> HttpBackend:
             token = Path(token_file).read_text(encoding="utf-8").strip() or None
         except (OSError, UnicodeDecodeError) as exc:
             raise BackendURLError(f"{url.text}: token_file: {exc}") from None
-
-    from twisted.internet import reactor
-
-    client, close = treq_client(reactor, connect_timeout=min(timeout, 10.0), per_host=connections)
-    return HttpBackend(
-        f"{url.scheme}://{parts.netloc}{parts.path}",
-        http_client=client,
-        reactor=reactor,
-        close_client=close,
-        token=token,
-        timeout=timeout,
-        connections=connections,
-    )
+    return parts, timeout, connections, token

@@ -243,9 +243,14 @@ def _seq(record: Record) -> int:
     return record.seq
 
 
-def open_memory(url: BackendURL) -> MemoryBackend:
-    """Make a :class:`MemoryBackend` for ``memory:`` (it takes no location and no options)."""
+def check_memory(url: BackendURL) -> None:
+    """Refuse a ``memory:`` URL with a location or options (it takes neither)."""
     url.refuse_unknown_options(())
     if url.location:
         raise BackendURLError(f"{url.text}: memory: takes no location")
+
+
+def open_memory(url: BackendURL) -> MemoryBackend:
+    """Make a :class:`MemoryBackend` for ``memory:`` (it takes no location and no options)."""
+    check_memory(url)
     return MemoryBackend()

@@ -576,18 +576,39 @@ class SqliteBackend:
                 closed.callback(None)
 
 
-def open_sqlite(url: BackendURL) -> SqliteBackend:
-    """Make a :class:`SqliteBackend` for ``sqlite:///abs/path.db`` or ``sqlite:relative.db``,
-    with the options ``?synchronous=normal|full`` and ``?writer=reactor|thread``."""
+def check_sqlite(url: BackendURL) -> None:
+    """Refuse a ``sqlite:`` URL that cannot work, without opening anything: unknown options or
+    values, no file, or a file this process could not write (or create, with its journal files
+    beside it). Run while the options are parsed, so such a start fails before it binds a port.
+    """
     url.refuse_unknown_options(("synchronous", "writer"))
-    synchronous = url.option("synchronous", "normal", SYNCHRONOUS_MODES)
-    writer = url.option("writer", "reactor", WRITER_MODES)
+    url.option("synchronous", "normal", SYNCHRONOUS_MODES)
+    url.option("writer", "reactor", WRITER_MODES)
     if not url.location:
         raise BackendURLError(
             f"{url.text}: sqlite: needs a file, e.g. sqlite:///var/lib/navistore/store.db"
         )
     if url.location == ":memory:":
         raise BackendURLError(f"{url.text}: for a store in RAM use memory:")
+    path = os.path.abspath(url.location)
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        raise BackendURLError(f"{url.text}: the directory {directory} does not exist")
+    if os.path.isdir(path):
+        raise BackendURLError(f"{url.text}: {path} is a directory, not a database file")
+    if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
+        raise BackendURLError(f"{url.text}: {path} cannot be read and written by this process")
+    # WAL mode keeps -wal and -shm files beside the database: the directory must be writable.
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise BackendURLError(f"{url.text}: the directory {directory} is not writable")
+
+
+def open_sqlite(url: BackendURL) -> SqliteBackend:
+    """Make a :class:`SqliteBackend` for ``sqlite:///abs/path.db`` or ``sqlite:relative.db``,
+    with the options ``?synchronous=normal|full`` and ``?writer=reactor|thread``."""
+    check_sqlite(url)
+    synchronous = url.option("synchronous", "normal", SYNCHRONOUS_MODES)
+    writer = url.option("writer", "reactor", WRITER_MODES)
     return SqliteBackend(url.location, synchronous=synchronous, writer=writer)
 
 

@@ -7,6 +7,12 @@ they do for ``twistd navistore`` (which is also what ``nhttpserver`` ends up run
     nhttpserver -P 8888 -s store.db -l server.log -b -p server.pid
     => twistd --logfile server.log --pidfile server.pid navistore --port tcp:8888 \\
            --backend sqlite:store.db
+
+The five classic short flags (``-P -s -l -b -p``) keep their meaning; every long option of
+``twistd navistore`` (``--config``, ``--max-value-size``, ``--tokens``, ...) is accepted too, by
+the same name, and handed on as given: the list is read from :class:`navistore.tap.Options`, so
+the two command lines cannot drift apart. The port and the sqlite file are handed on only when
+given (their defaults are the node's own), so that a ``--config`` file can set them.
 """
 
 from __future__ import annotations
@@ -14,8 +20,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from navistore import version_line
+from navistore.tap import USAGE_ERROR
+from navistore.tap import Options as NavistoreOptions
 
 __all__ = ["build_parser", "nhttpserver_main", "twistd_argv"]
 
@@ -24,23 +33,48 @@ DEFAULT_PORT = "8888"
 DEFAULT_STORAGE_PATH = "navistore.db"
 
 
+#: Options of ``twistd navistore`` that nhttpserver spells its own way (or that are argparse's).
+_OWN = ("port", "backend", "help", "version")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose refusals are one line and exit status 1, as ``twistd navistore``'s."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _navistore_options() -> list[tuple[str, bool, str]]:
+    """Every long option of ``twistd navistore`` but those nhttpserver has its own way: its
+    name, whether it takes a value, and its help."""
+    options = NavistoreOptions()
+    found = []
+    for entry in sorted(options.longOpt):
+        name = entry.rstrip("=")
+        if name in _OWN:
+            continue
+        doc = " ".join((options.docs.get(name) or "").split())
+        found.append((name, entry.endswith("="), doc.replace("%", "%%")))
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The classic ``nhttpserver`` options (``--help`` prints them and exits 0)."""
-    parser = argparse.ArgumentParser(
+    """The ``nhttpserver`` options (``--help`` prints them and exits 0)."""
+    parser = _Parser(
         prog="nhttpserver",
         description=(
             "Run a Navistore node (a replicated HTTP key/value store) with the classic "
-            "options. It runs 'twistd navistore'; see 'twistd navistore --help' for more."
+            "options, and every long option of 'twistd navistore'. It runs 'twistd navistore'."
         ),
     )
     parser.add_argument("--version", action="version", version=version_line())
     parser.add_argument(
         "-P",
         "--port",
-        default=DEFAULT_PORT,
+        action="append",
         help=(
-            "the TCP port to listen on, on every interface (default %(default)s); a Twisted "
-            "endpoint string such as tcp:8888:interface=127.0.0.1 is accepted too"
+            f"the TCP port to listen on, on every interface (default {DEFAULT_PORT}); a Twisted "
+            "endpoint string such as tcp:8888:interface=127.0.0.1 is accepted too (repeatable)"
         ),
     )
     parser.add_argument(
@@ -66,34 +100,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-p", "--pidfile", metavar="FILE", help="write the process id to FILE (default: none)"
     )
-    parser.add_argument(
-        "--peer",
-        metavar="URL",
-        action="append",
-        default=[],
-        help="replicate every write to the node at URL (repeatable)",
-    )
-    parser.add_argument(
-        "--clone-from", metavar="URL", help="pull the state of the node at URL, then follow it"
-    )
-    parser.add_argument(
-        "--upstream", metavar="URL", help="be a read-through cache of the node at URL"
-    )
-    parser.add_argument(
-        "--read-fallback", action="store_true", help="ask the peers for a key before a 404"
-    )
-    parser.add_argument(
-        "--tokens",
-        metavar="FILE",
-        help="the tokens file saying who may do what (without it, or --open, the node answers "
-        "only this machine)",
-    )
-    parser.add_argument(
-        "--open",
-        action="store_true",
-        help="serve every caller without tokens, from any host (the classic LAN mode)",
-    )
+    node = parser.add_argument_group("options of twistd navistore (see its --help)")
+    for name, takes_value, doc in _navistore_options():
+        if takes_value:
+            node.add_argument(
+                f"--{name}", action="append", metavar="VALUE", dest=_dest(name), help=doc
+            )
+        else:
+            node.add_argument(f"--{name}", action="store_true", dest=_dest(name), help=doc)
     return parser
+
+
+def _dest(name: str) -> str:
+    return "navistore_" + name.replace("-", "_")
 
 
 def _endpoint(port: str, parser: argparse.ArgumentParser) -> str:
@@ -117,39 +136,38 @@ def _sqlite_url(path: str, parser: argparse.ArgumentParser) -> str:
 
 
 def twistd_argv(argv: Sequence[str]) -> list[str]:
-    """Translate classic ``nhttpserver`` arguments into ``twistd`` arguments.
+    """Translate ``nhttpserver`` arguments into ``twistd`` arguments.
 
-    Without ``-p`` no pidfile is written (twistd would otherwise write ``twistd.pid``).
+    Without ``-p`` no pidfile is written (twistd would otherwise write ``twistd.pid``). The
+    options of ``twistd navistore`` are handed on in the order of its ``--help``, each value as
+    given: the node checks them.
 
-    :raises SystemExit: on ``--help`` (status 0) or a usage error (status 2), as argparse does.
+    :raises SystemExit: on ``--help`` (status 0) or a usage error (status 1).
     """
     parser = build_parser()
     options = parser.parse_args(list(argv))
     if options.backend is not None and options.storage_path is not None:
         parser.error("give either -s/--storage-path or --backend, not both")
-    backend = options.backend
-    if backend is None:
-        path = DEFAULT_STORAGE_PATH if options.storage_path is None else options.storage_path
-        backend = _sqlite_url(path, parser)
     arguments: list[str] = []
     if not options.background:
         arguments.append("--nodaemon")
     if options.log_path:
         arguments += ["--logfile", options.log_path]
     arguments += ["--pidfile", options.pidfile or ""]
-    arguments += ["navistore", "--port", _endpoint(options.port, parser), "--backend", backend]
-    for peer in options.peer:
-        arguments += ["--peer", peer]
-    if options.clone_from:
-        arguments += ["--clone-from", options.clone_from]
-    if options.upstream:
-        arguments += ["--upstream", options.upstream]
-    if options.read_fallback:
-        arguments.append("--read-fallback")
-    if options.tokens:
-        arguments += ["--tokens", options.tokens]
-    if options.open:
-        arguments.append("--open")
+    arguments.append("navistore")
+    for port in options.port or ():
+        arguments += ["--port", _endpoint(port, parser)]
+    if options.storage_path is not None:
+        arguments += ["--backend", _sqlite_url(options.storage_path, parser)]
+    elif options.backend is not None:
+        arguments += ["--backend", options.backend]
+    for name, takes_value, _doc in _navistore_options():
+        given = getattr(options, _dest(name))
+        if takes_value:
+            for value in given or ():
+                arguments += [f"--{name}", value]
+        elif given:
+            arguments.append(f"--{name}")
     return arguments
 
 

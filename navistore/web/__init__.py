@@ -23,6 +23,7 @@ from navistore.hooks import MissResolver, ReplicaWaiter, WriteForwarder
 from navistore.store import Store
 from navistore.watch_hub import WatchHub
 from navistore.web.access import AccessPolicy
+from navistore.web.access_log import AccessLog
 from navistore.web.api import ApiResource
 from navistore.web.channel import DEFAULT_LIMITS, ConnectionLimits
 from navistore.web.responses import Endpoints, Handler
@@ -50,7 +51,7 @@ def make_site(
     reactor: IReactorTime,
     access: AccessPolicy,
     max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
-    access_log: bool = False,
+    access_log: AccessLog | None = None,
     extra_endpoints: Endpoints | None = None,
     miss_resolver: MissResolver | None = None,
     write_forwarder: WriteForwarder | None = None,
@@ -66,7 +67,7 @@ def make_site(
     :param access: who may do what (:mod:`navistore.web.access`).
     :param max_value_size: the largest request body accepted, in bytes; larger ones get 413
         before they are read.
-    :param access_log: log one line per request through twisted.logger.
+    :param access_log: where each answered request is logged, or None (the default: off).
     :param extra_endpoints: more server endpoints by name and method (replication's).
     :param miss_resolver: finds keys this node lacks (cache node, read fallback).
     :param write_forwarder: forwards writes instead of applying them (cache node).

@@ -50,6 +50,7 @@ __all__ = [
     "AccessPolicy",
     "AuditLog",
     "Need",
+    "admitted_caller",
     "caller_of",
     "describe_policy",
     "need_of",
@@ -126,6 +127,13 @@ def need_of(
     if prefix and recursive and path == "/":
         return Need(ADMIN, None, True)
     return Need(WRITE, path, True)
+
+
+def admitted_caller(request: object) -> Caller | None:
+    """The caller ``request`` was admitted as, or None if it was refused or never checked (the
+    access log names callers, and must not name a refused one as anyone)."""
+    caller: Caller | None = getattr(request, _ATTRIBUTE, None)
+    return caller
 
 
 def caller_of(request: Request) -> Caller:

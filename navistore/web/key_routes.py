@@ -223,16 +223,29 @@ class KeyRoutes:
         waiting = Deferred.fromCoroutine(self.replica_waiter.wait(record, count, timeout))
         request.notifyFinish().addErrback(lambda _failure: waiting.cancel())
         report = await waiting
-        if not report.satisfies(count):
+        if report.satisfies(count):
+            return
+        detail = {
+            "key": record.key,
+            "version": record.stamp.encode(),
+            "reached": list(report.reached),
+            "missing": list(report.missing),
+        }
+        peers = len(report.reached) + len(report.missing)
+        if isinstance(count, int) and count > peers:
+            # Decided at once, without waiting: no timeout was involved, and saying so would
+            # send the client to retry with a longer one.
             raise ApiError(
                 504,
-                "replicas_timeout",
-                f"{len(report.reached)} peer(s) hold the write, {count} wanted (waited at most "
-                f"{timeout:g} s); it is stored on this node and will still reach the others",
-                {
-                    "key": record.key,
-                    "version": record.stamp.encode(),
-                    "reached": list(report.reached),
-                    "missing": list(report.missing),
-                },
+                "replicas_unavailable",
+                f"{count} replica(s) wanted but this node has {peers} peer(s); the write is "
+                "stored on this node and will still reach them",
+                detail,
             )
+        raise ApiError(
+            504,
+            "replicas_timeout",
+            f"{len(report.reached)} of {count} wanted peer(s) held the write within "
+            f"{timeout:g} s; it is stored on this node and will still reach the others",
+            detail,
+        )

@@ -85,17 +85,20 @@ def whole_number(text: str) -> int | None:
     return value if value <= MAX_INTEGER else None
 
 
-def int_arg(request: Request, name: str, default: int, maximum: int | None = None) -> int:
-    """``?name=`` as a whole number from 0 to ``maximum`` (default :data:`MAX_INTEGER`)."""
+def int_arg(
+    request: Request, name: str, default: int, maximum: int | None = None, *, minimum: int = 0
+) -> int:
+    """``?name=`` as a whole number from ``minimum`` to ``maximum`` (default
+    :data:`MAX_INTEGER`); any value out of range gets the same answer, naming the range."""
     text = query_arg(request, name)
     if text is None or text == "":
         return default
     value = whole_number(text)
     top = MAX_INTEGER if maximum is None else maximum
-    if value is None or value > top:
+    if value is None or not minimum <= value <= top:
         raise BadRequest(
             "invalid_parameter",
-            f"parameter {name!r} must be a whole number from 0 to {top}, not {text[:40]!r}",
+            f"parameter {name!r} must be a whole number from {minimum} to {top}, not {text[:40]!r}",
         )
     return value
 
@@ -121,7 +124,4 @@ MAX_PAGE = 10_000
 
 def page_limit(request: Request) -> int:
     """``?limit=``: how many entries a page may hold, from 1 to :data:`MAX_PAGE`."""
-    limit = int_arg(request, "limit", DEFAULT_PAGE, MAX_PAGE)
-    if limit == 0:
-        raise BadRequest("invalid_parameter", "parameter 'limit' must be at least 1")
-    return limit
+    return int_arg(request, "limit", DEFAULT_PAGE, MAX_PAGE, minimum=1)

@@ -23,6 +23,7 @@ from twisted.web import http
 from twisted.web.server import Request, Site
 
 from navistore.record import DEFAULT_MAX_VALUE_SIZE
+from navistore.web.access_log import AccessLog
 from navistore.web.channel import (
     DEFAULT_LIMITS,
     ConnectionLimits,
@@ -69,6 +70,7 @@ class NavistoreSite(Site):
     The access log is off unless asked for: one log line per request costs about 15 % of a
     node's throughput, and a config store's clients poll.
 
+    :param access_log: where each answered request is logged (``--access-log``), or None.
     :param reactor: what connections time their deadlines with.
     :param limits: the deadlines of every connection.
     :param send_budget: what slow readers may hold together (default: its own).
@@ -78,12 +80,15 @@ class NavistoreSite(Site):
     # HTTP/1.1 only (see navistore.listening.Connections.acceptableProtocols).
     protocol = NavistoreChannel  # type: ignore[assignment]
 
+    #: No "Starting factory <...NavistoreSite object at 0x...>" line: the node says it is ready.
+    noisy = False
+
     def __init__(
         self,
         resource: Any,
         *,
         max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
-        access_log: bool = False,
+        access_log: AccessLog | None = None,
         reactor: IReactorTime | None = None,
         limits: ConnectionLimits = DEFAULT_LIMITS,
         send_budget: SendBudget | None = None,
@@ -98,8 +103,8 @@ class NavistoreSite(Site):
         self.send_budget = SendBudget() if send_budget is None else send_budget
 
     def log(self, request: http.Request) -> None:
-        if self.access_log:
-            super().log(request)
+        if self.access_log is not None:
+            self.access_log.write(request)
 
     def stopFactory(self) -> None:
         self.deadlines.stop()
@@ -191,6 +196,18 @@ class LimitedRequest(Request):
                 self.requestHeaders.setRawHeaders(b"Host", [authority])
         super().requestReceived(command, path, version)
 
+    def _log_refusal(self, status: int) -> None:
+        """Put a request refused before it was whole in the access log (it is never
+        finished, which is what logs the others), with the request line the channel read."""
+        site = getattr(self.channel, "site", None)
+        if site is None or getattr(site, "access_log", None) is None:
+            return
+        self.method = getattr(self.channel, "_command", None) or self.method
+        self.uri = getattr(self.channel, "_path", None) or self.uri
+        self.clientproto = getattr(self.channel, "_version", None) or self.clientproto
+        self.code = status
+        site.log(self)
+
     def refuse_body(self, limit: int) -> None:
         """Answer 413 at once and close: the body is, or says it will be, over ``limit``; the
         rest of it is never read."""
@@ -199,6 +216,7 @@ class LimitedRequest(Request):
         self.requestHeaders.removeHeader(b"Expect")
         error = TooLarge(limit)
         channel = self.channel
+        self._log_refusal(error.status)
         if isinstance(channel, NavistoreChannel):
             channel.refuse(error.status, error.code, error.message, error.detail)
         elif channel is not None and channel.transport is not None:
