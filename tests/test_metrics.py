@@ -16,9 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 from support.processes import REQUEST_TIMEOUT, Server, running, stop_process, twistd, wait_until
 
+from navistore.backend.memory import MemoryBackend
+from navistore.clock import Stamp
+from navistore.record import Record
+from navistore.store import Conflict, PreconditionFailed, Store
 from navistore.tally import Histogram, RequestCounts
 from navistore.tokens import Caller
 from navistore.web.access import need_of
@@ -244,3 +249,40 @@ def test_requests_are_counted_with_few_labels() -> None:
     counts.finished("key", b"BREW", 405, 0.001)
     assert counts.counts == {("key", b"GET", 200): 2, ("key", b"OTHER", 405): 1}
     assert counts.latency["key", b"GET"].count == 2
+
+
+OTHER_NODE = "00000000000000b0"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_store_counts_reads_writes_refusals_and_what_it_receives() -> None:
+    """Reads count once per answer (a peek that misses is followed by a get, which counts);
+    puts and deletes count what this node wrote; 412 and 409 count apart; a received record
+    counts as stored, as a last-writer-wins loss when the stored one is newer, or as a
+    duplicate when it is the same."""
+    store = await Store.open(MemoryBackend())
+    counters = store.counters
+    await store.put("/a", b"1")
+    written = store.put_now("/b", b"2")
+    assert written is not None
+    await written
+    assert counters.puts == 2 and counters.reads == 0  # a write's own look is no read
+    assert store.peek("/a") is not None
+    assert store.peek("/missing") is None
+    assert await store.get("/missing") is None
+    assert counters.reads == 2
+    with pytest.raises(PreconditionFailed):
+        await store.put("/a", b"x", if_none_match=True)
+    with pytest.raises(Conflict):
+        await store.put("/a", b"x", create_only=True)
+    await store.delete("/b")
+    assert (counters.precondition_failures, counters.conflicts, counters.deletes) == (1, 1, 1)
+
+    stored = await store.get("/a")
+    assert stored is not None
+    older = Record("/a", b"old", "text/plain", Stamp(stored.stamp.wall_ms - 1000, 0, OTHER_NODE))
+    newer = Record("/c", b"new", "text/plain", Stamp(stored.stamp.wall_ms + 1, 0, OTHER_NODE))
+    await store.apply_remote_batch([older, newer])
+    await store.apply_remote(newer)  # already held
+    assert (counters.received, counters.lww_losses, counters.duplicates) == (1, 1, 1)
+    assert counters.puts == 2  # received records are not this node's writes
