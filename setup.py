@@ -23,6 +23,8 @@ setup(
         "attrs>=22.2.0",
         # The tokens file is TOML: tomllib from 3.11 on, its backport before.
         "tomli>=1.1.0; python_version < '3.11'",
+        # /_metrics: the Prometheus text format, and the process collector (pure Python).
+        "prometheus_client>=0.17.0",
         # cryptography (through treq -> twisted[tls]) has no PyPy 3.9 wheel after 43, and newer
         # ones need Rust to build: pin PyPy 3.9 to wheels. pip then picks Twisted 25.5 there.
         "cryptography<44; platform_python_implementation == 'PyPy' and python_version < '3.10'",

@@ -208,7 +208,7 @@ class NavistoreService(MultiService):
         tune_allocator()
         MemoryReleaser(self._reactor).setServiceParent(self)
         site = node.site
-        self._tracker = RequestTracker(site.requestFactory)
+        self._tracker = RequestTracker(site.requestFactory, node.metrics.requests)
         # HTTP channels only call it with (channel, queued) for a Request: a callable will do.
         site.requestFactory = cast("type[Request]", self._tracker)
         if not self.running:
@@ -321,6 +321,8 @@ class NavistoreService(MultiService):
 
     async def _stop(self) -> None:
         notify("STOPPING=1")
+        if self.node is not None:
+            self.node.readiness.shutting_down()  # /_ready answers 503 before the ports close
         if self._starting is not None:
             await self._starting  # a failure was reported and cleaned up when it happened
         self._connections.refuse()

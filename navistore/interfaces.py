@@ -18,6 +18,7 @@ from zope.interface import Attribute, Interface
 from navistore.clock import Stamp
 from navistore.errors import BackendClosed, BackendError, InvalidRecord, StorageFailure
 from navistore.record import Record
+from navistore.tally import BackendStatistics, StorageSizes
 
 __all__ = [
     "ABSENT",
@@ -26,6 +27,7 @@ __all__ = [
     "BackendError",
     "Expect",
     "Expectation",
+    "IBackendStatistics",
     "IImmediateReads",
     "IPrefixChanges",
     "ISizedReads",
@@ -223,3 +225,21 @@ class ISizedReads(Interface):
         since: int = 0, limit: int = 1000, max_bytes: int | None = None
     ) -> Deferred[list[Record]]:
         """:meth:`IStorageBackend.changes`, stopping early by bytes as above."""
+
+
+class IBackendStatistics(Interface):
+    """Optional, beside :class:`IStorageBackend`: what the backend counts as it works, for
+    ``/_metrics`` (group commits, their durations, failures, and how much it holds).
+
+    Counting must cost the backend's calls next to nothing: plain numbers in
+    :attr:`statistics`, read at scrape time.
+    """
+
+    statistics: BackendStatistics = Attribute(
+        "The :class:`~navistore.tally.BackendStatistics` the backend adds to as it works."
+    )
+
+    def measure_sizes() -> Deferred[StorageSizes]:
+        """Measure the live keys, tombstones and bytes held, without stalling the reactor
+        (off its thread if that costs); fire with the sizes, also kept in
+        ``statistics.sizes``."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import resource
 import socket
+import time
 from collections.abc import Iterable
 from typing import Any, Callable
 
@@ -21,6 +22,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
+from navistore.tally import ABORTED, ROUTE_FAMILY, UNROUTED, RequestCounts
 from navistore.waiters import Waiters
 from navistore.web.channel import refusal, unsent_bytes
 
@@ -87,23 +89,42 @@ class RequestTracker:
     Shutdown waits for them, so that a client whose write was accepted gets its answer. A request
     counts from its first line until it is finished or its connection is lost: twisted.web fires
     ``notifyFinish`` for every request it creates, one way or the other.
+
+    :param counts: where each request is counted once it is done (its route family, method,
+        status and latency, see :class:`~navistore.tally.RequestCounts`), or None.
+    :param clock: what latency is measured with.
     """
 
-    def __init__(self, request_factory: Callable[..., Request]) -> None:
+    def __init__(
+        self,
+        request_factory: Callable[..., Request],
+        counts: RequestCounts | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._request_factory = request_factory
         self._serving: set[Request] = set()
         self._idle = Waiters()
+        self._counts = counts
+        self._clock = clock
 
     def __call__(self, *args: Any, **kwargs: Any) -> Request:
         request = self._request_factory(*args, **kwargs)
         self._serving.add(request)
-        request.notifyFinish().addBoth(self._finished, request)
+        request.notifyFinish().addBoth(self._finished, request, self._clock())
         return request
 
-    def _finished(self, _result: object, request: Request) -> None:
+    def _finished(self, result: object, request: Request, started: float) -> None:
         self._serving.discard(request)
         if not self._serving:
             self._idle.fire()
+        counts = self._counts
+        if counts is not None:
+            counts.finished(
+                getattr(request, ROUTE_FAMILY, UNROUTED),
+                request.method,
+                ABORTED if result is not None else request.code,
+                self._clock() - started,
+            )
 
     @property
     def serving(self) -> int:

@@ -27,6 +27,8 @@ from navistore.clock import DEFAULT_MAX_DRIFT_MS
 from navistore.hooks import MissResolver, WriteForwarder
 from navistore.keys import DEFAULT_MAX_KEY_BYTES
 from navistore.links import HTTPClient, PeerLink, treq_client
+from navistore.metrics import NodeMetrics
+from navistore.readiness import Readiness
 from navistore.replication.fallback import ReadFallback
 from navistore.replication.gc import (
     DEFAULT_INTERVAL,
@@ -228,6 +230,8 @@ class Node:
     :ivar services: what runs beside the Site (replication, the tombstone collector, a cache
         node's follower), in start order: start them once the Site may be served, stop them in
         reverse order before closing the Store.
+    :ivar metrics: what ``/_metrics`` serves; the daemon counts requests into it.
+    :ivar readiness: what ``/_ready`` answers; the daemon says when the node shuts down.
     """
 
     config: NodeConfig
@@ -239,6 +243,8 @@ class Node:
     site: NavistoreSite
     services: list[IService]
     access: AccessPolicy
+    metrics: NodeMetrics
+    readiness: Readiness
 
 
 def build_node(
@@ -306,6 +312,24 @@ def build_node(
     elif config.read_fallback:
         miss_resolver = ReadFallback(link=link, peers=replication.peer_urls)
     endpoints = replication_endpoints(store, replication, cache_node=cache is not None)
+    replicas = replication.replica_waiter()
+    metrics = NodeMetrics(
+        store,
+        watch_hub=watch_hub,
+        replication=replication,
+        replicas=replicas,
+        cache=cache,
+        clock=reactor,
+    )
+    readiness = Readiness(
+        store,
+        replication=replication,
+        cache=cache,
+        clock=reactor,
+        poll_interval=config.pull_interval,
+    )
+    endpoints.update(metrics.endpoints())
+    endpoints.update(readiness.endpoints())
     endpoints.update(
         bulk_endpoints(
             store,
@@ -325,12 +349,24 @@ def build_node(
         extra_endpoints=endpoints,
         miss_resolver=miss_resolver,
         write_forwarder=write_forwarder,
-        replica_waiter=replication.replica_waiter(),
+        replica_waiter=replicas,
         limits=config.limits,
         send_budget=SendBudget(config.max_send_buffer),
         access_log=open_access_log(config),
     )
-    return Node(config, store, watch_hub, replication, collector, cache, site, services, access)
+    return Node(
+        config,
+        store,
+        watch_hub,
+        replication,
+        collector,
+        cache,
+        site,
+        services,
+        access,
+        metrics=metrics,
+        readiness=readiness,
+    )
 
 
 @implementer(IPolicyForHTTPS)

@@ -6,7 +6,7 @@ which secrets exist, what each may do and where::
     [[token]]
     name = "deploy"            # appears in logs, never the secret
     secret = "..."             # or sha256 = "<hex digest of the secret>", so the file holds none
-    allow = ["read", "write"]  # any of: read, write, admin, peer
+    allow = ["read", "write"]  # any of: read, write, admin, peer, metrics
     prefixes = ["/app/"]       # optional; default every key
 
 The node keeps only the SHA-256 digest of each secret and compares digests in constant time
@@ -38,6 +38,7 @@ __all__ = [
     "ADMIN",
     "ALL_PERMISSIONS",
     "EVERY_KEY",
+    "METRICS",
     "MIN_SECRET_LENGTH",
     "PEER",
     "PERMISSIONS",
@@ -53,9 +54,19 @@ __all__ = [
 ]
 
 READ, WRITE, ADMIN, PEER = "read", "write", "admin", "peer"
+#: Scraping ``/_metrics``: what a Prometheus server needs, and nothing more. ``admin`` grants
+#: it too.
+METRICS = "metrics"
 #: Every permission, in the order the documentation lists them.
-PERMISSIONS = (READ, WRITE, ADMIN, PEER)
+PERMISSIONS = (READ, WRITE, ADMIN, PEER, METRICS)
 ALL_PERMISSIONS = frozenset(PERMISSIONS)
+
+
+def _granted(allow: frozenset[str]) -> frozenset[str]:
+    """The permissions ``allow`` grants: itself, and ``metrics`` with ``admin``."""
+    return allow | {METRICS} if ADMIN in allow else allow
+
+
 #: The prefixes of a caller that may reach every key.
 EVERY_KEY = ("/",)
 
@@ -110,11 +121,11 @@ class Caller:
 
     @unrestricted.default
     def _unrestricted(self) -> bool:
-        return self.allow >= ALL_PERMISSIONS and "/" in self.prefixes
+        return _granted(self.allow) >= ALL_PERMISSIONS and "/" in self.prefixes
 
     def may(self, permission: str) -> bool:
-        """Whether the caller holds ``permission``."""
-        return permission in self.allow
+        """Whether the caller holds ``permission`` (``admin`` holds ``metrics`` too)."""
+        return permission in self.allow or (permission == METRICS and ADMIN in self.allow)
 
     def covers(self, key: str) -> bool:
         """Whether ``key`` (or a canonical prefix) lies inside the caller's prefixes."""

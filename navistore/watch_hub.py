@@ -91,10 +91,14 @@ class Watcher:
     :ivar overflowed: more records arrived than the watcher may hold; they were dropped and the
         owner must re-read the feed after the last seq it delivered.
     :ivar closed: released, or the hub closed: :meth:`next` fires with None from now on.
+    :ivar kind: what the watch serves (``longpoll``, ``eventsource``, ``wait``), for metrics.
     """
 
-    def __init__(self, hub: WatchHub, target: str, *, exact: bool, since: int) -> None:
+    def __init__(
+        self, hub: WatchHub, target: str, *, exact: bool, since: int, kind: str = "watch"
+    ) -> None:
         self.target = target
+        self.kind = kind
         self.exact = exact
         self.since = since
         self.overflowed = False
@@ -163,6 +167,7 @@ class Watcher:
 
     def _wake(self) -> None:
         if self._waiting is not None and (self._pending or self.overflowed):
+            self._hub.wakeups += 1
             self._fire(self._take())
 
     def _take(self) -> list[Record]:
@@ -218,6 +223,9 @@ class WatchHub:
         self._by_prefix: dict[str, set[Watcher]] = {}
         self._by_key: dict[str, set[Watcher]] = {}
         self._count = 0
+        self._kinds: dict[str, int] = {}
+        #: How many times a waiting watcher was woken by a change (not by a timeout).
+        self.wakeups = 0
         self._dirty: set[Watcher] = set()
         self._flush_call: IDelayedCall | None = None
         self._closed = False
@@ -228,17 +236,23 @@ class WatchHub:
         """How many watchers are registered now."""
         return self._count
 
+    def watching_by_kind(self) -> dict[str, int]:
+        """How many watchers are registered now, by kind (``longpoll``, ``eventsource``...)."""
+        return dict(self._kinds)
+
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
         return self._closed
 
-    def watch(self, target: str, *, since: int, exact: bool = False) -> Watcher:
+    def watch(
+        self, target: str, *, since: int, exact: bool = False, kind: str = "watch"
+    ) -> Watcher:
         """Register a watcher of the changes after seq ``since`` under the canonical prefix
         ``target`` (or, with ``exact``, of the canonical key ``target``).
 
         Register *before* reading the current state: a change made in between is then held by
-        the watcher rather than lost.
+        the watcher rather than lost. ``kind`` says what the watch serves, for metrics.
 
         :raises TooManyWatchers: the node is at its cap.
         :raises WatchesClosed: the hub is closed (the node is shutting down).
@@ -247,10 +261,11 @@ class WatchHub:
             raise WatchesClosed()
         if self._count >= self.max_watchers:
             raise TooManyWatchers(self.max_watchers)
-        watcher = Watcher(self, target, exact=exact, since=since)
+        watcher = Watcher(self, target, exact=exact, since=since, kind=kind)
         index = self._by_key if exact else self._by_prefix
         index.setdefault(target, set()).add(watcher)
         self._count += 1
+        self._kinds[kind] = self._kinds.get(kind, 0) + 1
         return watcher
 
     def close(self) -> None:
@@ -268,6 +283,7 @@ class WatchHub:
         self._by_key.clear()
         self._dirty.clear()
         self._count = 0
+        self._kinds.clear()
         for watcher in watchers:
             watcher._end()
 
@@ -312,3 +328,4 @@ class WatchHub:
             del index[watcher.target]
         self._dirty.discard(watcher)
         self._count -= 1
+        self._kinds[watcher.kind] -= 1

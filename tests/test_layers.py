@@ -28,6 +28,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "navistore.peer_urls",
         "navistore.tokens",
         "navistore.json_documents",
+        "navistore.tally",
     ),
     "contract": ("navistore.interfaces",),
     "protocols": ("navistore.protocol", "navistore.hooks", "navistore.links"),
@@ -47,6 +48,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "navistore.tls_endpoint",
         "navistore.tap",
         "navistore.scripts",
+        "navistore.metrics",
+        "navistore.readiness",
     ),
     "testing": ("navistore.testing",),
 }

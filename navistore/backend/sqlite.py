@@ -55,9 +55,11 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sqlite3
+import time
 from typing import TYPE_CHECKING, Any, Callable, cast
 
 from twisted.enterprise import adbapi
@@ -73,6 +75,7 @@ from navistore.errors import BackendClosed, BackendError, InvalidRecord, Storage
 from navistore.interfaces import (
     ANY,
     Expectation,
+    IBackendStatistics,
     IImmediateReads,
     IPrefixChanges,
     ISizedReads,
@@ -81,11 +84,14 @@ from navistore.interfaces import (
 )
 from navistore.keys import prefix_upper_bound
 from navistore.record import Record, check_record
+from navistore.tally import BackendStatistics, StorageSizes
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
     _Pending = tuple[Record, Expectation, Deferred[Record | None], int]
+
+_perf_counter = time.perf_counter
 
 __all__ = [
     "CHECKPOINT_INTERVAL",
@@ -107,7 +113,7 @@ WRITER_MODES = ("reactor", "thread")
 CHECKPOINT_INTERVAL = 0.5
 
 
-@implementer(IStorageBackend, IImmediateReads, IPrefixChanges, ISizedReads)
+@implementer(IStorageBackend, IImmediateReads, IPrefixChanges, ISizedReads, IBackendStatistics)
 class SqliteBackend:
     """Records in one sqlite file in WAL mode, written by one connection with group commit and
     read by another on the reactor thread.
@@ -175,6 +181,7 @@ class SqliteBackend:
         self._closed = False
         self._pool_closed = False
         self._close_waiters: list[Deferred[None]] = []
+        self.statistics = BackendStatistics()
 
     def __repr__(self) -> str:
         return f"<SqliteBackend {self.path} synchronous={self.synchronous} writer={self.writer}>"
@@ -212,18 +219,26 @@ class SqliteBackend:
             return  # (a purge or reset under way sends them when it is over)
         batch, self._pending = self._pending, []
         self._batches_in_flight += 1
+        started = _perf_counter()
         written = self._interact("apply", schema.write_batch, [(r, e) for r, e, _, _ in batch])
-        written.addBoth(self._acknowledge, batch)
+        written.addBoth(self._acknowledge, batch, started)
         written.addBoth(self._release)
 
-    def _acknowledge(self, result: list[Record | None] | Failure, batch: list[_Pending]) -> None:
+    def _acknowledge(
+        self, result: list[Record | None] | Failure, batch: list[_Pending], started: float
+    ) -> None:
+        statistics = self.statistics
+        statistics.commit_seconds.observe(_perf_counter() - started)
+        statistics.batch_sizes.observe(len(batch))
         self._batches_in_flight -= 1
         for record, _, _, ticket in batch:
             if self._key_tickets.get(record.key) == ticket:
                 del self._key_tickets[record.key]
         self._finished(batch[-1][3])
         waiting = [acknowledged for _, _, acknowledged, _ in batch]
+        statistics.commit_error = None
         if isinstance(result, Failure):
+            statistics.commit_error = str(result.value)
             for acknowledged in waiting:
                 acknowledged.errback(StorageFailure(str(result.value)))
         else:
@@ -303,6 +318,8 @@ class SqliteBackend:
         return self._interact(operation, interaction, *args).addBoth(self._release)
 
     def _storage_failure(self, failure: Failure, operation: str) -> Failure:
+        if not isinstance(failure.value, BackendClosed):
+            self.statistics.errors += 1
         if isinstance(failure.value, BackendError):
             return failure
         error = StorageFailure(
@@ -524,6 +541,27 @@ class SqliteBackend:
         return self._read_after(
             self._issued, "last_seq", schema.read_state, "last_seq"
         ).addCallback(int)
+
+    def measure_sizes(self) -> Deferred[StorageSizes]:
+        """Count live records and tombstones on the pool's thread (a pass over the table) and
+        take the file's and the WAL's size: see :class:`~navistore.interfaces.IBackendStatistics`.
+        """
+
+        def measured(counts: tuple[int, int]) -> StorageSizes:
+            on_disk = 0
+            for path in (self.path, self.path + "-wal"):
+                with contextlib.suppress(OSError):  # no WAL yet
+                    on_disk += os.path.getsize(path)
+            sizes = StorageSizes(*counts, on_disk, self._reactor.seconds())
+            self.statistics.sizes = sizes
+            return sizes
+
+        if self._closed:
+            return fail(BackendClosed("measure_sizes"))
+        counted: Deferred[tuple[int, int]] = self._read_in_pool(
+            "measure_sizes", schema.count_records
+        )
+        return counted.addCallback(measured)
 
     def purge_tombstones(self, before_seq: int) -> Deferred[int]:
         return self._changing("purge_tombstones", schema.purge, before_seq)

@@ -238,6 +238,14 @@ def checkpoint(txn: adbapi.Transaction) -> None:
     txn.fetchall()
 
 
+def count_records(txn: adbapi.Transaction) -> tuple[int, int]:
+    """How many live records and tombstones there are: one pass over the table, so the
+    caller runs it on the pool's thread, never the reactor's."""
+    txn.execute("SELECT count(*), coalesce(sum(deleted), 0) FROM records")
+    total, deleted = txn.fetchall()[0]
+    return int(total) - int(deleted), int(deleted)
+
+
 def read_record(txn: adbapi.Transaction, key: str) -> Record | None:
     txn.execute(GET_SQL, (key,))
     rows = txn.fetchall()

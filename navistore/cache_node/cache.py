@@ -85,6 +85,11 @@ class UpstreamCache(Service):
         self._failures = Failures(link, f"the upstream {self.upstream}")
         self._started_at = self._now()
         self._synced_at: float | None = None
+        #: When this process last brought its copies in step with the upstream (None: not
+        #: yet); unlike ``staleness()``, not carried over from before a restart.
+        self.reached_at: float | None = None
+        #: Looks at the upstream's feed that failed, in all (never reset).
+        self.errors = 0
         self._persisted_sync: float | None = None
         self._in_flight: Counter[str] = Counter()
         self._fills: dict[str, list[Deferred[Record | None]]] = {}
@@ -138,6 +143,7 @@ class UpstreamCache(Service):
                     log.error("the upstream {url} is this node itself", url=self.upstream)
                     return
                 delay = self._failures.failed(error, meanwhile="serving copies as they are, ")
+                self.errors += 1
                 self.state = "backoff"
             await deferLater(self._clock, delay)
 
@@ -151,6 +157,11 @@ class UpstreamCache(Service):
         a cache node always says how stale it may be; before any contact, since it started)."""
         since = self._synced_at if self._synced_at is not None else self._started_at
         return max(0.0, self._now() - since)
+
+    def seconds_since_contact(self) -> float | None:
+        """Seconds since this process last brought its copies in step with the upstream, or
+        None if it has not yet (what readiness and metrics judge the upstream by)."""
+        return None if self.reached_at is None else max(0.0, self._now() - self.reached_at)
 
     def status(self) -> dict[str, Any]:
         """What an operator wants to see about the upstream (e.g. in ``GET /_peers``)."""
@@ -394,7 +405,7 @@ class UpstreamCache(Service):
         self._failures.recovered()
         self._failures.last_error = None
         self.state = "following"
-        self._synced_at = asked_at
+        self._synced_at = self.reached_at = asked_at
         if self._persisted_sync is None or asked_at - self._persisted_sync >= _PERSIST_SYNC_EVERY:
             self._persisted_sync = asked_at
             await self.store.set_meta(SYNCED_META, repr(asked_at))

@@ -64,6 +64,12 @@ class Puller(Worker):
         self._interval = interval
         self._caught_up_once = False
 
+    @property
+    def caught_up_once(self) -> bool:
+        """Whether the clone has had everything the source had, at least once (reads may miss
+        keys the source holds until then)."""
+        return self._caught_up_once
+
     async def load(self) -> None:
         """Read the persisted pull cursor and the source's node id."""
         cursor = await self._store.get_meta(pull_cursor_meta(self.url))

@@ -71,6 +71,8 @@ class _Waiting:
         self.answered: Deferred[None] = Deferred()
         #: The pushers asked to hurry for this write, with the call that releases each.
         self.expedited: dict[Pusher, Callable[[], None]] = {}
+        #: The wait ended at its timeout.
+        self.timed_out = False
 
 
 class ReplicaTracker:
@@ -89,6 +91,9 @@ class ReplicaTracker:
         self._node_id = node_id
         self._clock = clock
         self._waiting: set[_Waiting] = set()
+        #: Writes that waited for replicas, and those of them that timed out (for metrics).
+        self.waits = 0
+        self.timeouts = 0
 
     @property
     def waiting(self) -> int:
@@ -138,10 +143,11 @@ class ReplicaTracker:
         if record.seq is None:
             raise ValueError("only a stored record (with its seq) has replicas")
         waiting = _Waiting(record, wanted)
+        self.waits += 1
         if wanted == 0 or timeout <= 0 or self._decided(waiting):
             return self.report(record)
         self._waiting.add(waiting)
-        timer = self._clock.callLater(timeout, self._answer, waiting)
+        timer = self._clock.callLater(timeout, self._time_out, waiting)
         try:
             self._expedite(waiting)
             await waiting.answered
@@ -167,6 +173,11 @@ class ReplicaTracker:
         """End every wait now, each with its report (replication is stopping)."""
         for waiting in list(self._waiting):
             self._answer(waiting)
+
+    def _time_out(self, waiting: _Waiting) -> None:
+        if not waiting.answered.called:
+            self.timeouts += 1
+        self._answer(waiting)
 
     def _answer(self, waiting: _Waiting) -> None:
         if not waiting.answered.called:

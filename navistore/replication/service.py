@@ -308,6 +308,16 @@ class ReplicationService(Service):
         """
         return None if self._puller is None else self._puller.status()
 
+    @property
+    def cloning(self) -> bool:
+        """Whether this node clones a source (``clone_from``)."""
+        return self._clone_from is not None
+
+    @property
+    def puller(self) -> Puller | None:
+        """The clone puller (``clone_from``), once started; None without one."""
+        return self._puller
+
     def pushers(self) -> Sequence[Pusher]:
         """The pushers, in peer order (for tests and metrics)."""
         return [self._pushers[url] for url in self._urls if url in self._pushers]

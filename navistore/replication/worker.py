@@ -50,6 +50,8 @@ class Worker:
         self._clock = link.clock
         self._failures = Failures(link, f"replication with {url}")
         self._last_success: float | None = None
+        #: Exchanges with the peer that failed, in all (never reset).
+        self.errors = 0
         self._retry_at: float | None = None
         self._busy = False
         self._stopping = False
@@ -174,6 +176,11 @@ class Worker:
         """Why the last exchange with the peer failed, or None if none ever did."""
         return self._failures.last_error
 
+    def seconds_since_success(self) -> float | None:
+        """Seconds since the peer last answered an exchange well (acknowledged a batch, sent
+        a page), or None if it never did since this worker was made."""
+        return None if self._last_success is None else max(0.0, self._now() - self._last_success)
+
     def _succeeded(self) -> None:
         self._failures.recovered()
         self._last_success = self._now()
@@ -181,6 +188,7 @@ class Worker:
     async def _back_off(self, error: BaseException) -> None:
         """Record a failure and wait the backoff delay (interrupted by :meth:`stop`)."""
         delay = self._failures.failed(error)
+        self.errors += 1
         self.state = "backoff"
         self._retry_at = self._now() + delay
         self._busy = False

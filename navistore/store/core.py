@@ -43,7 +43,14 @@ from navistore.store.horizon import PurgeHorizon
 from navistore.store.pages import ChangesPage, KeysPage, WriteResult
 from navistore.store.sized import DEFAULT_PAGE_BYTES, changes_page, scan_page
 
-__all__ = ["FALLBACK_SCAN_RECORDS", "MATCH_ANY", "NODE_ID_META", "ChangeListener", "Store"]
+__all__ = [
+    "FALLBACK_SCAN_RECORDS",
+    "MATCH_ANY",
+    "NODE_ID_META",
+    "ChangeListener",
+    "Store",
+    "StoreCounters",
+]
 
 log = Logger()
 
@@ -91,6 +98,38 @@ def _short_page(found: list[Record], since: int, cursor: int, newest: int) -> Ch
     return ChangesPage(found, max(cursor, newest) if cursor > since else newest)
 
 
+class StoreCounters:
+    """What a Store has done since it opened, as plain numbers (``/_metrics`` reads them).
+
+    :ivar reads: key reads answered (:meth:`Store.get`, or a :meth:`Store.peek` that found the
+        key; a peek that finds nothing is followed by a get, which counts).
+    :ivar puts: records written by this node's own writes (puts, bulk loads).
+    :ivar deletes: tombstones written by this node's own deletes.
+    :ivar precondition_failures: writes refused by ``If-Match`` / ``If-None-Match`` (412).
+    :ivar conflicts: create-only writes refused because the key exists (409).
+    :ivar received: records from other nodes (peers, a clone source, an upstream) stored.
+    :ivar lww_losses: records from other nodes older than the stored one: last-writer-wins
+        kept the stored record.
+    :ivar duplicates: records from other nodes this node held already (the same stamp).
+    """
+
+    __slots__ = (
+        "conflicts",
+        "deletes",
+        "duplicates",
+        "lww_losses",
+        "precondition_failures",
+        "puts",
+        "reads",
+        "received",
+    )
+
+    def __init__(self) -> None:
+        self.reads = self.puts = self.deletes = 0
+        self.precondition_failures = self.conflicts = 0
+        self.received = self.lww_losses = self.duplicates = 0
+
+
 class Store:
     """One Navistore node over one backend.
 
@@ -122,6 +161,8 @@ class Store:
         self._peek: Callable[[str], Record | None] | None = None
         if IImmediateReads.providedBy(backend):
             self._peek = backend.peek
+        #: What this Store has done (see :class:`StoreCounters`).
+        self.counters = StoreCounters()
 
     @classmethod
     async def open(
@@ -178,6 +219,7 @@ class Store:
 
     async def get(self, key: str) -> Record | None:
         """Return the live record of a canonical key, or None if absent or deleted."""
+        self.counters.reads += 1
         return _live(await self.backend.get(key))
 
     def peek(self, key: str) -> Record | None:
@@ -185,7 +227,11 @@ class Store:
         backend has no immediate reads, see :class:`~navistore.interfaces.IImmediateReads`)."""
         if self._peek is None:
             raise WouldBlock(key)
-        return _live(self._peek(key))
+        record = self._peek(key)
+        if record is None or record.deleted:
+            return None
+        self.counters.reads += 1
+        return record
 
     async def list(
         self,
@@ -356,8 +402,10 @@ class Store:
         It is the first round of put's compare-and-set loop: if another write slips in before
         the apply, the rest of the loop (:meth:`put`) decides again.
         """
+        if self._peek is None:
+            return None
         try:
-            current = self.peek(key)
+            current = _live(self._peek(key))
         except WouldBlock:
             return None
         record = Record(key, value, content_type or DEFAULT_CONTENT_TYPE, self.clock.now())
@@ -366,6 +414,7 @@ class Store:
         def decided(stored: Record | None) -> WriteResult | Deferred[WriteResult]:
             if stored is None:
                 return Deferred.fromCoroutine(self.put(key, value, content_type))
+            self.counters.puts += 1
             self._notify(stored)
             return WriteResult(stored, created=current is None)
 
@@ -418,6 +467,26 @@ class Store:
         *,
         must_exist: bool = False,
     ) -> WriteResult:
+        try:
+            return await self._compare_and_set(
+                key, make, if_match, if_none_match, create_only, must_exist
+            )
+        except PreconditionFailed:
+            self.counters.precondition_failures += 1
+            raise
+        except Conflict:
+            self.counters.conflicts += 1
+            raise
+
+    async def _compare_and_set(
+        self,
+        key: str,
+        make: Callable[[Stamp], Record],
+        if_match: str | None,
+        if_none_match: bool,
+        create_only: bool,
+        must_exist: bool,
+    ) -> WriteResult:
         wanted: Stamp | None = None
         if if_match is not None and if_match != MATCH_ANY:
             try:
@@ -447,6 +516,10 @@ class Store:
             record = make(self.clock.now())
             stored = await self.backend.apply(record, expect)
             if stored is not None:
+                if stored.deleted:
+                    self.counters.deletes += 1
+                else:
+                    self.counters.puts += 1
                 self._notify(stored)
                 return WriteResult(stored, created=current is None)
             # Lost a race, or the stored stamp (from a peer, or from before a clock step) is
@@ -486,7 +559,10 @@ class Store:
         self.clock.observe(record.stamp)
         stored: Record | None = await self.backend.apply(record, ANY)
         if stored is not None:
+            self.counters.received += 1
             self._notify(stored)
+        else:
+            await self._count_not_applied([record])
         return stored
 
     async def apply_remote_batch(self, records: Sequence[Record]) -> Sequence[Record | None]:
@@ -501,10 +577,29 @@ class Store:
             self.clock.observe(record.stamp)
         pending = [self.backend.apply(record, ANY) for record in records]
         stored: Sequence[Record | None] = await gatherResults(pending, consumeErrors=True)
-        for outcome in stored:
+        not_applied: list[Record] = []
+        for record, outcome in zip(records, stored):
             if outcome is not None:
+                self.counters.received += 1
                 self._notify(outcome)
+            else:
+                not_applied.append(record)
+        if not_applied:
+            await self._count_not_applied(not_applied)
         return stored
+
+    async def _count_not_applied(self, records: Sequence[Record]) -> None:
+        """Tell last-writer-wins losses (the stored record is newer) from duplicates (it is the
+        same): a read of each key, only for the received records that were not applied."""
+        for record in records:
+            try:
+                current = await self.backend.get(record.key)
+            except Exception:
+                return  # counting must never fail what was received
+            if current is not None and current.stamp > record.stamp:
+                self.counters.lww_losses += 1
+            else:
+                self.counters.duplicates += 1
 
     async def get_meta(self, name: str) -> str | None:
         """Read node-level meta data (peers, cursors) kept beside the records."""
@@ -620,6 +715,7 @@ class Store:
                     lost.append(record.key)
                 else:
                     stored.append(outcome)
+                    self.counters.puts += 1
                     self._notify(outcome)  # what was stored is announced even if a part failed
             if error is not None:
                 raise error

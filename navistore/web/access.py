@@ -13,7 +13,8 @@ Every request is checked here before any work is done (:meth:`AccessPolicy.calle
 2. **What the route needs** (:func:`need_of`, the one table of :data:`ENDPOINT_PERMISSIONS`):
    ``read`` for keys, listings and feeds (which then show only the caller's prefixes),
    ``write`` for writes of keys inside the caller's prefixes, ``admin`` for node-level endpoints
-   and a recursive delete of ``/``, ``peer`` for replication and the backend RPC.
+   and a recursive delete of ``/``, ``peer`` for replication and the backend RPC, ``metrics``
+   (or ``admin``) for ``/_metrics``; ``/_health`` and ``/_ready`` need nothing.
 3. **Browsers**: a state-changing request from a web page of another origin (``Origin`` not
    allowed with ``--cors-origin``, or ``Sec-Fetch-Site: cross-site``) is 403 ``cross_origin``;
    allowed origins get CORS answers, preflights included.
@@ -37,6 +38,7 @@ from twisted.web.server import Request
 from navistore.tokens import (
     ADMIN,
     ALL_PERMISSIONS,
+    METRICS,
     PEER,
     READ,
     WRITE,
@@ -60,6 +62,8 @@ __all__ = [
 #: An endpoint missing from this table needs ``admin``: a new endpoint is closed until listed.
 ENDPOINT_PERMISSIONS: dict[str, str | None] = {
     "_health": None,
+    "_ready": None,
+    "_metrics": METRICS,
     "_keys": READ,
     "_changes": READ,
     "listkeys": READ,

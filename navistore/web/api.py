@@ -23,6 +23,7 @@ from navistore.hooks import MissResolver, ReplicaWaiter, WriteForwarder
 from navistore.interfaces import WouldBlock
 from navistore.keys import InvalidKey
 from navistore.store import Store
+from navistore.tally import ROUTE_FAMILY
 from navistore.watch_hub import WatchHub
 from navistore.web.access import AccessPolicy, need_of
 from navistore.web.conditions import etag_of, last_modified
@@ -144,7 +145,9 @@ class ApiResource(Resource):
             return render_error(request, as_api_error(error))
         if route is None:  # a CORS preflight, answered
             return b""
-        if route.kind == "key" and b"?" not in request.uri:
+        kind = route.kind
+        setattr(request, ROUTE_FAMILY, route.name if kind == "endpoint" else kind)
+        if kind == "key" and b"?" not in request.uri:
             # The commonest requests (a plain GET or PUT of a key) take a path without a
             # coroutine; whatever it cannot answer at once goes the general way.
             if method == b"GET":

@@ -174,7 +174,8 @@ async def _long_poll(request: Request, store: Store, hub: WatchHub, asked: _Aske
     since, limit, prefix, seen = asked.since, asked.limit, asked.prefix, asked.seen
     timeout = timeout_arg(request)
     await check_horizon(store, since)
-    watcher = hub.watch(prefix, since=since)  # before reading: a change in between is kept
+    # Before reading: a change in between is kept.
+    watcher = hub.watch(prefix, since=since, kind="longpoll")
     try:
         deadline = hub.clock.seconds() + timeout
         cursor = since
@@ -204,7 +205,7 @@ async def _event_stream(request: Request, store: Store, hub: WatchHub, asked: _A
     if resume is not None and resume.strip():
         since = _seq_value("header Last-Event-ID", resume.decode("latin-1").strip())
     await check_horizon(store, since)
-    watcher = hub.watch(prefix, since=since)
+    watcher = hub.watch(prefix, since=since, kind="eventsource")
     # However the answer ends (finished, client gone mid-write), the watcher goes with it.
     request.notifyFinish().addBoth(lambda _: watcher.release())
     stream = _events(store, watcher, since=since, seen=seen, heartbeat=hub.heartbeat)
@@ -290,7 +291,7 @@ async def wait_for_key(
     index = await _index_arg(request, store)
     # An index of 0 gets no pass here: a purged delete of this very key would be missed.
     await check_horizon(store, index, full_read=False)
-    watcher = hub.watch(key, since=index, exact=True)
+    watcher = hub.watch(key, since=index, exact=True, kind="wait")
 
     def changed(record: Record) -> Response:
         headers = {SEQ_HEADER: b"%d" % (record.seq or 0)}
@@ -350,7 +351,7 @@ async def wait_for_prefix(
     timeout = timeout_arg(request)
     index = await _index_arg(request, store)
     await check_horizon(store, index, full_read=False)
-    watcher = hub.watch(prefix, since=index)
+    watcher = hub.watch(prefix, since=index, kind="wait")
     try:
         seen = caller_of(request).visible(prefix)
         page = await _first_change(store, index, seen)
