@@ -59,6 +59,7 @@ __all__ = [
 #: An endpoint missing from this table needs ``admin``: a new endpoint is closed until listed.
 ENDPOINT_PERMISSIONS: dict[str, str | None] = {
     "_health": None,
+    "_openapi.json": None,
     "_keys": READ,
     "_changes": READ,
     "listkeys": READ,
