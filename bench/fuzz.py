@@ -3,7 +3,7 @@
 The CI test (``tests/test_e2e_fuzz.py``) runs a bounded number of cases; this runs as many as
 asked, on the backend asked, and prints Schemathesis's report and a summary line::
 
-    python bench/fuzz.py                          # 200 cases per operation, memory:, seed 0
+    python bench/fuzz.py               # 200 cases per operation (20 per watch), memory:, seed 0
     python bench/fuzz.py --cases 1000 --backend sqlite --seed 7
 
 Needs the test extra (``pip install '.[test]'``, which brings Schemathesis). The node runs on a
@@ -27,9 +27,15 @@ from support.fuzzing import fuzz_node
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--cases", type=int, default=200, help="cases per operation")
+    parser.add_argument(
+        "--watch-cases", type=int, default=20, help="cases per watch operation (0: none)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="Schemathesis's seed")
     parser.add_argument("--backend", choices=("memory", "sqlite"), default="memory")
     parser.add_argument("--workers", type=int, default=1, help="Schemathesis's workers")
+    parser.add_argument(
+        "--phases", help="Schemathesis's phases, e.g. fuzzing,stateful (default: all)"
+    )
     parser.add_argument(
         "--timeout", type=float, default=3600, help="seconds the whole run may take"
     )
@@ -41,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             directory,
             backend=backend,
             cases=options.cases,
+            watch_cases=options.watch_cases,
+            phases=options.phases,
             seed=options.seed,
             workers=options.workers,
             timeout=options.timeout,

@@ -166,3 +166,25 @@ async def test_a_node_serves_its_document_to_anyone_it_answers(tmp_path: Path) -
     assert (head.status, head.body) == (200, b"")
     refused = await Api(nodes["plain"].resource).put(OPENAPI_PATH, b"{}")
     assert (refused.status, refused.json()["error"]) == (405, "method_not_allowed")
+
+
+#: Codes no answer carries: base classes of typed errors, and the 500 of a bug.
+_NEVER_ANSWERED = {"store_error", "hook_error", "watch_refused", "upstream_refused"}
+_RAISED = re.compile(
+    r'(?:BadRequest|ApiError|refuse|refusal)\(\s*(?:[0-9]+,\s*)?"([a-z_]+)"|code = "([a-z_]+)"'
+)
+
+
+def test_every_error_code_the_node_raises_is_in_the_document() -> None:
+    """Every error code in the node's source (an ApiError, a typed error's ``code``, a
+    connection's refusal) is one the document lists, so that a new code cannot go undocumented;
+    only a 500 (``internal_error``, a bug) is left out."""
+    raised: set[str] = set()
+    for path in (REPOSITORY / "navistore").rglob("*.py"):
+        if "testing" in path.parts:
+            continue
+        for found in _RAISED.finditer(path.read_text(encoding="utf-8")):
+            raised.add(found.group(1) or found.group(2))
+    assert {"invalid_key", "too_many_connections", "malformed_batch"} <= raised
+    missing = raised - _NEVER_ANSWERED - {"internal_error"} - error_codes(openapi_document())
+    assert not missing, f"error codes not in the document: {sorted(missing)}"

@@ -125,6 +125,8 @@ _WATCH = {
 }
 #: What a cache node answers when its upstream cannot be reached, or names the node itself.
 _UPSTREAM = {503: ("upstream_unavailable", "upstream_is_self")}
+#: What a cache node answers a write it cannot forward (a target not in origin form).
+_FORWARDED = {**_UPSTREAM, 400: ("invalid_target",)}
 
 
 def _ref(name: str) -> Schema:
@@ -349,8 +351,11 @@ _READ_HEADERS = {
 }
 
 
+_STAMP_PATTERN = "[0-9a-f]{12}-[0-9a-f]{6}-[0-9a-f]{16}"
+
+
 def _schemas(max_value_size: int) -> dict[str, Schema]:
-    stamp = {"type": "string", "pattern": "^[0-9a-f]{12}-[0-9a-f]{6}-[0-9a-f]{16}$"}
+    stamp = {"type": "string", "pattern": f"^{_STAMP_PATTERN}$"}
     node_id = {"type": "string", "pattern": "^[0-9a-f]{16}$"}
     seq = {"type": "integer", "minimum": 0, "maximum": MAX_INTEGER}
     record = {
@@ -579,7 +584,7 @@ def _key_paths(max_value_size: int, max_key_bytes: int) -> dict[str, Schema]:
     key_errors = (_STORE, _QUERY, {400: ("invalid_key",), 404: ("unknown_endpoint",)})
     write_errors = (
         *key_errors,
-        _UPSTREAM,
+        _FORWARDED,
         {
             400: ("invalid_record",),
             405: ("method_not_allowed",),
@@ -765,7 +770,7 @@ def _prefix_paths() -> dict[str, Schema]:
                 errors=(
                     _STORE,
                     _QUERY,
-                    _UPSTREAM,
+                    _FORWARDED,
                     {400: ("invalid_key", "recursive_required"), 404: ("unknown_endpoint",)},
                 ),
             ),
@@ -936,7 +941,7 @@ def _bulk_paths(max_value_size: int) -> dict[str, Schema]:
                 errors=(
                     _STORE,
                     _QUERY,
-                    _UPSTREAM,
+                    _FORWARDED,
                     {
                         400: ("invalid_bulk_body", "invalid_bulk_entry"),
                         413: ("too_many_entries",),
@@ -950,7 +955,11 @@ def _bulk_paths(max_value_size: int) -> dict[str, Schema]:
 def _replication_paths(max_value_size: int) -> dict[str, Schema]:
     peers_list = {200: _json({"type": "array", "items": _ref("PeerStatus")}, "Every peer.")}
     cache = {409: ("cache_node",)}
-    peer_url = {"type": "string", "description": "``http(s)://host:port``"}
+    peer_url = {
+        "type": "string",
+        "pattern": "^ *[Hh][Tt][Tt][Pp][Ss]?://",
+        "description": "``http(s)://host:port``, nothing more",
+    }
     return {
         "/_replicate": {
             "post": operation(
@@ -1109,17 +1118,32 @@ def _backend_paths() -> dict[str, Schema]:
                     "properties": {"seq": {"anyOf": [_whole(), {"type": "null"}]}},
                 },
                 parameters=[
-                    _query("key", {"type": "string"}, "The record's key.", required=True),
+                    _query(
+                        "key",
+                        {"type": "string", "pattern": "^/"},
+                        "The record's key, canonical.",
+                        required=True,
+                    ),
                     _query("stamp", _ref("Stamp"), "The record's stamp.", required=True),
-                    _query("content_type", {"type": "string"}, "The content type.", required=True),
                     _query(
                         "deleted",
                         {"type": "string", "enum": ["true", "false"]},
-                        "A tombstone.",
+                        "A tombstone (whose value is empty).",
                         required=True,
                     ),
-                    _query("chain", {"type": "string"}, "Node ids, comma-separated."),
-                    _query("expect", {"type": "string"}, "``any``, ``absent`` or a stamp."),
+                    _query(
+                        "expect",
+                        {"type": "string", "pattern": f"^(any|absent|{_STAMP_PATTERN})$"},
+                        "Store only if the stored record is this: ``any``, ``absent``, or a "
+                        "live record at this stamp.",
+                        required=True,
+                    ),
+                    _query("content_type", {"type": "string"}, "The content type (default empty)."),
+                    _query(
+                        "chain",
+                        {"type": "string", "pattern": "^([0-9a-f]{16}(,[0-9a-f]{16})*)?$"},
+                        "Node ids, comma-separated, the writer first.",
+                    ),
                 ],
                 body={
                     "required": False,

@@ -10,10 +10,13 @@ where a generated request would do harm or block, each for a reason (:func:`fuzz
   loopback).
 - Keys and prefixes do not start with ``_``: ``/_replication_slaves`` is a key path that is
   also that endpoint, so a generated key must not name it.
-- Watches are left out (``?wait=true``, ``feed=longpoll`` and ``feed=eventsource``): each holds
-  its request up to its timeout (60 s by default, 300 at most) or, for the event stream, until
-  the node stops; the fuzzer would spend its time waiting. tests/test_feeds.py and
-  tests/test_e2e_watch.py test them.
+- Watches (``?wait=true``, ``feed=longpoll``) hold a request up to its timeout (60 s by
+  default, 300 at most), so the main pass never sends them: it gets no ``wait`` and ``index``
+  and only ``feed=normal``. A second pass (``watches=True``) sends only them, with ``wait`` and
+  ``feed=longpoll`` set and a ``timeout`` of at most 0.2 s, and in positive mode alone, since a
+  negative case may drop a required parameter (a 60 s wait without ``timeout``). The event
+  stream (``feed=eventsource``) is never sent: it ends only when the node stops;
+  tests/test_feeds.py and tests/test_e2e_watch.py test it.
 
 The node has a tokens file with one token of every permission, which the fuzzer sends, so that
 the document's bearer scheme is what the node checks (``ignored_auth`` sends requests without it
@@ -42,6 +45,7 @@ __all__ = [
     "CONFIG",
     "EXCLUDED_OPERATIONS",
     "FUZZ_SECRET",
+    "WATCH_OPERATIONS",
     "FuzzRun",
     "fuzz_document",
     "fuzz_node",
@@ -91,24 +95,43 @@ def write_tokens(directory: Path) -> Path:
     return path
 
 
-def fuzz_document(**options: Any) -> dict[str, Any]:
+#: The operations of the watch pass, which sends nothing else.
+WATCH_OPERATIONS = ("get_key", "list_root", "list_prefix", "changes")
+#: The longest a watch of the fuzzer waits, in seconds.
+WATCH_TIMEOUT = 0.2
+
+
+def fuzz_document(*, watches: bool = False, **options: Any) -> dict[str, Any]:
     """The node's document (``options`` as :func:`openapi_document` takes them) as the fuzzer
-    gets it: narrowed as the module docstring says."""
+    gets it: narrowed as the module docstring says, for the main pass or the watch pass."""
     document = copy.deepcopy(openapi_document(**options))
     for item in document["paths"].values():
-        for method in list(item):
-            found = item[method]
-            if not isinstance(found, dict) or "operationId" not in found:
+        for method, found in item.items():
+            if method == "parameters":
                 continue
-            parameters = found.get("parameters", [])
-            found["parameters"] = [
-                parameter
-                for parameter in parameters
-                if parameter["in"] != "query" or parameter["name"] not in _BLOCKING_PARAMETERS
-            ]
-            for parameter in found["parameters"]:
-                if parameter["name"] == "feed":
-                    parameter["schema"] = {"type": "string", "enum": ["normal"]}
+            watch = watches and found["operationId"] in WATCH_OPERATIONS
+            kept = []
+            for parameter in found.get("parameters", []):
+                name = parameter["name"]
+                if parameter["in"] != "query":
+                    pass
+                elif name in ("wait", "index") and not watch:
+                    continue
+                elif name == "wait":
+                    parameter.update(required=True, schema={"type": "string", "enum": ["true"]})
+                elif name == "feed":
+                    parameter.update(
+                        required=watch,
+                        schema={"type": "string", "enum": ["longpoll" if watch else "normal"]},
+                    )
+                elif name == "timeout" and watch:
+                    parameter.update(
+                        required=True,
+                        schema={"type": "number", "minimum": 0, "maximum": WATCH_TIMEOUT},
+                    )
+                kept.append(parameter)
+            if "parameters" in found:
+                found["parameters"] = kept
         for parameter in item.get("parameters", []):
             if parameter["in"] == "path":
                 parameter["schema"] = {**parameter["schema"], "pattern": "^[^_]"}
@@ -123,12 +146,14 @@ def schemathesis_command(
     *,
     cases: int,
     seed: int,
-    report: Path | None = None,
+    watches: bool = False,
+    phases: str | None = None,
     workers: int = 1,
 ) -> list[str]:
     """The ``schemathesis run`` command fuzzing the node on ``port`` with ``cases`` cases per
     operation, reproducibly (``seed``, deterministic generation, which keeps no example
-    database)."""
+    database); ``watches``: the watch pass (positive cases of the watch operations only);
+    ``phases``: Schemathesis's phases (default all: examples, coverage, fuzzing, stateful)."""
     command = [
         executable,
         "--config-file",
@@ -153,10 +178,15 @@ def schemathesis_command(
         "--no-color",
         "--continue-on-failure",
     ]
-    for operation_id in EXCLUDED_OPERATIONS:
-        command += ["--exclude-operation-id", operation_id]
-    if report is not None:
-        command += ["--report", "ndjson", "--report-ndjson-path", str(report)]
+    if phases is not None:
+        command += ["--phases", phases]
+    if watches:
+        command += ["--mode", "positive"]
+        for operation_id in WATCH_OPERATIONS:
+            command += ["--include-operation-id", operation_id]
+    else:
+        for operation_id in EXCLUDED_OPERATIONS:
+            command += ["--exclude-operation-id", operation_id]
     return command
 
 
@@ -166,14 +196,14 @@ class FuzzRun:
 
     :ivar status: its exit status (0: no failure).
     :ivar output: everything it printed.
-    :ivar cases: the test cases it generated (None if it did not say).
+    :ivar cases: the test cases it generated.
     :ivar seconds: how long it ran.
     :ivar server_log: what the node logged meanwhile.
     """
 
     status: int
     output: str
-    cases: int | None
+    cases: int
     seconds: float
     server_log: str
 
@@ -191,49 +221,53 @@ def fuzz_node(
     *,
     backend: str = "memory:",
     cases: int = 20,
+    watch_cases: int = 5,
     seed: int = 0,
+    phases: str | None = None,
     workers: int = 1,
     timeout: float = 1800,
 ) -> FuzzRun:
     """Start a node (``backend``, the fuzzer's token, ``--serve-backend``) on a loopback port in
-    ``directory``, run Schemathesis against it with ``cases`` cases per operation, stop the
-    node (by PID), and report."""
+    ``directory``, run Schemathesis against it (``cases`` cases per operation, then the watch
+    pass with ``watch_cases``; 0 skips it) in ``phases`` (default all), stop the node (by PID),
+    and report both passes."""
     tokens = write_tokens(directory)
-    document = directory / "openapi-fuzz.json"
-    document.write_text(json.dumps(fuzz_document()), encoding="utf-8")
     config = directory / "schemathesis.toml"
     config.write_text(CONFIG, encoding="utf-8")
+    passes = [(False, cases)] + ([(True, watch_cases)] if watch_cases else [])
     node = [*twistd(backend), "--tokens", str(tokens), "--serve-backend"]
     headers = {"Authorization": f"Bearer {FUZZ_SECRET}"}
+    status, outputs, generated = 0, [], 0
+    started = time.monotonic()
     with running(node, directory, headers=headers) as server:
         server.wait_listening()
-        command = schemathesis_command(
-            schemathesis_executable(),
-            document,
-            config,
-            server.port,
-            cases=cases,
-            seed=seed,
-            workers=workers,
-        )
-        started = time.monotonic()
-        finished = subprocess.run(
-            command,
-            cwd=directory,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={**os.environ, "NO_COLOR": "1"},
-        )
-        seconds = time.monotonic() - started
+        for watches, count in passes:
+            document = directory / ("openapi-watches.json" if watches else "openapi-fuzz.json")
+            document.write_text(json.dumps(fuzz_document(watches=watches)), encoding="utf-8")
+            command = schemathesis_command(
+                schemathesis_executable(),
+                document,
+                config,
+                server.port,
+                cases=count,
+                seed=seed,
+                watches=watches,
+                phases=phases,
+                workers=workers,
+            )
+            finished = subprocess.run(
+                command,
+                cwd=directory,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env={**os.environ, "NO_COLOR": "1"},
+            )
+            output = finished.stdout + finished.stderr
+            outputs.append(output)
+            status = status or finished.returncode
+            found = _CASES.search(output)
+            generated += int(found.group(1)) if found else 0
         server_log = server.output()
-    output = finished.stdout + finished.stderr
-    found = _CASES.search(output)
-    return FuzzRun(
-        finished.returncode,
-        output,
-        int(found.group(1)) if found else None,
-        seconds,
-        server_log,
-    )
+    return FuzzRun(status, "\n".join(outputs), generated, time.monotonic() - started, server_log)
