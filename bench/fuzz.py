@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from support.fuzzing import fuzz_node
+from support.fuzzing import CHECKS, fuzz_node
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--timeout", type=float, default=3600, help="seconds the whole run may take"
     )
+    parser.add_argument(
+        "--checks",
+        default=",".join(CHECKS),
+        help="Schemathesis's checks, comma-separated (default: the CI test's); 'all' adds "
+        "negative_data_rejection and positive_data_acceptance, which flag every parameter the "
+        "node reads only when it matters (timeout= without a wait) and keys the document "
+        "cannot describe exactly",
+    )
     options = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="navistore-fuzz-") as name:
         directory = Path(name)
@@ -49,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             cases=options.cases,
             watch_cases=options.watch_cases,
             phases=options.phases,
+            checks=tuple(options.checks.split(",")),
             seed=options.seed,
             workers=options.workers,
             timeout=options.timeout,

@@ -27,6 +27,15 @@ allow = ["read"]
 """
 
 
+def answer_of(document: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
+    """An answer, or the shared one it refers to."""
+    reference = answer.get("$ref")
+    if reference is None:
+        return answer
+    found: dict[str, Any] = document["components"]["responses"][reference.rsplit("/", 1)[1]]
+    return found
+
+
 def error_codes(document: dict[str, Any]) -> set[str]:
     """Every error code the document lists, over all its answers."""
     codes: set[str] = set()
@@ -35,7 +44,8 @@ def error_codes(document: dict[str, Any]) -> set[str]:
             if not isinstance(found, dict) or "responses" not in found:
                 continue
             for answer in found["responses"].values():
-                schema = answer.get("content", {}).get("application/json", {}).get("schema", {})
+                content = answer_of(document, answer).get("content", {})
+                schema = content.get("application/json", {}).get("schema", {})
                 codes.update(schema.get("properties", {}).get("error", {}).get("enum", []))
     return codes
 
@@ -99,24 +109,30 @@ def test_every_endpoint_with_a_permission_is_a_documented_path() -> None:
     documented |= {path[1:] for path in ("/listkeys", "/reset") if path in document["paths"]}
     assert documented == set(ENDPOINT_PERMISSIONS)
     for endpoint, permission in ENDPOINT_PERMISSIONS.items():
-        for found in document["paths"]["/" + endpoint].values():
-            assert (permission is None) == ({} in found.get("security", [])), endpoint
+        for method, found in document["paths"]["/" + endpoint].items():
+            if method != "options":  # a CORS preflight is answered before any token counts
+                assert (permission is None) == ({} in found.get("security", [])), endpoint
 
 
 def test_every_operation_has_an_id_and_the_shared_error_answers() -> None:
     """Operation ids are unique, and every operation lists the refusals made below its route
     (400 bad_request, 401, 403, 408, 414, 431, 503 too_many_connections) with the error body."""
     ids = []
-    for item in openapi_document()["paths"].values():
+    document = openapi_document()
+    for item in document["paths"].values():
         for method, found in item.items():
             if method == "parameters":
                 continue
             ids.append(found["operationId"])
             for status in ("400", "401", "403", "408", "414", "431", "503"):
                 assert status in found["responses"], (found["operationId"], status)
-            if method != "head":
-                answer = found["responses"]["408"]["content"]["application/json"]["schema"]
-                assert answer["allOf"] == [{"$ref": "#/components/schemas/Error"}]
+            timeout = answer_of(document, found["responses"]["408"])
+            if method == "head":
+                assert "content" not in timeout
+            else:
+                schema = timeout["content"]["application/json"]["schema"]
+                assert schema["allOf"] == [{"$ref": "#/components/schemas/Error"}]
+                assert schema["properties"]["error"]["enum"] == ["request_timeout"]
     assert len(ids) == len(set(ids))
 
 
@@ -188,3 +204,23 @@ def test_every_error_code_the_node_raises_is_in_the_document() -> None:
     assert {"invalid_key", "too_many_connections", "malformed_batch"} <= raised
     missing = raised - _NEVER_ANSWERED - {"internal_error"} - error_codes(openapi_document())
     assert not missing, f"error codes not in the document: {sorted(missing)}"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_preflight_answers_the_headers_the_document_lists() -> None:
+    """An allowed origin's preflight gets 204 with every header the document says it carries;
+    an OPTIONS that is no preflight is the 405 the document lists."""
+    node = await Node.create("cors", Network(), make_clock())
+    node.build(cors_origins=("https://app.example",))
+    api = Api(node.resource)
+    described = openapi_document()["paths"]["/{key}"]["options"]["responses"]
+    answer = await api.request(
+        "OPTIONS",
+        "/app/k",
+        headers={"Origin": "https://app.example", "Access-Control-Request-Method": "PUT"},
+    )
+    assert answer.status == 204
+    for name in described["204"]["headers"]:
+        assert answer.header(name), name
+    plain = await api.request("OPTIONS", "/app/k")
+    assert plain.status == 405 and "405" in described

@@ -212,21 +212,84 @@ def operation(
             answer = {name: part for name, part in answer.items() if name != "content"}
         responses[str(status)] = answer
     for status, codes in sorted(_merge(*tables).items()):
-        responses[str(status)] = error_response(status, codes, head=head)
+        if sorted(codes) == sorted(_EVERY_ROUTE.get(status, ())):
+            responses[str(status)] = {"$ref": "#/components/responses/" + _shared(status, head)}
+        else:
+            responses[str(status)] = error_response(status, codes, head=head)
     found["responses"] = dict(sorted(responses.items()))
     return found
+
+
+def _shared(status: int, head: bool) -> str:
+    """The name of the shared answer of ``status`` with the codes every route has."""
+    return f"{'Head' if head else ''}Refused{status}"
+
+
+def _shared_responses() -> dict[str, Schema]:
+    return {
+        _shared(status, head): error_response(status, codes, head=head)
+        for status, codes in sorted(_EVERY_ROUTE.items())
+        for head in (False, True)
+    }
+
+
+_PREFLIGHT_HEADERS = {
+    name: {"description": description, "required": True, "schema": {"type": "string"}}
+    for name, description in (
+        ("Access-Control-Allow-Origin", "The origin, allowed."),
+        ("Access-Control-Allow-Methods", "The methods a page of that origin may send."),
+        ("Access-Control-Allow-Headers", "The request headers it may send."),
+        ("Access-Control-Max-Age", "Seconds the browser may keep this answer."),
+        ("Vary", "``Origin``."),
+    )
+}
+
+
+def _preflight(operation_id: str, routed: bool) -> Schema:
+    """The CORS preflight every path answers (before any token is checked); ``routed``: the
+    path is a key's or a prefix's."""
+    return operation(
+        f"preflight_{operation_id}",
+        "CORS preflight",
+        tag="cors",
+        description=(
+            "Answered for the node's own origin and those given with ``--cors-origin``; "
+            "403 cross_origin for any other. An OPTIONS that is no preflight (no "
+            "``Access-Control-Request-Method``) is 405."
+        ),
+        public=True,
+        parameters=[
+            {**_header("Origin", "The page's origin."), "required": True},
+            {
+                **_header("Access-Control-Request-Method", "The method the page will send."),
+                "required": True,
+            },
+            _header("Access-Control-Request-Headers", "The headers the page will send."),
+        ],
+        answers={204: {"description": "The origin may send it.", "headers": _PREFLIGHT_HEADERS}},
+        errors=(
+            {405: ("method_not_allowed",)},
+            # An OPTIONS that is no preflight is routed: a path that is no key is refused.
+            {400: ("invalid_key", "invalid_parameter"), 404: ("unknown_endpoint",)}
+            if routed
+            else {},
+        ),
+    )
 
 
 def _query(
     name: str, schema: Schema, description: str, *, required: bool = False
 ) -> dict[str, Any]:
-    return {
+    parameter = {
         "name": name,
         "in": "query",
         "required": required,
         "description": description,
         "schema": schema,
     }
+    if schema.get("type") in ("integer", "number") or "anyOf" in schema:
+        parameter["allowEmptyValue"] = True  # a number left empty (``?limit=``) is its default
+    return parameter
 
 
 def _header(name: str, description: str, schema: Schema | None = None) -> dict[str, Any]:
@@ -521,7 +584,7 @@ def _schemas(max_value_size: int) -> dict[str, Schema]:
             "properties": {
                 "source": _ref("NodeId"),
                 "records": {"type": "array", "items": _ref("Record")},
-                "last_seq": seq,
+                "last_seq": {"anyOf": [seq, {"type": "null"}]},
                 "purged_before": {"anyOf": [seq, {"type": "null"}]},
                 "more": {"type": ["boolean", "null"]},
             },
@@ -1259,6 +1322,9 @@ def openapi_document(
         paths.update(_backend_paths())
     paths.update(_prefix_paths())
     paths.update(_key_paths(max_value_size, max_key_bytes))
+    for path, item in paths.items():
+        name = path.strip("/").replace("{", "").replace("}", "").replace(".", "_") or "root"
+        item["options"] = _preflight(name.replace("/", "_"), routed="{" in path or path == "/")
     limits = (
         f"A request line or a header line is at most {NavistoreChannel.MAX_LENGTH} bytes (414, "
         f"431), the headers at most {NavistoreChannel.maxHeaders} lines and "
@@ -1285,11 +1351,13 @@ def openapi_document(
             {"name": "node", "description": "The node itself."},
             {"name": "replication", "description": "Peers and replication (``peer``, ``admin``)."},
             {"name": "backend-rpc", "description": "The node's storage for ``http://`` backends."},
+            {"name": "cors", "description": "Preflights of web pages of allowed origins."},
         ],
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {
             "schemas": _schemas(max_value_size),
+            "responses": _shared_responses(),
             "securitySchemes": {
                 "bearer": {
                     "type": "http",

@@ -125,6 +125,7 @@ def fuzz_document(*, watches: bool = False, **options: Any) -> dict[str, Any]:
                         schema={"type": "string", "enum": ["longpoll" if watch else "normal"]},
                     )
                 elif name == "timeout" and watch:
+                    parameter.pop("allowEmptyValue", None)  # ``timeout=`` waits 60 s
                     parameter.update(
                         required=True,
                         schema={"type": "number", "minimum": 0, "maximum": WATCH_TIMEOUT},
@@ -148,6 +149,7 @@ def schemathesis_command(
     seed: int,
     watches: bool = False,
     phases: str | None = None,
+    checks: tuple[str, ...] = CHECKS,
     workers: int = 1,
 ) -> list[str]:
     """The ``schemathesis run`` command fuzzing the node on ``port`` with ``cases`` cases per
@@ -165,7 +167,7 @@ def schemathesis_command(
         "--header",
         f"Authorization: Bearer {FUZZ_SECRET}",
         "--checks",
-        ",".join(CHECKS),
+        ",".join(checks),
         "--max-examples",
         str(cases),
         "--seed",
@@ -224,13 +226,14 @@ def fuzz_node(
     watch_cases: int = 5,
     seed: int = 0,
     phases: str | None = None,
+    checks: tuple[str, ...] = CHECKS,
     workers: int = 1,
     timeout: float = 1800,
 ) -> FuzzRun:
     """Start a node (``backend``, the fuzzer's token, ``--serve-backend``) on a loopback port in
     ``directory``, run Schemathesis against it (``cases`` cases per operation, then the watch
-    pass with ``watch_cases``; 0 skips it) in ``phases`` (default all), stop the node (by PID),
-    and report both passes."""
+    pass with ``watch_cases``; 0 skips it) in ``phases`` (default all) with ``checks``, stop
+    the node (by PID), and report both passes."""
     tokens = write_tokens(directory)
     config = directory / "schemathesis.toml"
     config.write_text(CONFIG, encoding="utf-8")
@@ -253,6 +256,7 @@ def fuzz_node(
                 seed=seed,
                 watches=watches,
                 phases=phases,
+                checks=checks,
                 workers=workers,
             )
             finished = subprocess.run(
