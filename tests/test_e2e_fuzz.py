@@ -1,7 +1,7 @@
 """Schemathesis against a real ``twistd navistore`` process: no server error, no answer that
 breaks the OpenAPI document (docs/openapi.json, served at /_openapi.json).
 
-Bounded for CI (about 2,200 cases in all, deterministic generation, so a run repeats the same
+Bounded for CI (about 2,600 cases in all, deterministic generation, so a run repeats the same
 cases); ``python bench/fuzz.py`` runs more. What the fuzzer is kept from doing, and why, is
 in tests/support/fuzzing.py.
 """
@@ -23,8 +23,8 @@ pytestmark = [
 ]
 
 #: Per backend: cases per operation, per watch operation, and Schemathesis's phases. On
-#: memory: every phase (the coverage phase's boundary cases are most of its 1,900 cases); on
-#: sqlite, the random phases only (about 300 more).
+#: memory: every phase (the coverage phase's boundary cases are most of its 2,300 cases); on
+#: sqlite, the random phases only (about 370 more).
 RUNS = {
     "memory:": (5, 5, None),
     "sqlite": (5, 0, "fuzzing,stateful"),
