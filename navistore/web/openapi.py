@@ -674,7 +674,12 @@ def _key_paths(max_value_size: int, max_key_bytes: int) -> dict[str, Schema]:
         ),
         _query("index", _whole(), "With ``wait``: changes after this seq (default: the last)."),
         _timeout(),
-        _query("list", _FLAG, "List the keys under ``<key>/`` instead (see ``/{prefix}/``)."),
+        _query(
+            "list",
+            {"type": "string"},
+            "Present (whatever its value): list the keys under ``<key>/`` instead (see "
+            "``/{prefix}/``).",
+        ),
         _AFTER,
         _limit(),
         _VALUES,
