@@ -41,6 +41,8 @@ setup(
             "ruff>=0.5",
             "mypy>=1.8",
             "mypy-zope>=1.0.3",
+            # tests/test_e2e_fuzz.py and bench/fuzz.py fuzz a node against its OpenAPI document.
+            "schemathesis>=4.32; platform_python_implementation == 'CPython'",
         ],
     },
     entry_points={

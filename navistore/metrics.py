@@ -206,8 +206,8 @@ class NodeCollector(Collector):
             labels=["family", "method", "status"],
         )
         for (family, method, status), count in sorted(requests.counts.items()):
-            code = "aborted" if status == ABORTED else str(status)
-            counted.add_metric([family, method.decode("ascii"), code], count)
+            label = "aborted" if status == ABORTED else str(status)
+            counted.add_metric([family, method.decode("ascii"), label], count)
         yield counted
         yield _histogram(
             "navistore_http_request_duration_seconds",

@@ -51,6 +51,7 @@ from navistore.web.access import AccessPolicy, AuditLog
 from navistore.web.access_log import ACCESS_LOG_FORMATS, AccessLog
 from navistore.web.backend_rpc import backend_rpc_endpoints
 from navistore.web.bulk import bulk_endpoints
+from navistore.web.openapi import openapi_endpoints
 from navistore.web.replication import replication_endpoints
 from navistore.web.send_budget import DEFAULT_SEND_BUFFER
 from navistore.web.site import NavistoreSite, replication_body_limit
@@ -340,6 +341,13 @@ def build_node(
     )
     if config.serve_backend:
         endpoints.update(backend_rpc_endpoints(store))
+    endpoints.update(
+        openapi_endpoints(
+            max_value_size=config.max_value_size,
+            max_key_bytes=config.max_key_bytes,
+            backend_rpc=config.serve_backend,
+        )
+    )
     site = make_site(
         store,
         watch_hub=watch_hub,

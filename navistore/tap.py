@@ -257,7 +257,7 @@ class Options(usage.Options):
             None,
             None,
             "What a request without a token may do, with --tokens: permissions among read, "
-            "write, admin, peer, comma-separated (default: none).",
+            "write, admin, peer, metrics, comma-separated (default: none).",
         ],
         [
             "audit-log",

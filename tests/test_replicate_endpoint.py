@@ -86,6 +86,8 @@ MALFORMED: dict[str, Callable[[dict[str, Any]], None]] = {
     "missing value": record_fault("value", KeyError),
     "missing chain": record_fault("chain", KeyError),
     "bad base64": record_fault("value", "***not base64***"),
+    # Found by Schemathesis: base64 of text that is not ASCII was a 500.
+    "value not ASCII": record_fault("value", "d\u00e9j\u00e0"),
     "bad stamp": record_fault("stamp", "yesterday"),
     "deleted not a bool": record_fault("deleted", "no"),
     "key not canonical": record_fault("key", "a//b"),

@@ -79,8 +79,8 @@ def record_from_json(document: Any) -> Record:
     try:
         stamp = Stamp.decode(_field(document, "stamp", str))
         chain = tuple(validate_node_id(node) for node in _field(document, "chain", list))
-        value = base64.b64decode(_field(document, "value", str), validate=True)
-    except (InvalidStamp, binascii.Error, TypeError) as exc:
+        value = base64.b64decode(_field(document, "value", str).encode("ascii"), validate=True)
+    except (InvalidStamp, binascii.Error, UnicodeEncodeError, TypeError) as exc:
         raise MalformedRecord(str(exc)) from None
     seq = document.get("seq")
     if seq is not None and (

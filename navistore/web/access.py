@@ -64,6 +64,7 @@ ENDPOINT_PERMISSIONS: dict[str, str | None] = {
     "_health": None,
     "_ready": None,
     "_metrics": METRICS,
+    "_openapi.json": None,
     "_keys": READ,
     "_changes": READ,
     "listkeys": READ,

@@ -21,15 +21,23 @@ from navistore.web.feeds import wait_for_key
 from navistore.web.params import flag, int_arg, query_arg, request_body, wants_json
 from navistore.web.responses import VALUE_POLICY, Response, json_response, text_response
 
-__all__ = ["SOURCE_HEADER", "STALE_HEADER", "KeyRoutes", "record_headers"]
+__all__ = [
+    "DEFAULT_REPLICA_TIMEOUT",
+    "MAX_REPLICA_TIMEOUT",
+    "SOURCE_HEADER",
+    "STALE_HEADER",
+    "KeyRoutes",
+    "record_headers",
+]
 
 #: Says which node answered a read this node could not (read fallback, cache fill).
 SOURCE_HEADER = b"X-Navistore-Source"
 #: Seconds since a cache node last heard from its upstream: how stale its answer may be.
 STALE_HEADER = b"X-Navistore-Stale-Seconds"
 
-_DEFAULT_REPLICA_TIMEOUT = 5
-_MAX_REPLICA_TIMEOUT = 300
+#: Seconds a ``?replicas=`` write waits for its peers unless ``timeout`` says, and the most.
+DEFAULT_REPLICA_TIMEOUT = 5
+MAX_REPLICA_TIMEOUT = 300
 
 
 def record_headers(record: Record) -> dict[bytes, bytes]:
@@ -202,7 +210,7 @@ class KeyRoutes:
         wanted: int | str = ALL_REPLICAS
         if wanted_text != ALL_REPLICAS:
             wanted = int_arg(request, "replicas", 0)
-        timeout = float(int_arg(request, "timeout", _DEFAULT_REPLICA_TIMEOUT, _MAX_REPLICA_TIMEOUT))
+        timeout = float(int_arg(request, "timeout", DEFAULT_REPLICA_TIMEOUT, MAX_REPLICA_TIMEOUT))
         return None if wanted == 0 else (wanted, timeout)
 
     async def _wait_for_replicas(

@@ -209,4 +209,8 @@ def render_error(request: Request, error: ApiError) -> bytes:
     headers = {b"Content-Type": b"application/json", **error.headers}
     for name, value in headers.items():
         request.responseHeaders.setRawHeaders(name, [value])
+    if request.method == b"HEAD":
+        # Its GET's headers, no body: Twisted would log a line for every HEAD given a body.
+        request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
+        return b""
     return body
