@@ -509,3 +509,24 @@ async def test_a_backup_taken_while_writes_run_is_consistent_and_opens(
     assert await restored.last_seq() == len(keys)
     await restored.close()
     await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_body_too_large_to_keep_decoded_is_read_again(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``KEEP_DECODED`` the second pass reads and decodes the body again (keys in their
+    short form worked out again too), with the same outcome."""
+    import navistore.web.export as export_module
+
+    monkeypatch.setattr(export_module, "KEEP_DECODED", 100)
+    await fill(store)
+    lines = await ExportApi(store).export()
+    lines.insert(-1, {"key": "a/short", "value": "s"})
+    fresh = await Store.open(MemoryBackend())
+    answer = await ExportApi(fresh).import_(as_body(lines))
+    assert (answer.json()["applied"], answer.json()["records"]) == (5, 5)
+    assert (await fresh.get("/a/short")).value == b"s"
+    assert {k: v for k, v in (await contents(fresh)).items() if k != "/a/short"} == (
+        await contents(store)
+    )

@@ -20,9 +20,10 @@ records the way replication applies received ones: last-writer-wins by stamp. A 
 than (or equal to) the one the node holds is *kept* out, so an import never rolls a newer value
 back, and importing the same file twice changes nothing the second time. A line without a stamp
 (a Consul import, a file written by hand) is a new write, stamped now, as ``/_bulk`` writes. The
-body is read line by line from the spooled request (never whole into memory) twice: first every
-line is checked (format, key rules, value limit, content type, a stamp not too far ahead of
-this clock, and the caller's prefixes), then the records are applied, 250 a transaction. So an
+body is read line by line from the spooled request, never whole into memory: first every line
+is checked (format, key rules, value limit, content type, a stamp not too far ahead of this
+clock, and the caller's prefixes), then the records are applied, 250 a transaction, as decoded
+by the first pass for a body up to :data:`KEEP_DECODED`, read and decoded again past it. So an
 invalid line is a 400 ``invalid_import_line`` naming the ``line``, and a key outside the
 caller's prefixes a 403, and *nothing of the body was applied*; a line longer than the longest a
 value at the limit makes (:func:`~navistore.protocol.export_format.line_limit`) is refused
@@ -35,7 +36,7 @@ sends a larger file as several requests. On a cache node the import goes to the 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import IO, Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -73,6 +74,7 @@ __all__ = [
     "CHECK_LINES",
     "EXPORT_PAGE",
     "EXPORT_PAGE_BYTES",
+    "KEEP_DECODED",
     "ExportEndpoints",
     "export_endpoints",
 ]
@@ -84,6 +86,10 @@ EXPORT_PAGE_BYTES = 1024 * 1024
 #: Lines checked per reactor turn (the first pass), and records applied per transaction.
 CHECK_LINES = 1000
 APPLY_RECORDS = 250
+#: The bytes of lines whose decoded records the first pass keeps for the second (about twice
+#: that in memory): a body this small (``navistore import`` sends 4 MiB) is decoded once, a
+#: larger one read and decoded again rather than held.
+KEEP_DECODED = 8 * 1024 * 1024
 
 
 def _invalid(error: InvalidLine | tuple[int, str, dict[str, Any]]) -> BadRequest:
@@ -204,11 +210,11 @@ class ExportEndpoints:
         content.seek(0, 2)
         if content.tell() > self.max_body_size:
             raise TooLarge(self.max_body_size)
-        header, lines, records, canonical = await self._check(content, caller_of(request))
+        header, lines, records, decoded = await self._check(content, caller_of(request))
         document: dict[str, Any] = {"lines": lines, "records": records}
         if flag(request, "dry_run"):
             return json_response({**document, "dry_run": True})
-        applied, kept = await self._apply(content, canonical)
+        applied, kept = await self._apply(decoded if decoded is not None else self._again(content))
         document.update(applied=applied, kept=kept)
         document.update(node_id=self.store.node_id, source=header.node_id)
         return json_response(document)
@@ -234,12 +240,15 @@ class ExportEndpoints:
                 )
             yield number, raw
 
-    async def _check(self, content: IO[bytes], caller: Caller) -> tuple[Header, int, int, bool]:
+    async def _check(
+        self, content: IO[bytes], caller: Caller
+    ) -> tuple[Header, int, int, list[tuple[str, Entry]] | None]:
         """The first pass: every line valid, every key inside the caller's prefixes (a 403
         once all are checked, so a 400 is never hidden). The header, the line and record
-        counts, and whether every key is written in its canonical form already (an export's
-        are: the second pass need not work them out again)."""
-        canonical = True
+        counts, and the decoded records with their canonical keys while the body is small
+        (:data:`KEEP_DECODED` bytes of lines; None past that: the second pass reads again)."""
+        decoded: list[tuple[str, Entry]] | None = []
+        decoded_bytes = 0
         header: Header | None = None
         ended_at: int | None = None
         outside: ApiError | None = None
@@ -260,7 +269,12 @@ class ExportEndpoints:
                 ended_at = number
             else:
                 key = self._checked_entry(number, line, valid_types)
-                canonical = canonical and key == line.key
+                if decoded is not None:
+                    decoded_bytes += len(raw)
+                    if decoded_bytes <= KEEP_DECODED:
+                        decoded.append((key, line))
+                    else:
+                        decoded = None  # a large body: read it again rather than hold it
                 if outside is None and not caller.covers(key):
                     outside = ApiError(
                         403,
@@ -282,7 +296,7 @@ class ExportEndpoints:
             raise _invalid((1, "the body is empty: an import starts with its header line", {}))
         if outside is not None:
             raise outside
-        return header, number, records, canonical
+        return header, number, records, decoded
 
     def _checked_entry(self, number: int, entry: Entry, valid_types: set[str]) -> str:
         """The canonical key of a record line this node may store; a 400 otherwise."""
@@ -308,18 +322,20 @@ class ExportEndpoints:
                 raise _invalid((number, str(exc), detail)) from None
         return key
 
-    async def _apply(self, content: IO[bytes], canonical: bool) -> tuple[int, int]:
-        """The second pass: the records, :data:`APPLY_RECORDS` a transaction; (applied, kept).
-        ``canonical``: every key is in its canonical form already."""
+    def _again(self, content: IO[bytes]) -> Iterator[tuple[str, Entry]]:
+        """The records of a body checked already, read and decoded again."""
+        for number, raw in self._read(content):
+            line = parse_line(raw, number)
+            if isinstance(line, Entry):
+                yield self.store.canonical_key(line.key), line
+
+    async def _apply(self, entries: Iterable[tuple[str, Entry]]) -> tuple[int, int]:
+        """The second pass: the records, :data:`APPLY_RECORDS` a transaction; (applied, kept)."""
         applied = kept = 0
         stamped: list[Record] = []
         fresh: list[tuple[str, bytes, str | None]] = []
         node_id = self.store.node_id
-        for number, raw in self._read(content):
-            line = parse_line(raw, number)
-            if not isinstance(line, Entry):
-                continue
-            key = line.key if canonical else self.store.canonical_key(line.key)
+        for key, line in entries:
             if line.stamp is None:
                 fresh.append((key, line.value, line.content_type))
             else:
