@@ -530,3 +530,95 @@ async def test_a_body_too_large_to_keep_decoded_is_read_again(
     assert {k: v for k, v in (await contents(fresh)).items() if k != "/a/short"} == (
         await contents(store)
     )
+
+
+# -- cache nodes, and a backup whose client goes away ------------------------------------------
+
+
+class Forwarder:
+    """A cache node's upstream: records what it was sent, answers 200."""
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    async def forward(self, write: Any) -> Any:
+        from navistore.hooks import ForwardedAnswer
+
+        self.sent.append(write)
+        return ForwardedAnswer(200, {b"Content-Type": b"application/json"}, b'{"lines": 1}')
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cache_node_forwards_imports_and_refuses_exports(store: Store) -> None:
+    forwarder = Forwarder()
+    endpoints = ExportEndpoints(
+        store, max_value_size=MAX_VALUE_SIZE, write_forwarder=forwarder
+    ).endpoints()
+    endpoints.update(BackupEndpoint(store, take=take_backup, cache_node=True).endpoints())
+    api = Api(
+        api_resource(
+            store,
+            max_value_size=MAX_VALUE_SIZE,
+            extra_endpoints=endpoints,
+            write_forwarder=forwarder,
+        ),
+        pump=True,
+    )
+    body = header_line(node_id=None, seq=None) + entry_line("/a", b"x")
+    answer = await api.request("POST", "/_import", body)
+    assert (answer.status, answer.body) == (200, b'{"lines": 1}')
+    assert forwarder.sent[0].body == body and forwarder.sent[0].method == "POST"
+    assert await store.last_seq() == 0
+    for path in ("/_export", "/_backup"):
+        refused = await api.get(path)
+        assert (refused.status, refused.json()["error"]) == (409, "cache_node")
+
+
+class FakeRequest:
+    """What the backup handler asks of a request before it answers."""
+
+    def __init__(self) -> None:
+        self.finished: list[Deferred[None]] = []
+
+    def notifyFinish(self) -> Deferred[None]:
+        self.finished.append(Deferred())
+        return self.finished[-1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_backup_at_a_time_and_a_copy_nobody_waits_for_is_removed(
+    tmp_path: Path,
+) -> None:
+    from navistore.backend.sqlite_backup import Backup
+
+    store = await Store.open(SqliteBackend(tmp_path / "node.db"))
+    taking: list[Deferred[Any]] = []
+
+    def in_thread(function: Any, *args: Any) -> Deferred[Any]:
+        taking.append(Deferred())
+        return taking[-1]
+
+    endpoint = BackupEndpoint(store, take=take_backup, in_thread=in_thread)
+    first = Deferred.fromCoroutine(endpoint.backup(FakeRequest()))  # type: ignore[arg-type]
+    with pytest.raises(Exception) as running:
+        await endpoint.backup(FakeRequest())  # type: ignore[arg-type]
+    assert getattr(running.value, "code", None) == "backup_running"
+    first.cancel()  # the client went away while the copy was being taken
+    first.addErrback(lambda _: None)
+    assert not endpoint.running
+    copy = tmp_path / ".node.db.backup-x.tmp"
+    copy.write_bytes(b"a copy")
+    taking[0].callback(Backup(str(copy), 6, store.node_id, 0))
+    assert not copy.exists()
+    # The next backup runs, and its copy goes once its answer is done.
+    request = FakeRequest()
+    second = Deferred.fromCoroutine(endpoint.backup(request))  # type: ignore[arg-type]
+    copy.write_bytes(b"a copy")
+    taking[1].callback(Backup(str(copy), 6, store.node_id, 0))
+    response = await second
+    assert not copy.exists() and endpoint.running  # unlinked once open; still being sent
+    assert response.stream is not None
+    assert [chunk async for chunk in response.stream] == [b"a copy"]
+    request.finished[0].callback(None)
+    assert not endpoint.running
+    await store.close()
