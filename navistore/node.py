@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from navistore.backend.sqlite_backup import take_backup
 from navistore.cache_node.cache import UpstreamCache
 from navistore.clock import DEFAULT_MAX_DRIFT_MS
 from navistore.hooks import MissResolver, WriteForwarder
@@ -50,7 +51,9 @@ from navistore.web import (
 from navistore.web.access import AccessPolicy, AuditLog
 from navistore.web.access_log import ACCESS_LOG_FORMATS, AccessLog
 from navistore.web.backend_rpc import backend_rpc_endpoints
+from navistore.web.backup import backup_endpoints
 from navistore.web.bulk import bulk_endpoints
+from navistore.web.export import export_endpoints
 from navistore.web.openapi import openapi_endpoints
 from navistore.web.replication import replication_endpoints
 from navistore.web.send_budget import DEFAULT_SEND_BUFFER
@@ -339,6 +342,15 @@ def build_node(
             clock=reactor,
         )
     )
+    endpoints.update(
+        export_endpoints(
+            store,
+            max_value_size=config.max_value_size,
+            write_forwarder=write_forwarder,
+            clock=reactor,
+        )
+    )
+    endpoints.update(backup_endpoints(store, take=take_backup, cache_node=cache is not None))
     if config.serve_backend:
         endpoints.update(backend_rpc_endpoints(store))
     endpoints.update(

@@ -9,6 +9,11 @@
     navistore watch [PREFIX] [--since N]          one line per change: <seq> <put|delete> <key>
     navistore peers [--json]                      the node's peers as a table
     navistore health [--json]
+    navistore export [PREFIX] [-o FILE]           every record, as JSON lines (backup)
+    navistore import [--consul] [--dry-run] FILE  apply an export (or a consul kv export)
+    navistore backup FILE                         a copy of a sqlite node's database
+
+``export``, ``import`` and ``backup`` are :mod:`navistore.scripts.transfer`.
 
 The node is ``--url``, else ``$NAVISTORE_URL``, else ``http://127.0.0.1:8888``; the token sent
 (``Authorization: Bearer``) is ``--token``, else ``$NAVISTORE_TOKEN`` (prefer the variable: a
@@ -19,10 +24,12 @@ stdout, messages to stderr, and the exit status says what happened:
 ====  =========================================================================================
 0     done
 1     not found: ``get`` or ``rm`` of a key that does not exist
-2     usage error: bad arguments, or an invalid key or prefix (nothing was sent)
+2     usage error: bad arguments, an invalid key or prefix, or an ``import`` file that is not
+      one (nothing was sent)
 3     refused by the node: the key exists (``put --create``), a failed precondition, a value
       too large, or any other 4xx answer
-4     the node is unreachable, timed out, or failed (5xx, an unhealthy ``health``)
+4     the node is unreachable, timed out, or failed (5xx, an unhealthy ``health``, an
+      ``export`` or ``backup`` cut short)
 5     not allowed: no token or an unknown one (401), or the token lacks the permission or the
       prefix (403; the message names what is missing), or a protected node on another host
 130   interrupted (Ctrl-C)
@@ -39,166 +46,37 @@ It talks HTTP with the standard library: one short connection per request, no re
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
-import ssl
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, BinaryIO, Callable, NoReturn, TextIO
-from urllib.parse import quote, urlencode, urlsplit
+from typing import Any, Callable
 
 from navistore import version_line
-from navistore.json_documents import parse_json
-from navistore.keys import InvalidKey, normalize_key, normalize_prefix
+from navistore.keys import normalize_prefix
+from navistore.scripts import transfer
+from navistore.scripts.node_client import (
+    DEFAULT_URL,
+    ENV_TOKEN,
+    ENV_URL,
+    INTERRUPTED,
+    OK,
+    UNAVAILABLE,
+    Failed,
+    Node,
+    Streams,
+    _key,
+    _path,
+    _query,
+    exit_status,
+)
 
 __all__ = ["DEFAULT_URL", "ENV_TOKEN", "ENV_URL", "Failed", "build_parser", "exit_status", "main"]
-
-DEFAULT_URL = "http://127.0.0.1:8888"
-ENV_URL = "NAVISTORE_URL"
-ENV_TOKEN = "NAVISTORE_TOKEN"
-
-OK, NOT_FOUND, USAGE, REFUSED, UNAVAILABLE, NOT_ALLOWED, INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
 
 #: An empty long-poll answer faster than this means the node does not hold polls: wait.
 _MIN_POLL_SECONDS = 0.5
 _MAX_BACKOFF_SECONDS = 10.0
-
-
-class Failed(Exception):
-    """The command cannot succeed; ``status`` is the exit status, the message goes to stderr."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class Streams:
-    """Where a command reads its input and writes its output (bytes) and messages (text)."""
-
-    def __init__(self, stdin: BinaryIO, out: BinaryIO, err: TextIO) -> None:
-        self.stdin, self.out, self.err = stdin, out, err
-
-
-def exit_status(http_status: int, error: str | None = None) -> int:
-    """The exit status for an HTTP answer (``error`` is the JSON error code, if any)."""
-    if http_status < 400:
-        return OK
-    if http_status == 404 and error in (None, "not_found"):
-        return NOT_FOUND
-    if http_status == 401 or (
-        http_status == 403 and error in ("forbidden", "protected_mode", "cross_origin")
-    ):
-        return NOT_ALLOWED
-    return REFUSED if http_status < 500 else UNAVAILABLE
-
-
-class Answer:
-    """An HTTP answer: status, content type, body."""
-
-    def __init__(self, status: int, content_type: str, body: bytes) -> None:
-        self.status = status
-        self.content_type = content_type
-        self.body = body
-
-    def json(self) -> Any:
-        """The body as JSON; a node answering anything else is a failed node."""
-        try:
-            return parse_json(self.body)
-        except ValueError:
-            raise Failed(UNAVAILABLE, f"the node answered {self.status} without JSON") from None
-
-    def expect(self, what: str, *statuses: int) -> Answer:
-        """Return this answer if its status is one of ``statuses`` (200 by default)."""
-        if self.status not in (statuses or (200,)):
-            self.fail(what)
-        return self
-
-    def fail(self, what: str) -> NoReturn:
-        """Raise the :class:`Failed` this error answer means, with the node's message."""
-        error, message = None, self.body[:300].decode("utf-8", "replace").strip()
-        if self.content_type.startswith("application/json"):
-            try:
-                document = parse_json(self.body)
-                error, message = document.get("error"), document.get("message", message)
-            except (ValueError, AttributeError):
-                pass
-        raise Failed(exit_status(self.status, error), f"{what}: {self.status} {message}")
-
-
-class Node:
-    """One node, reached with :mod:`http.client`; every request on a connection of its own."""
-
-    def __init__(
-        self, url: str, timeout: float, token: str | None = None, cacert: str | None = None
-    ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise Failed(USAGE, f"--url {url!r} is not an http:// or https:// URL")
-        try:
-            self.port = parts.port
-        except ValueError as exc:
-            raise Failed(USAGE, f"--url {url!r}: {exc}") from None
-        self.url = url
-        self.host = parts.hostname
-        self.secure = parts.scheme == "https"
-        self.base_path = parts.path.rstrip("/")
-        self.timeout = timeout
-        self.token = token
-        self.context: ssl.SSLContext | None = None
-        if self.secure:
-            try:
-                self.context = ssl.create_default_context(cafile=cacert)
-            except (OSError, ssl.SSLError) as exc:
-                raise Failed(USAGE, f"--cacert {cacert}: {exc}") from None
-
-    def request(
-        self,
-        method: str,
-        target: str,
-        body: bytes | None = None,
-        headers: dict[str, str] | None = None,
-        timeout: float | None = None,
-    ) -> Answer:
-        """Send one request; raise :class:`Failed` (unavailable) if no answer comes."""
-        connection: http.client.HTTPConnection
-        if self.secure:
-            connection = http.client.HTTPSConnection(
-                self.host, self.port, timeout=timeout or self.timeout, context=self.context
-            )
-        else:
-            connection = http.client.HTTPConnection(
-                self.host, self.port, timeout=timeout or self.timeout
-            )
-        sent = dict(headers or {})
-        if self.token:
-            sent["Authorization"] = f"Bearer {self.token}"
-        try:
-            connection.request(method, self.base_path + target, body=body, headers=sent)
-            response = connection.getresponse()
-            content_type = response.getheader("Content-Type") or ""
-            return Answer(response.status, content_type, response.read())
-        except (OSError, http.client.HTTPException) as exc:
-            raise Failed(UNAVAILABLE, f"cannot reach {self.url}: {exc}") from None
-        finally:
-            connection.close()
-
-
-def _key(raw: str, normalize: Callable[..., str] = normalize_key) -> str:
-    """A key (or prefix) checked here: an invalid one is a usage error, never sent."""
-    try:
-        return normalize(raw, max_bytes=None)
-    except InvalidKey as exc:
-        raise Failed(USAGE, str(exc)) from None
-
-
-def _path(key: str) -> str:
-    return quote(key, safe="/")
-
-
-def _query(**params: object) -> str:
-    return urlencode({name: value for name, value in params.items() if value is not None})
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -434,12 +312,14 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
     peers.add_argument("--json", action="store_true", help="print the JSON")
     health = commands.add_parser("health", help="show the node's health")
     health.add_argument("--json", action="store_true", help="print the JSON")
+    transfer.add_parsers(commands)
     return parser
 
 
 def run(args: argparse.Namespace, io: Streams) -> None:
     """Run the parsed command (raises :class:`Failed` when it does not succeed)."""
-    COMMANDS[args.command](Node(args.url, args.timeout, args.token, args.cacert), args, io)
+    command = COMMANDS.get(args.command) or transfer.COMMANDS[args.command]
+    command(Node(args.url, args.timeout, args.token, args.cacert), args, io)
     io.out.flush()
 
 

@@ -1084,6 +1084,89 @@ def _bulk_paths(max_value_size: int) -> dict[str, Schema]:
     }
 
 
+def _transfer_paths(max_value_size: int) -> dict[str, Schema]:
+    """Backup and restore: ``/_export``, ``/_import``, ``/_backup``."""
+    ndjson = "application/x-ndjson"
+    import_answer = {
+        "type": "object",
+        "required": ["lines", "records"],
+        "properties": {
+            "lines": {"type": "integer", "minimum": 0},
+            "records": {"type": "integer", "minimum": 0},
+            "applied": {"type": "integer", "minimum": 0},
+            "kept": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Records older than, or "
+                "the same as, the stored ones: kept as stored.",
+            },
+            "dry_run": {"const": True},
+            "node_id": _ref("NodeId"),
+            "source": {"type": ["string", "null"]},
+        },
+    }
+    return {
+        "/_export": {
+            "get": operation(
+                "export",
+                "Every record under a prefix, tombstones too, as JSON lines",
+                tag="backup",
+                description="A header line (format, node id, seq, prefix), one line per record "
+                "(key, value, encoding, content type, stamp, deleted), an end line with the "
+                "record count; only the caller's prefixes under tokens.",
+                parameters=[_PREFIX_ARG],
+                answers={
+                    200: {
+                        "description": "The export, streamed a page at a time.",
+                        "content": {ndjson: {"schema": {"type": "string"}}},
+                    }
+                },
+                errors=(_STORE, {400: ("invalid_key",), 409: ("cache_node",)}),
+            )
+        },
+        "/_import": {
+            "post": operation(
+                "import",
+                "Apply an export's records by stamp (never rolls a newer value back)",
+                tag="backup",
+                description=f"At most {bulk_body_limit(max_value_size)} bytes of body. Every "
+                "line is checked first: a bad line, or a key outside the token's prefixes, "
+                "applies nothing.",
+                parameters=[
+                    _query("dry_run", _FLAG, "Check every line, apply nothing" + _FLAG_TEXT + ".")
+                ],
+                # Any Content-Type is read as export lines (navistore import sends
+                # application/x-ndjson); text/plain is what fuzzers know how to send.
+                body={
+                    "required": True,
+                    "description": "The lines of an export, whatever the Content-Type.",
+                    "content": {_TEXT: {"schema": {"type": "string"}}},
+                },
+                answers={200: _json(import_answer, "Every line was checked (and applied).")},
+                errors=(_STORE, _FORWARDED, {400: ("invalid_import_line", "clock_drift")}),
+            )
+        },
+        "/_backup": {
+            "get": operation(
+                "backup",
+                "An online, consistent copy of a sqlite node's database",
+                tag="backup",
+                answers={
+                    200: {
+                        "description": "The database file; a node started on it serves the "
+                        "same records under the same node id.",
+                        "content": {"application/vnd.sqlite3": {"schema": {"type": "string"}}},
+                    }
+                },
+                errors=(
+                    _STORE,
+                    {409: ("cache_node", "backup_unsupported", "backup_running")},
+                ),
+            )
+        },
+    }
+
+
 def _replication_paths(max_value_size: int) -> dict[str, Schema]:
     peers_list = {200: _json({"type": "array", "items": _ref("PeerStatus")}, "Every peer.")}
     cache = {409: ("cache_node",)}
@@ -1385,6 +1468,7 @@ def openapi_document(
     paths: dict[str, Schema] = {
         **_node_paths(),
         **_bulk_paths(max_value_size),
+        **_transfer_paths(max_value_size),
         **_replication_paths(max_value_size),
     }
     if backend_rpc:

@@ -164,7 +164,8 @@ class LimitedRequest(Request):
         return self._target_path() == b"/_replicate"
 
     def _is_bulk(self) -> bool:
-        return self._target_path() == b"/_bulk"
+        # /_import takes /_bulk's limit: navistore.web.export
+        return self._target_path() in (b"/_bulk", b"/_import")
 
     def gotLength(self, length: int | None) -> None:
         limit = self._limit()
