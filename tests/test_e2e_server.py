@@ -208,7 +208,7 @@ def test_bad_backend_url_exits_at_once(tmp_path: Path, launcher: str) -> None:
 
 #: Configuration mistakes, and words the refusal must contain.
 CONFIGURATION_ERRORS = [
-    (["--port", "foo"], ["--port", "'foo'"]),
+    (["--port", "foo"], ["--port 'foo'", "Unknown endpoint type"]),
     (["--port", "tcp:http"], ["--port 'tcp:http'"]),
     (["--port", "ssl:0:privateKey=missing.pem"], ["missing.pem"]),
     (["--backend", "sqlite:x.db?bogus=1"], ["unknown option(s) bogus"]),

@@ -22,8 +22,10 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from twisted.python.usage import UsageError
+
 from navistore import version_line
-from navistore.tap import USAGE_ERROR
+from navistore.tap import USAGE_ERROR, check_endpoint
 from navistore.tap import Options as NavistoreOptions
 
 __all__ = ["build_parser", "nhttpserver_main", "twistd_argv"]
@@ -116,14 +118,12 @@ def _dest(name: str) -> str:
 
 
 def _endpoint(port: str, parser: argparse.ArgumentParser) -> str:
-    """A port number becomes ``tcp:N``; anything else is taken as an endpoint string."""
-    if port.isdigit():
-        if not 0 <= int(port) <= 65535:
-            parser.error(f"argument -P/--port: {port} is not a TCP port number (0 to 65535)")
-        return f"tcp:{int(port)}"
-    if ":" not in port:
-        parser.error(f"argument -P/--port: {port!r} is neither a port number nor an endpoint")
-    return port
+    """A port number becomes ``tcp:N``; anything else is taken as an endpoint string, checked
+    as ``twistd navistore --port`` checks it (the same words for the same mistake)."""
+    try:
+        return check_endpoint(port)
+    except UsageError as exc:
+        parser.error(str(exc))
 
 
 def _sqlite_url(path: str, parser: argparse.ArgumentParser) -> str:
