@@ -1,8 +1,12 @@
 """``twistd navistore``: the command-line options and the service they make.
 
 Run a node with ``twistd -n navistore --port tcp:8888 --backend sqlite:navistore.db``. ``--port``
-takes any Twisted server endpoint string and may be given several times. The plugin that makes
-``twistd`` find this module is ``twisted/plugins/navistore_plugin.py``.
+takes any Twisted server endpoint string (or a port number) and may be given several times;
+``--config FILE`` reads the options from a TOML file first (:mod:`navistore.config_file`).
+Everything that can be checked without binding a port or opening the backend is checked while
+the options are parsed, so that a mistake is one line and exit status 1, not a traceback after
+the node has bound its ports. The plugin that makes ``twistd`` find this module is
+``twisted/plugins/navistore_plugin.py``.
 """
 
 from __future__ import annotations
