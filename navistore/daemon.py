@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from typing import Any, Callable, cast
+from typing import Any, Callable
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import (
@@ -37,7 +37,6 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
-from twisted.web.server import Request
 
 from navistore import __version__
 from navistore.allocator import MemoryReleaser, tune_allocator
@@ -46,7 +45,14 @@ from navistore.errors import BackendError
 from navistore.interfaces import IStorageBackend
 from navistore.links import HTTPClient, PeerLink
 from navistore.listening import Connections, RequestTracker, describe_address, self_urls
-from navistore.node import Node, NodeConfig, access_policy, build_node, default_http_client
+from navistore.node import (
+    Node,
+    NodeConfig,
+    access_policy,
+    build_node,
+    cached_backend,
+    default_http_client,
+)
 from navistore.service_manager import notify
 from navistore.store import Store
 from navistore.tokens import TokenFileError, load_tokens
@@ -181,7 +187,7 @@ class NavistoreService(MultiService):
 
     async def _start(self) -> None:
         self._bind()
-        self._backend = self._backend_factory(self.config.backend_url)
+        self._backend = cached_backend(self.config, self._backend_factory(self.config.backend_url))
         assert self._binding is not None
         await gatherResults(self._binding)
         if self._bind_failures:
@@ -208,9 +214,7 @@ class NavistoreService(MultiService):
         tune_allocator()
         MemoryReleaser(self._reactor).setServiceParent(self)
         site = node.site
-        self._tracker = RequestTracker(site.requestFactory, node.metrics.requests)
-        # HTTP channels only call it with (channel, queued) for a Request: a callable will do.
-        site.requestFactory = cast("type[Request]", self._tracker)
+        self._tracker = site.request_watcher = RequestTracker(node.metrics.requests)
         if not self.running:
             return  # stopped while the Store was opening; _stop closes it
         self._connections.serve(site)

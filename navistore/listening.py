@@ -22,9 +22,10 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
-from navistore.tally import ABORTED, ROUTE_FAMILY, UNROUTED, RequestCounts
+from navistore.tally import ROUTE_FAMILY, UNROUTED, RequestCounts
 from navistore.waiters import Waiters
 from navistore.web.channel import refusal, unsent_bytes
+from navistore.web.request import RequestWatcher
 
 __all__ = [
     "Connections",
@@ -83,12 +84,11 @@ def describe_address(address: IAddress) -> str:
     return repr(address)
 
 
-class RequestTracker:
-    """Stands in for a Site's request factory, to know which requests are being served.
+class RequestTracker(RequestWatcher):
+    """Knows which requests a Site is serving, as its :attr:`~NavistoreSite.request_watcher`.
 
     Shutdown waits for them, so that a client whose write was accepted gets its answer. A request
-    counts from its first line until it is finished or its connection is lost: twisted.web fires
-    ``notifyFinish`` for every request it creates, one way or the other.
+    counts from its first line until it is answered or its connection is lost.
 
     :param counts: where each request is counted once it is done (its route family, method,
         status and latency, see :class:`~navistore.tally.RequestCounts`), or None.
@@ -97,32 +97,27 @@ class RequestTracker:
 
     def __init__(
         self,
-        request_factory: Callable[..., Request],
         counts: RequestCounts | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._request_factory = request_factory
-        self._serving: set[Request] = set()
+        self._serving: dict[Request, float] = {}
         self._idle = Waiters()
         self._counts = counts
         self._clock = clock
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Request:
-        request = self._request_factory(*args, **kwargs)
-        self._serving.add(request)
-        request.notifyFinish().addBoth(self._finished, request, self._clock())
-        return request
+    def started(self, request: Request) -> None:
+        self._serving[request] = self._clock()
 
-    def _finished(self, result: object, request: Request, started: float) -> None:
-        self._serving.discard(request)
+    def finished(self, request: Request, status: int) -> None:
+        started = self._serving.pop(request, None)
         if not self._serving:
             self._idle.fire()
         counts = self._counts
-        if counts is not None:
+        if counts is not None and started is not None:
             counts.finished(
                 getattr(request, ROUTE_FAMILY, UNROUTED),
                 request.method,
-                ABORTED if result is not None else request.code,
+                status,
                 self._clock() - started,
             )
 

@@ -22,10 +22,12 @@ from twisted.logger import Logger
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from navistore.backend.record_cache import DEFAULT_RECORD_CACHE_BYTES, RecordCache
 from navistore.backend.sqlite_backup import take_backup
 from navistore.cache_node.cache import UpstreamCache
 from navistore.clock import DEFAULT_MAX_DRIFT_MS
 from navistore.hooks import MissResolver, WriteForwarder
+from navistore.interfaces import IStorageBackend
 from navistore.keys import DEFAULT_MAX_KEY_BYTES
 from navistore.links import HTTPClient, PeerLink, treq_client
 from navistore.metrics import NodeMetrics
@@ -56,8 +58,9 @@ from navistore.web.bulk import bulk_endpoints
 from navistore.web.export import export_endpoints
 from navistore.web.openapi import openapi_endpoints
 from navistore.web.replication import replication_endpoints
+from navistore.web.request import replication_body_limit
 from navistore.web.send_budget import DEFAULT_SEND_BUFFER
-from navistore.web.site import NavistoreSite, replication_body_limit
+from navistore.web.site import NavistoreSite
 
 __all__ = [
     "DEFAULT_BACKEND",
@@ -99,6 +102,8 @@ class NodeConfig:
     :ivar max_value_size: the largest value (request body) accepted, in bytes.
     :ivar max_key_bytes: the longest key accepted, in bytes of UTF-8.
     :ivar max_watchers: the most concurrent watches (long-polls, event streams, ``?wait``).
+    :ivar record_cache_bytes: bytes of live records a sqlite backend keeps in memory for reads
+        (:class:`~navistore.backend.record_cache.RecordCache`; 0: none).
     :ivar tombstone_retention: seconds a delete's tombstone is kept at least.
     :ivar tombstone_gc_interval: seconds between tombstone collections.
     :ivar peers: peer URLs to replicate to, added to those the node already keeps.
@@ -139,6 +144,7 @@ class NodeConfig:
     max_value_size: int = DEFAULT_MAX_VALUE_SIZE
     max_key_bytes: int = DEFAULT_MAX_KEY_BYTES
     max_watchers: int = DEFAULT_MAX_WATCHERS
+    record_cache_bytes: int = DEFAULT_RECORD_CACHE_BYTES
     tombstone_retention: float = DEFAULT_RETENTION
     tombstone_gc_interval: float = DEFAULT_INTERVAL
     peers: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
@@ -187,6 +193,15 @@ class NodeConfig:
                 "--upstream makes a cache node, which has no peers of its own: it cannot be "
                 "combined with --peer, --clone-from or --read-fallback"
             )
+
+
+def cached_backend(config: NodeConfig, backend: IStorageBackend) -> IStorageBackend:
+    """``backend`` behind a :class:`RecordCache` of ``config.record_cache_bytes``, if it is a
+    sqlite file (only this node writes it, so the cache sees every change; a remote backend
+    may be written by others, and ``memory:`` is memory already)."""
+    if config.record_cache_bytes <= 0 or getattr(backend, "kind", None) != "sqlite":
+        return backend
+    return RecordCache(backend, config.record_cache_bytes)
 
 
 def open_access_log(config: NodeConfig) -> AccessLog | None:

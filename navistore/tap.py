@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 
 from navistore import version_line
 from navistore.backend import BackendURLError, check_backend
+from navistore.backend.record_cache import DEFAULT_RECORD_CACHE_BYTES
 from navistore.clock import DEFAULT_MAX_DRIFT_MS
 from navistore.config_file import ConfigFileError, config_path, merge_arguments, read_config
 from navistore.daemon import STARTUP_REPORTED, NavistoreService
@@ -198,6 +199,13 @@ class Options(usage.Options):
             None,
             DEFAULT_BACKEND,
             "Where the data lives, as a backend URL.",
+        ],
+        [
+            "record-cache-size",
+            None,
+            DEFAULT_RECORD_CACHE_BYTES,
+            "Bytes of live records a sqlite node keeps in memory for reads (0: none).",
+            _count,
         ],
         [
             "max-value-size",
@@ -602,6 +610,7 @@ def node_config(options: Options) -> NodeConfig:
         max_value_size=options["max-value-size"],
         max_key_bytes=options["max-key-bytes"],
         max_watchers=options["max-watchers"],
+        record_cache_bytes=options["record-cache-size"],
         tombstone_retention=options["tombstone-retention"],
         tombstone_gc_interval=options["tombstone-gc-interval"],
         peers=options["peer"],

@@ -34,7 +34,7 @@ from navistore.store import Store
 from navistore.watch_hub import WatchHub
 from navistore.web import AccessPolicy, make_site
 from navistore.web.bulk import CHECK_ENTRIES, COMMIT_ENTRIES, BulkEndpoints, bulk_endpoints
-from navistore.web.site import bulk_body_limit
+from navistore.web.request import bulk_body_limit
 
 MAX_VALUE_SIZE = 64
 

@@ -16,6 +16,7 @@ from twisted.internet.task import Clock
 from twisted.web.http_headers import Headers
 
 from navistore.backend.memory import MemoryBackend
+from navistore.backend.record_cache import RecordCache
 from navistore.backend.sqlite import SqliteBackend
 from navistore.interfaces import IStorageBackend
 from navistore.store import Store
@@ -37,10 +38,12 @@ class CountingResource(ApiResource):
         return await super()._dispatch(request, route)
 
 
-@pytest.fixture(params=["memory", "sqlite-reactor", "sqlite-thread"])
+@pytest.fixture(params=["memory", "sqlite-reactor", "sqlite-thread", "sqlite-cached"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> IStorageBackend:
     if request.param == "memory":
         return MemoryBackend()
+    if request.param == "sqlite-cached":
+        return RecordCache(SqliteBackend(tmp_path / "store.db"))
     writer = request.param.split("-")[1]
     return SqliteBackend(tmp_path / "store.db", writer=writer)
 

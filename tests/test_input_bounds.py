@@ -227,7 +227,7 @@ def fired_failure(deferred: Any) -> Failure:
 @pytest_twisted.ensureDeferred
 async def test_a_node_reads_its_peers_answers_with_a_limit(node: Node) -> None:
     """build_node gives every link of the node the answer limit of its value limit."""
-    from navistore.web.site import replication_body_limit
+    from navistore.web.request import replication_body_limit
 
     service = node.service
     assert service is not None

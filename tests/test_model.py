@@ -27,12 +27,12 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.threads import blockingCallFromThread, deferToThread
 
 from navistore.clock import Stamp
 from navistore.errors import InvalidRecord
-from navistore.interfaces import ABSENT, ANY, Expect, IStorageBackend
+from navistore.interfaces import ABSENT, ANY, Expect, IImmediateReads, IStorageBackend, WouldBlock
 from navistore.record import DEFAULT_CONTENT_TYPE, Record
 
 # Few keys under a few prefixes, so that operations collide; '/B' sorts before '/a', '/ab' between
@@ -164,9 +164,35 @@ class SqliteOpener:
         return on_reactor(SqliteBackend, str(self.path))
 
 
+class CachedOpener:
+    """Another opener's backend behind a :class:`RecordCache` so small that it holds two or
+    three records: every step mixes hits, misses and evictions."""
+
+    def __init__(self, inner: Opener) -> None:
+        self.inner = inner
+
+    def open(self) -> Any:
+        from navistore.backend.record_cache import ENTRY_OVERHEAD, RecordCache
+
+        backend = self.inner.open()
+        return on_reactor(RecordCache, backend, 3 * ENTRY_OVERHEAD)
+
+
+def peeked(backend: Any, key: str) -> Any:
+    """What an immediate read answers: the record, or ``WouldBlock``."""
+    try:
+        return backend.peek(key)
+    except WouldBlock:
+        return WouldBlock
+
+
 async def snapshot(backend: Any) -> dict[str, Any]:
     """Read everything the invariants compare, in the reactor thread."""
+    peeks = {}
+    if IImmediateReads.providedBy(backend):
+        peeks = {key: peeked(backend, key) for key in KEYS}
     return {
+        "peek": peeks,
         "get": {key: await backend.get(key) for key in KEYS},
         "scan": await backend.scan("/"),
         "scan_deleted": await backend.scan("/", include_deleted=True),
@@ -274,9 +300,14 @@ class BackendModel(RuleBasedStateMachine):
         calls: list[tuple[str, tuple[Any, ...]]] = []
         expected: list[Any] = []
         for _ in range(data.draw(st.integers(2, 5), label="calls")):
-            operation = data.draw(st.sampled_from(["live", "tombstone", "get", "last_seq"]))
+            operation = data.draw(st.sampled_from(["live", "tombstone", "get", "peek", "last_seq"]))
             key = data.draw(keys)
-            if operation == "get":
+            if operation == "peek" and IImmediateReads.providedBy(self.backend):
+                # At once, between the applies issued before and after it: it sees the earlier
+                # ones, or says it would have to wait for them.
+                calls.append(("peek", (key,)))
+                expected.append(self.model.records.get(key))
+            elif operation in ("get", "peek"):
                 calls.append(("get", (key,)))
                 expected.append(self.model.records.get(key))
             elif operation == "last_seq":
@@ -293,10 +324,17 @@ class BackendModel(RuleBasedStateMachine):
                 expected.append(self.model.apply(record, expect))
 
         def issue_all() -> Deferred[list[Any]]:
-            issued = [getattr(self.backend, method)(*args) for method, args in calls]
+            issued = [
+                succeed(peeked(self.backend, *args))
+                if method == "peek"
+                else getattr(self.backend, method)(*args)
+                for method, args in calls
+            ]
             return gatherResults(issued, consumeErrors=True)
 
-        assert on_reactor(issue_all) == expected
+        answers = on_reactor(issue_all)
+        for (method, _), answer, wanted in zip(calls, answers, expected):
+            assert answer == wanted or (method == "peek" and answer is WouldBlock)
 
     @rule(data=st.data())
     def purge_tombstones(self, data: st.DataObject) -> None:
@@ -345,6 +383,8 @@ class BackendModel(RuleBasedStateMachine):
         state = on_reactor(lambda: Deferred.fromCoroutine(snapshot(self.backend)))
         model = self.model
         assert state["get"] == {key: model.records.get(key) for key in KEYS}
+        for key, record in state["peek"].items():
+            assert record is WouldBlock or record == model.records.get(key)
         assert state["scan"] == model.scan("/")
         assert state["scan_deleted"] == model.scan("/", include_deleted=True)
         assert state["changes"] == model.changes(0)
@@ -386,5 +426,27 @@ async def test_sqlite_backend_matches_the_model(tmp_path: Path) -> None:
     await deferToThread(
         run_state_machine_as_test,
         lambda: BackendModel(SqliteOpener(tmp_path)),
+        settings=model_settings(max_examples=50, steps=30),
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_record_cache_over_memory_matches_the_model() -> None:
+    """A record cache that holds two or three records, over the memory backend, agrees with
+    the model after every step, its immediate reads in the middle of pipelined applies too."""
+    await deferToThread(
+        run_state_machine_as_test,
+        lambda: BackendModel(CachedOpener(MemoryOpener())),
+        settings=model_settings(max_examples=100, steps=40),
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_record_cache_over_sqlite_matches_the_model(tmp_path: Path) -> None:
+    """The same over sqlite, whose applies are written on another thread while the cache and
+    the reader answer on the reactor's; reopening included."""
+    await deferToThread(
+        run_state_machine_as_test,
+        lambda: BackendModel(CachedOpener(SqliteOpener(tmp_path))),
         settings=model_settings(max_examples=50, steps=30),
     )

@@ -27,7 +27,7 @@ from navistore.backend.memory import MemoryBackend
 from navistore.store import Store
 from navistore.watch_hub import WatchHub
 from navistore.web import AccessPolicy, make_site
-from navistore.web.site import replication_body_limit
+from navistore.web.request import replication_body_limit
 
 LIMIT = 1024
 HUGE = 65 * 1024 * 1024  # 68157440: far more than anyone should buffer

@@ -13,20 +13,18 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import attrs
-from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
 from navistore import __version__
 from navistore.errors import BackendError
 from navistore.hooks import MissResolver, ReplicaWaiter, WriteForwarder
 from navistore.interfaces import WouldBlock
 from navistore.keys import InvalidKey
-from navistore.store import Store
+from navistore.store import Store, WriteResult
 from navistore.tally import ROUTE_FAMILY
 from navistore.watch_hub import WatchHub
 from navistore.web.access import AccessPolicy, need_of
-from navistore.web.conditions import etag_of, last_modified
 from navistore.web.errors import ApiError, MethodNotAllowed, TooLarge, as_api_error
 from navistore.web.feeds import changes_answer
 from navistore.web.key_routes import KeyRoutes
@@ -41,9 +39,10 @@ from navistore.web.params import (
     request_body,
     wants_json,
 )
-from navistore.web.rendering import render_async, render_deferred, render_error
+from navistore.web.record_heads import RecordHeads, record_header_items, written_head
+from navistore.web.rendering import answer_failure, render_async, render_deferred, render_error
+from navistore.web.request import NavistoreRequest
 from navistore.web.responses import (
-    VALUE_POLICY,
     Endpoints,
     Handler,
     Response,
@@ -121,6 +120,7 @@ class ApiResource(Resource):
             replica_waiter=replica_waiter,
         )
         self.listings = Listings(store, watch_hub=watch_hub)
+        self._heads = RecordHeads()
         self._keys_seen: dict[bytes, Route] = {}
         self._keys_seen_bytes = 0
         # HEAD is listed explicitly: it must never reach an endpoint with effects (/reset).
@@ -155,9 +155,9 @@ class ApiResource(Resource):
                 if value is not None:
                     return value
             elif method == b"PUT":
-                written = self._put_now(request, route.name)
-                if written is not None:
-                    return render_deferred(request, written)
+                answered = self._put_now(request, route.name)
+                if answered is not None:
+                    return answered
         return render_async(
             request,
             lambda: self._dispatch(request, route),
@@ -271,16 +271,16 @@ class ApiResource(Resource):
             budget = send_budget_of(request)
             if budget is not None and budget.spent:
                 return None  # slow readers hold too much: the general path waits for room
-        set_header = request.responseHeaders.setRawHeaders
-        set_header(b"ETag", [etag_of(record)])
-        set_header(b"Last-Modified", [last_modified(record)])
-        set_header(b"Content-Type", [record.content_type.encode("latin-1", "replace")])
-        set_header(b"X-Content-Type-Options", [b"nosniff"])
-        set_header(b"Content-Security-Policy", [VALUE_POLICY])
+        if isinstance(request, NavistoreRequest):
+            request.head = self._heads.head(key, record)
+        else:
+            for name, value in record_header_items(record):
+                request.responseHeaders.setRawHeaders(name, [value])
         return record.value
 
-    def _put_now(self, request: Request, key: str) -> Deferred[Response] | None:
-        """A plain unconditional PUT already under way, when it can start at once; else None."""
+    def _put_now(self, request: Request, key: str) -> int | None:
+        """A plain unconditional PUT under way, answered when it is stored (``NOT_DONE_YET``),
+        when it can start at once; else None."""
         conditional = request.requestHeaders.hasHeader
         if (
             self.write_forwarder is not None
@@ -300,7 +300,14 @@ class ApiResource(Resource):
             return None
         if written is None:
             return None
-        return written.addCallback(KeyRoutes.put_answer, key, wants_json(request))
+        if wants_json(request) or not isinstance(request, NavistoreRequest):
+            return render_deferred(
+                request, written.addCallback(KeyRoutes.put_answer, key, wants_json(request))
+            )
+        written.addCallbacks(
+            _answer_written, answer_failure, callbackArgs=(request,), errbackArgs=(request,)
+        )
+        return NOT_DONE_YET
 
     # -- the node's own endpoints -----------------------------------------------------------
 
@@ -332,3 +339,13 @@ class ApiResource(Resource):
             return json_response(document, 503)
         document["state"] = "ok"
         return json_response(document)
+
+
+def _answer_written(result: WriteResult, request: NavistoreRequest) -> None:
+    """Answer a plain PUT that was stored: 201 or 200 and ``OK``, in one write."""
+    if request.finished or request._disconnected:
+        return  # the client left: the write stands, nobody waits for its answer
+    request.setResponseCode(201 if result.created else 200)
+    request.head = written_head(result.record)
+    request.write_whole(b"OK")
+    request.finish()

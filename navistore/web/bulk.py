@@ -46,8 +46,8 @@ from navistore.tokens import Caller
 from navistore.web.access import caller_of
 from navistore.web.errors import ApiError, BadRequest
 from navistore.web.params import flag, forwarded_write, request_body
+from navistore.web.request import bulk_body_limit
 from navistore.web.responses import Endpoints, Response, forwarded_response, json_response
-from navistore.web.site import bulk_body_limit
 
 __all__ = ["COMMIT_ENTRIES", "MAX_ENTRIES", "BulkEndpoints", "bulk_endpoints"]
 

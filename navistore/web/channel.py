@@ -308,6 +308,9 @@ class NavistoreChannel(HTTPChannel):
         self._since = self._now()
         self._unsent_mark = None
         super().requestDone(request)
+        ended = getattr(request, "ended", None)
+        if ended is not None:
+            ended()  # the tracker learns it last: the channel is ready for the next request
 
     def check_deadline(self, now: float) -> None:
         """Close the connection with 408 if its headers or its body are late (the sweep)."""

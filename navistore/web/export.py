@@ -65,9 +65,9 @@ from navistore.tokens import Caller
 from navistore.web.access import caller_of
 from navistore.web.errors import ApiError, BadRequest, TooLarge
 from navistore.web.params import flag, forwarded_write, query_arg, request_body
+from navistore.web.request import bulk_body_limit
 from navistore.web.responses import Endpoints, Response, forwarded_response, json_response
 from navistore.web.send_budget import send_budget_of
-from navistore.web.site import bulk_body_limit
 
 __all__ = [
     "APPLY_RECORDS",

@@ -32,8 +32,8 @@ from navistore.web.channel import NavistoreChannel
 from navistore.web.feeds import DEFAULT_WAIT, FEEDS, MAX_WAIT
 from navistore.web.key_routes import DEFAULT_REPLICA_TIMEOUT, MAX_REPLICA_TIMEOUT
 from navistore.web.params import DEFAULT_PAGE, MAX_INTEGER, MAX_PAGE
+from navistore.web.request import bulk_body_limit, replication_body_limit
 from navistore.web.responses import Endpoints, Response, json_bytes
-from navistore.web.site import bulk_body_limit, replication_body_limit
 
 __all__ = [
     "OPENAPI_PATH",

@@ -17,10 +17,11 @@ from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
 from navistore.web.errors import ApiError, as_api_error, error_body
+from navistore.web.request import when_lost
 from navistore.web.responses import Response
 from navistore.web.send_budget import SMALL_ANSWER, SendBudget, send_budget_of
 
-__all__ = ["render_async", "render_deferred", "render_error"]
+__all__ = ["answer_failure", "render_async", "render_deferred", "render_error"]
 
 log = Logger()
 
@@ -54,9 +55,9 @@ class _Exchange:
     def __init__(self, request: Request) -> None:
         self.request = request
         self.gone = False
-        request.notifyFinish().addErrback(self._lost)
+        when_lost(request, self._lost)
 
-    def _lost(self, _failure: Failure) -> None:
+    def _lost(self) -> None:
         self.gone = True
 
     def start(self, status: int, headers: dict[bytes, bytes]) -> None:
@@ -168,7 +169,7 @@ def render_async(
 
     done = Deferred.fromCoroutine(run())
     if cancel_on_disconnect:
-        request.notifyFinish().addErrback(lambda _failure: done.cancel())
+        when_lost(request, done.cancel)
     done.addErrback(lambda failure: log.failure("answering failed", failure))
     return NOT_DONE_YET
 
@@ -200,6 +201,17 @@ def render_deferred(request: Request, answer: Deferred[Response]) -> int:
     answer.addCallbacks(exchange.send_whole, failed)
     answer.addErrback(lambda failure: log.failure("answering failed", failure))
     return NOT_DONE_YET
+
+
+def answer_failure(failure: Failure, request: Request) -> None:
+    """Answer ``request`` with the JSON error of ``failure`` (work a fast path started), as
+    :func:`render_deferred` would; nothing if the client is gone."""
+    if failure.check(CancelledError) or getattr(request, "_disconnected", False):
+        return
+    try:
+        _Exchange(request).send_error(as_api_error(failure))
+    except Exception:
+        log.failure("answering failed")
 
 
 def render_error(request: Request, error: ApiError) -> bytes:
