@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import platform
-import tracemalloc
 from pathlib import Path
 from typing import Any, Callable
 
@@ -214,6 +213,8 @@ def test_the_bound_holds_and_the_least_recently_used_go_first() -> None:
 def test_an_entry_costs_no_more_than_counted() -> None:
     """ENTRY_OVERHEAD covers what an entry really holds: its Record and Stamp, their strings and
     the dictionary's link (the records are made from rows, as sqlite reads them)."""
+    import tracemalloc  # CPython's only: PyPy has no _tracemalloc, so not at module level
+
     count = 2000
 
     class Rows(MemoryBackend):
