@@ -72,6 +72,15 @@ async def exchange(server: Server, request: bytes) -> bytes:
     return await until_closed(server, client)
 
 
+async def until(server: Server, condition: Any, what: str) -> None:
+    """Wait for ``condition()`` to hold, polling every 10 ms for at most 5 s."""
+    for _ in range(500):
+        if condition():
+            return
+        await deferLater(server.reactor, 0.01, lambda: None)
+    pytest.fail(f"timed out waiting for {what}")
+
+
 def names(headers: list[tuple[str, str]]) -> list[str]:
     return [name for name, _ in headers]
 
@@ -100,7 +109,7 @@ async def test_head_and_not_modified_have_no_body(server: tuple[Server, Watcher]
     await node.store.put("/k", b"value", "text/plain")
     client = await connect(node)
     client.send(b"HEAD /k HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-    await deferLater(node.reactor, 0.2, lambda: None)
+    await until(node, lambda: b"\r\n\r\n" in client.received, "the HEAD answer")
     status, headers, rest = split(client.received)
     assert status == "HTTP/1.1 200 OK" and rest == b""
     assert dict(headers)["content-length"] == "5"
@@ -168,14 +177,15 @@ async def test_a_request_whose_client_leaves_is_counted_aborted(
     node, watcher = server
     client = await connect(node)
     client.send(b"GET /k?wait=true&timeout=30 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-    await deferLater(node.reactor, 0.2, lambda: None)
-    assert watcher.begun and not watcher.ended
+    await until(
+        node,
+        lambda: [request.uri for request in watcher.begun] == [b"/k?wait=true&timeout=30"],
+        "the watch to be received",
+    )
+    assert not watcher.ended  # a watch of 30 s: still waiting
     assert client.transport is not None
     client.transport.loseConnection()
-    for _ in range(50):
-        if watcher.ended:
-            break
-        await deferLater(node.reactor, 0.05, lambda: None)
+    await until(node, lambda: watcher.ended, "the request to end")
     assert watcher.ended == [(b"/k?wait=true&timeout=30", ABORTED)]
 
 
