@@ -14,7 +14,14 @@ from twisted.enterprise import adbapi
 
 from navistore.clock import Stamp
 from navistore.errors import StorageFailure
-from navistore.interfaces import Expectation, expectation_holds, stored_size, supersedes
+from navistore.interfaces import (
+    ABSENT,
+    ANY,
+    Expectation,
+    expectation_holds,
+    stored_size,
+    supersedes,
+)
 from navistore.record import Record
 
 __all__ = [
@@ -28,6 +35,7 @@ __all__ = [
     "PREFIX_SCAN_BUDGET",
     "PURGE_SQL",
     "SCHEMA_VERSION",
+    "UPSERT",
     "VERSION_1",
     "LargeValue",
     "changes_under",
@@ -88,6 +96,23 @@ _UPDATE_SQL = (
     "UPDATE records SET seq = ?, stamp = ?, deleted = ?, content_type = ?, chain = ?, value = ?"
     " WHERE key = ?"
 )
+#: Whether this sqlite has UPSERT (``INSERT ... ON CONFLICT DO UPDATE``, sqlite 3.24): then
+#: :func:`write_batch` decides and writes each apply in one statement; else it reads the stored
+#: record first and decides in Python.
+UPSERT = sqlite3.sqlite_version_info >= (3, 24, 0)
+# The conditions of supersedes() and expectation_holds() in SQL. Stamps are stored in their
+# fixed-width form of lowercase hex digits, so that comparing the texts (sqlite's BINARY
+# collation, byte order) compares the stamps (wall, then counter, then node id).
+_UPSERT_SQL = (
+    f"INSERT INTO records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (key) DO UPDATE SET seq = excluded.seq, stamp = excluded.stamp,"
+    " deleted = excluded.deleted, content_type = excluded.content_type, chain = excluded.chain,"
+    " value = excluded.value WHERE excluded.stamp > records.stamp"
+)
+_UPSERT_IF_ABSENT_SQL = f"{_UPSERT_SQL} AND records.deleted = 1"  # expect=ABSENT
+#: expect=<stamp>: only a live record with that stamp is replaced (the caller checked that the
+#: new stamp is greater); nothing stored, nothing written.
+_UPDATE_IF_STAMP_SQL = f"{_UPDATE_SQL} AND deleted = 0 AND stamp = ?"
 PURGE_SQL = "DELETE FROM records WHERE deleted = 1 AND seq < ?"
 _PURGE_CHUNK_SQL = (
     "DELETE FROM records WHERE rowid IN"
@@ -306,8 +331,51 @@ def write_batch(
 ) -> list[Record | None]:
     """Decide and write a batch of applies in one transaction, exactly as if one after another.
 
+    With :data:`UPSERT`, each apply is one statement that writes only if the record supersedes
+    the stored one and the expectation holds, so that sqlite finds the key once; a later apply
+    of the same key in the batch is decided against what the earlier one left. The seq counter
+    is read once and written back once.
+    """
+    if not UPSERT:
+        return _read_then_write_batch(txn, batch)
+    txn.execute("BEGIN IMMEDIATE")
+    first_seq = last_seq = int(read_state(txn, "last_seq"))
+    execute = txn.execute
+    results: list[Record | None] = []
+    append = results.append
+    for record, expect in batch:
+        seq = last_seq + 1
+        stamp = record.stamp.encode()
+        chain = ",".join(record.chain) if record.chain else ""
+        if expect is ANY or expect is ABSENT:
+            execute(
+                _UPSERT_SQL if expect is ANY else _UPSERT_IF_ABSENT_SQL,
+                (record.key, seq, stamp, record.deleted, record.content_type, chain, record.value),
+            )
+        elif isinstance(expect, Stamp) and record.stamp > expect:
+            # If-Match: only the live record with that stamp is replaced.
+            row = (seq, stamp, record.deleted, record.content_type, chain, record.value)
+            execute(_UPDATE_IF_STAMP_SQL, (*row, record.key, expect.encode()))
+        else:  # the record stored with stamp ``expect``, if any, supersedes this one
+            append(None)
+            continue
+        if txn.rowcount == 1:
+            last_seq = seq
+            append(record.with_seq(seq))
+        else:
+            append(None)
+    if last_seq != first_seq:
+        txn.execute(_WRITE_STATE_SQL, (last_seq, "last_seq"))
+    return results
+
+
+def _read_then_write_batch(
+    txn: adbapi.Transaction, batch: list[tuple[Record, Expectation]]
+) -> list[Record | None]:
+    """:func:`write_batch` without UPSERT: read each stored record and decide in Python.
+
     Records written earlier in the batch are remembered, so a later apply of the same key is
-    decided against them. The seq counter is read once and written back once.
+    decided against them.
     """
     txn.execute("BEGIN IMMEDIATE")
     first_seq = last_seq = int(read_state(txn, "last_seq"))
