@@ -92,7 +92,7 @@ from navistore.tally import BackendStatistics, StorageSizes
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-    _Pending = tuple[Record, Expectation, Deferred[Record | None], int]
+    _Acknowledgements = list[Deferred[Record | None]]
 
 _perf_counter = time.perf_counter
 
@@ -163,7 +163,12 @@ class SqliteBackend:
             ),
             cp_reactor=reactor,
         )
-        self._pending: list[_Pending] = []
+        # The applies waiting for a batch, as write_batch takes them, and their Deferreds: two
+        # lists rather than one of 4-tuples, so that a batch is sent and acknowledged without
+        # building a tuple or a list per record (a replicated batch is hundreds of records).
+        self._pending: list[tuple[Record, Expectation]] = []
+        self._acknowledgements: _Acknowledgements = []
+        self._pending_ticket = 0  # the ticket of the last apply in _pending
         # Read path (see the module docstring): tickets of record-changing calls in issue order.
         self._reader: sqlite3.Connection | None = None
         self._reader_failed = False
@@ -197,10 +202,12 @@ class SqliteBackend:
         except InvalidRecord as exc:
             return fail(exc)
         acknowledged: Deferred[Record | None] = Deferred()
-        self._issued += 1
-        self._key_tickets[record.key] = self._issued
-        self._pending.append((record, expect, acknowledged, self._issued))
-        self._schedule_flush()
+        self._issued = self._pending_ticket = ticket = self._issued + 1
+        self._key_tickets[record.key] = ticket
+        self._pending.append((record, expect))
+        self._acknowledgements.append(acknowledged)
+        if self._flush_call is None:
+            self._schedule_flush()
         return acknowledged
 
     def _schedule_flush(self) -> None:
@@ -221,24 +228,33 @@ class SqliteBackend:
         if not self._pending or self._changes_over is not None:
             return  # (a purge or reset under way sends them when it is over)
         batch, self._pending = self._pending, []
+        waiting, self._acknowledgements = self._acknowledgements, []
         self._batches_in_flight += 1
         started = _perf_counter()
-        written = self._interact("apply", schema.write_batch, [(r, e) for r, e, _, _ in batch])
-        written.addBoth(self._acknowledge, batch, started)
+        written = self._interact("apply", schema.write_batch, batch)
+        written.addBoth(self._acknowledge, batch, waiting, self._pending_ticket, started)
         written.addBoth(self._release)
 
     def _acknowledge(
-        self, result: list[Record | None] | Failure, batch: list[_Pending], started: float
+        self,
+        result: list[Record | None] | Failure,
+        batch: list[tuple[Record, Expectation]],
+        waiting: _Acknowledgements,
+        last_ticket: int,
+        started: float,
     ) -> None:
+        """Fire the Deferreds of a written batch (``last_ticket``: its last apply's ticket)."""
         statistics = self.statistics
         statistics.commit_seconds.observe(_perf_counter() - started)
         statistics.batch_sizes.observe(len(batch))
         self._batches_in_flight -= 1
-        for record, _, _, ticket in batch:
-            if self._key_tickets.get(record.key) == ticket:
-                del self._key_tickets[record.key]
-        self._finished(batch[-1][3])
-        waiting = [acknowledged for _, _, acknowledged, _ in batch]
+        # A key's ticket up to last_ticket is this batch's (earlier batches removed theirs);
+        # a later one is an apply still waiting.
+        tickets = self._key_tickets
+        for record, _ in batch:
+            if tickets.get(record.key, last_ticket + 1) <= last_ticket:
+                del tickets[record.key]
+        self._finished(last_ticket)
         statistics.commit_error = None
         if isinstance(result, Failure):
             statistics.commit_error = str(result.value)
