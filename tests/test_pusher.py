@@ -569,3 +569,74 @@ async def test_many_down_peers_are_probed_each_at_most_once_a_second() -> None:
     assert 0 < sum(seen.values()) <= 40 * 30
     assert sum(pusher.probes for pusher in service.pushers()) <= sum(seen.values())
     assert all(peer["state"] == "backoff" for peer in service.peers())
+
+
+# -- read-ahead ---------------------------------------------------------------------------------
+
+
+def count_reads(node: Node) -> list[int]:
+    """Record the ``since`` of every change feed read of ``node``'s Store, from now on."""
+    seen: list[int] = []
+    read = node.store.changes
+
+    def spying(since: int, *args: Any, **kwargs: Any) -> Any:
+        seen.append(since)
+        return read(since, *args, **kwargs)
+
+    node.store.changes = spying  # type: ignore[method-assign]
+    return seen
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_next_page_is_read_while_a_batch_is_in_flight() -> None:
+    """With more changes waiting, A reads the page after a batch while that batch is still
+    unanswered, and uses it once the batch is acknowledged: each page is read once."""
+    clock, network, a, b = await two_nodes(warm=True, batch_records=2)
+    for name in "vwxyz":
+        await a.store.put(f"/{name}", b"1")
+    reads = count_reads(a)
+    network.hold("/_replicate")
+    clock.advance(0)
+    assert len(network.posts()) == 1
+    assert reads == [1, 3]  # the first batch (seqs 2, 3) in flight, the next page read already
+    network.release()
+    settle(clock, [a, b])
+    assert keys_sent(network, b.url) == [["/v", "/w"], ["/x", "/y"], ["/z"]]
+    # The page after 5 was read ahead too, but it is short (the end of the feed): it is read
+    # afresh rather than trusted; then the read after 6 finds nothing.
+    assert reads == [1, 3, 5, 5, 6]
+    assert await b.held() == await a.held() and status(a)["cursor"] == 6
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_batch_drops_the_page_read_ahead() -> None:
+    """A batch that fails is sent again after the backoff, from the same cursor: the page read
+    ahead while it was in flight is not used (it starts after the failed batch)."""
+    clock, network, a, b = await two_nodes(warm=True, batch_records=2)
+    for name in "vwx":
+        await a.store.put(f"/{name}", b"1")
+    reads = count_reads(a)
+    network.script(b.url, answer(500, {"error": "internal", "message": "boom"}))
+    clock.advance(0)
+    assert reads == [1, 3]
+    clock.advance(0.5)
+    settle(clock, [a, b])
+    assert keys_sent(network, b.url) == [["/v", "/w"], ["/v", "/w"], ["/x"]]
+    assert reads[2] == 1  # the retry read from the cursor again
+    assert await b.held() == await a.held() and status(a)["cursor"] == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_change_during_a_read_ahead_is_not_missed() -> None:
+    """A write made while the last batch is in flight (after the page read ahead, if any) is
+    pushed: the end of the feed is read afresh, never taken from a page read before it."""
+    clock, network, a, b = await two_nodes(warm=True, batch_records=2)
+    for name in "vwx":
+        await a.store.put(f"/{name}", b"1")
+    network.hold("/_replicate")
+    clock.advance(0)
+    await a.store.put("/late", b"2")
+    network.release()
+    settle(clock, [a, b])
+    assert await b.held() == await a.held()
+    assert status(a)["cursor"] == 5 and status(a)["state"] == "idle"
