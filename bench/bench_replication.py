@@ -119,6 +119,12 @@ class Node:
             os.kill(process.pid, signal.SIGKILL)
             process.wait(DEADLINE)
 
+    def cpu_seconds(self) -> float:
+        """CPU (user + system, every thread) the process has used so far; Linux /proc only."""
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def log_tail(self, lines: int = 20) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
@@ -330,6 +336,7 @@ def measure_catch_up(
     print(f"  done in {report['load_seconds']:.1f} s; starting B again...", flush=True)
     started = time.perf_counter()
     report["b_start"] = b.start(port=b_port)
+    cpu_a, cpu_b = a.cpu_seconds(), b.cpu_seconds()
     arrivals = Arrivals(b.port, prefix)
     arrivals.start()
     try:
@@ -340,6 +347,8 @@ def measure_catch_up(
             )
     finally:
         arrivals.stop()
+    report["cpu_a"] = (a.cpu_seconds() - cpu_a) / keys * 1e6
+    report["cpu_b"] = (b.cpu_seconds() - cpu_b) / keys * 1e6
     times = sorted(arrivals.seen.values())
     report["first"] = times[0] - started
     report["last"] = times[-1] - started
@@ -444,10 +453,13 @@ def main() -> None:
             ("serving_first", "B serving -> first key"),
             ("serving_last", "B serving -> all keys"),
             ("last", "B start -> all keys"),
+            ("cpu_a", "A CPU us/record"),
+            ("cpu_b", "B CPU us/record"),
         ):
             values = [each[name] for each in catch_ups]
             shown = " ".join(f"{value:.2f}" for value in values)
-            print(f"  {label + ':':<24} {statistics.median(values):8.2f} s  ({shown})")
+            unit = "us" if name.startswith("cpu") else "s"
+            print(f"  {label + ':':<24} {statistics.median(values):8.2f} {unit}  ({shown})")
 
 
 def print_catch_up(catch_up: dict[str, Any], connections: int) -> None:
@@ -466,6 +478,10 @@ def print_catch_up(catch_up: dict[str, Any], connections: int) -> None:
         f"(transfer {catch_up['rate']:.0f} records/s once flowing)"
     )
     print(f"  B serving -> all keys:    {catch_up['serving_last']:8.2f} s")
+    print(
+        f"  CPU per record meanwhile: A {catch_up['cpu_a']:.0f} us, B {catch_up['cpu_b']:.0f} us "
+        "(B's includes the watcher's long-polls)"
+    )
     print(
         f"  check: B lists {catch_up['b_count']} keys; A's cursor for B "
         f"{catch_up['a_cursor']} of last_seq {catch_up['a_last_seq']}"
