@@ -71,8 +71,12 @@ class Worker:
         self._paused_at = 0.0
         self._probe_interval = probe_interval
         self._probe: Probe | None = None
-        #: Probes sent toward the peer, in all (never reset).
-        self.probes = 0
+        self._probes_done = 0
+
+    @property
+    def probes(self) -> int:
+        """Probes sent toward the peer, in all (never reset)."""
+        return self._probes_done + (0 if self._probe is None else self._probe.sent)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -249,7 +253,7 @@ class Worker:
             self._retry_at = None
             if probe is not None:
                 probe.stop()
-                self.probes += probe.sent
+                self._probes_done += probe.sent
                 self._probe = None
 
     def _peer_answered(self) -> None:
