@@ -3,14 +3,8 @@
 The cursor is the highest local seq the peer has acknowledged. The pusher reads the change feed
 after it, a bounded batch at a time, sends the batch to ``<peer>/_replicate`` and moves the cursor
 only once the peer has acknowledged it. So the change log is the queue: nothing is held in memory
-beyond two batches, a restart resumes from the persisted cursor, and a peer that was unreachable
-for an hour gets every change it missed (each key at its latest version) when it answers again.
-
-While a batch is in flight and more changes wait behind it, the next page is read from the Store
-meanwhile (read-ahead), so that the sender's read overlaps the receiver's apply. The page read
-ahead is used only if the batch was acknowledged (the cursor is where it began) and only if it is
-full: a short page read then may predate a change that came since, so the end of the feed is
-always read afresh.
+beyond one batch, a restart resumes from the persisted cursor, and a peer that was unreachable for
+an hour gets every change it missed (each key at its latest version) when it answers again.
 
 Records the peer already has are not sent: those it wrote (their stamp's node id) and those that
 passed through it (their chain), once the peer's node id is known: from its first
@@ -46,14 +40,10 @@ from navistore.record import Record
 from navistore.replication.peers import cursor_meta, node_meta
 from navistore.replication.worker import Worker
 from navistore.store import Store
-from navistore.store.pages import ChangesPage
 
 __all__ = ["URGENT_RETRY", "Pusher"]
 
 log = Logger()
-
-#: The node's newest seq read just before a page of its change feed, and the page.
-_Read = tuple[int, ChangesPage]
 
 #: While a write waits for this peer, a failing peer is retried at least this often (seconds).
 URGENT_RETRY = 1.0
@@ -97,8 +87,6 @@ class Pusher(Worker):
         self._oldest_wall_ms: int | None = None
         self._on_progress = on_progress
         self._urgent = 0
-        #: The page read ahead: the seq it starts after, and the read (None if it failed).
-        self._ahead: tuple[int, Deferred[_Read | None]] | None = None
 
     async def load(self) -> None:
         """Read the persisted cursor and peer node id, and the node's newest seq."""
@@ -120,7 +108,6 @@ class Pusher(Worker):
 
     def _ended(self) -> None:
         self._store.unsubscribe(self._on_change)
-        self._ahead = None
         if self._wake_call is not None and self._wake_call.active():
             self._wake_call.cancel()
         self._wake_call = None
@@ -253,43 +240,14 @@ class Pusher(Worker):
                 self._became_quiet()
             await self._interruptibly(self._wait_for_change())
 
-    async def _read(self, since: int) -> _Read:
-        """The newest seq, then a page of changes after ``since`` (in that order: see below)."""
-        newest = await self._store.last_seq()
-        page = await self._store.changes(
-            since, limit=self._batch_records, max_bytes=self._batch_bytes
-        )
-        return newest, page
-
-    def _read_ahead(self, since: int) -> None:
-        """Start reading the page after ``since`` now, for the next :meth:`_push_once`."""
-
-        async def read() -> _Read | None:
-            try:
-                return await self._read(since)
-            except Exception:
-                return None  # read again, in the loop, where a failure is backed off
-
-        self._ahead = (since, Deferred.fromCoroutine(read()))
-
-    async def _next_read(self) -> _Read:
-        """The page after the cursor: the one read ahead if it fits, else a fresh read."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead[0] == self.cursor:
-            result = await ahead[1]
-            if result is not None and self._is_full(result[1]):
-                return result
-        return await self._read(self.cursor)
-
-    def _is_full(self, page: ChangesPage) -> bool:
-        """Whether more changes follow ``page``: it was cut by count or bytes, or says so."""
-        return page.more or len(cut_batch(page.records, self._batch_bytes)) < len(page.records)
-
     async def _push_once(self) -> bool:
         """Read one batch after the cursor and deliver it; return whether there was any."""
         self._changed = False
-        newest, page = await self._next_read()
+        newest = await self._store.last_seq()
         self._last_seq = max(self._last_seq, newest)
+        page = await self._store.changes(
+            self.cursor, limit=self._batch_records, max_bytes=self._batch_bytes
+        )
         read = cut_batch(page.records, self._batch_bytes)
         target = read[-1].seq if read else self.cursor
         assert target is not None
@@ -306,8 +264,6 @@ class Pusher(Worker):
         if hinted is not None and await self._learn(hinted):
             return True  # the peer is this node
         wanted = [record for record in read if not self._peer_has(record)]
-        if wanted and self._is_full(page):
-            self._read_ahead(target)
         if wanted and await self._deliver(wanted):
             return True  # the peer's identity changed: start again from the new cursor
         await self._advance(target)
