@@ -12,12 +12,16 @@ Starts B, then A with ``--peer`` B, each a ``twistd -n navistore`` process on sq
 2. **Catch-up**: B is stopped (SIGTERM), ``--catch-up-keys`` new keys are PUT on A over several
    connections (timed), and B is started again on its file and port. The time until B has all
    of them is split into: B's start until it serves; until the first missed key arrives (what
-   is left of A's retry backoff toward B, up to 30 s); until the last one arrives.
+   is left of A's retry backoff toward B, up to 30 s); until the last one arrives. The figure
+   that matters is "B serving -> all keys": from when B first answers ``/_health`` to when it
+   has every key, which excludes B's own start-up. ``--catch-up-runs N`` repeats the catch-up
+   (each with new keys) and prints each run and the medians.
 
 Every process started here is stopped by its PID at the end (SIGTERM, then SIGKILL).
 
 Usage: ``python bench/bench_replication.py [--seconds 10] [--rates 100 1000] [--connections 16]
-[--catch-up-keys 100000] [--load-connections 8] [--keep]``
+[--catch-up-keys 100000] [--catch-up-runs 1] [--load-connections 8] [--keep]``; ``--rates``
+with no value skips the lag rows.
 """
 
 from __future__ import annotations
@@ -114,6 +118,12 @@ class Node:
         except subprocess.TimeoutExpired:
             os.kill(process.pid, signal.SIGKILL)
             process.wait(DEADLINE)
+
+    def cpu_seconds(self) -> float:
+        """CPU (user + system, every thread) the process has used so far; Linux /proc only."""
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def log_tail(self, lines: int = 20) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -308,12 +318,14 @@ def measure_lag(
     }
 
 
-def measure_catch_up(a: Node, b: Node, keys: int, connections: int, report: dict[str, Any]) -> None:
-    """Stop B, write ``keys`` keys to A, start B, time until B has them all."""
+def measure_catch_up(
+    a: Node, b: Node, keys: int, connections: int, report: dict[str, Any], prefix: str
+) -> None:
+    """Stop B, write ``keys`` keys under ``prefix`` to A, start B, time until B has them all."""
     b_port = b.port
     b.stop()
     print(f"  B stopped; writing {keys} keys to A over {connections} connections...", flush=True)
-    report["load_seconds"] = bulk_writes(a.port, "/catchup/", keys, connections)
+    report["load_seconds"] = bulk_writes(a.port, prefix, keys, connections)
     report["load_rate"] = keys / report["load_seconds"]
     backlog = get_json(a.port, "/_peers")[0]
     retry_in = None
@@ -324,7 +336,8 @@ def measure_catch_up(a: Node, b: Node, keys: int, connections: int, report: dict
     print(f"  done in {report['load_seconds']:.1f} s; starting B again...", flush=True)
     started = time.perf_counter()
     report["b_start"] = b.start(port=b_port)
-    arrivals = Arrivals(b.port, "/catchup/")
+    cpu_a, cpu_b = a.cpu_seconds(), b.cpu_seconds()
+    arrivals = Arrivals(b.port, prefix)
     arrivals.start()
     try:
         if not arrivals.wait_for(keys, 600.0):
@@ -334,14 +347,18 @@ def measure_catch_up(a: Node, b: Node, keys: int, connections: int, report: dict
             )
     finally:
         arrivals.stop()
+    report["cpu_a"] = (a.cpu_seconds() - cpu_a) / keys * 1e6
+    report["cpu_b"] = (b.cpu_seconds() - cpu_b) / keys * 1e6
     times = sorted(arrivals.seen.values())
     report["first"] = times[0] - started
     report["last"] = times[-1] - started
+    report["serving_first"] = report["first"] - report["b_start"]
+    report["serving_last"] = report["last"] - report["b_start"]
     report["rate"] = keys / max(times[-1] - times[0], 1e-9)
     counted = 0
     after = ""
     while True:
-        path = f"/_keys?prefix=/catchup/&limit=10000&after={quote(after, safe='')}"
+        path = f"/_keys?prefix={prefix}&limit=10000&after={quote(after, safe='')}"
         page = get_json(b.port, path)
         counted += len(page["keys"])
         if page["next"] is None:
@@ -359,9 +376,10 @@ def measure_catch_up(a: Node, b: Node, keys: int, connections: int, report: dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="per offered load")
-    parser.add_argument("--rates", type=float, nargs="+", default=[100.0, 1000.0])
+    parser.add_argument("--rates", type=float, nargs="*", default=[100.0, 1000.0])
     parser.add_argument("--connections", type=int, default=16, help="writers of the lag runs")
     parser.add_argument("--catch-up-keys", type=int, default=100_000)
+    parser.add_argument("--catch-up-runs", type=int, default=1, help="catch-ups in a row")
     parser.add_argument("--load-connections", type=int, default=8)
     parser.add_argument("--keep", action="store_true", help="keep the nodes' files and logs")
     options = parser.parse_args()
@@ -370,7 +388,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="navistore-bench-replication-"))
     a, b = Node("a", root), Node("b", root)
     rows: list[dict[str, float]] = []
-    catch_up: dict[str, Any] = {}
+    catch_ups: list[dict[str, Any]] = []
     try:
         b.start()
         a.start("--peer", b.url)
@@ -381,7 +399,16 @@ def main() -> None:
         for rate in options.rates:
             print(f"  {rate:g} writes/s for {options.seconds:g} s...", flush=True)
             rows.append(measure_lag(a, b, rate, options.seconds, options.connections))
-        measure_catch_up(a, b, options.catch_up_keys, options.load_connections, catch_up)
+        for run in range(options.catch_up_runs):
+            catch_up: dict[str, Any] = {}
+            prefix = f"/catchup{run}/"
+            keys, writers = options.catch_up_keys, options.load_connections
+            measure_catch_up(a, b, keys, writers, catch_up, prefix)
+            print(
+                f"  catch-up {run + 1}: B serving -> all keys {catch_up['serving_last']:.2f} s",
+                flush=True,
+            )
+            catch_ups.append(catch_up)
     finally:
         a.stop()
         b.stop()
@@ -396,28 +423,50 @@ def main() -> None:
         "load average %.1f %.1f %.1f at the end" % os.getloadavg()
     )
     print(f"command: {command}")
-    print()
-    print(
-        f"lag = arrival on B (long-poll /_changes) - PUT acknowledged on A; "
-        f"{options.connections} paced connections, {options.seconds:g} s per row"
-    )
-    header = (
-        f"{'offered/s':>9} {'achieved/s':>10} {'writes':>7} | "
-        f"{'lag p50 ms':>10} {'p99 ms':>8} {'max ms':>8}"
-    )
-    print(header)
-    print("-" * len(header))
-    for row in rows:
+    if rows:
+        print()
         print(
-            f"{row['offered']:>9.0f} {row['achieved']:>10.1f} {row['writes']:>7} | "
-            f"{row['p50']:>10.1f} {row['p99']:>8.1f} {row['max']:>8.1f}"
+            f"lag = arrival on B (long-poll /_changes) - PUT acknowledged on A; "
+            f"{options.connections} paced connections, {options.seconds:g} s per row"
         )
+        header = (
+            f"{'offered/s':>9} {'achieved/s':>10} {'writes':>7} | "
+            f"{'lag p50 ms':>10} {'p99 ms':>8} {'max ms':>8}"
+        )
+        print(header)
+        print("-" * len(header))
+        for row in rows:
+            print(
+                f"{row['offered']:>9.0f} {row['achieved']:>10.1f} {row['writes']:>7} | "
+                f"{row['p50']:>10.1f} {row['p99']:>8.1f} {row['max']:>8.1f}"
+            )
     keys = options.catch_up_keys
-    print()
-    print(f"catch-up: B stopped (SIGTERM) while {keys} keys were written to A")
+    for run, catch_up in enumerate(catch_ups, 1):
+        print()
+        print(f"catch-up {run}: B stopped (SIGTERM) while {keys} keys were written to A")
+        print_catch_up(catch_up, options.load_connections)
+    if len(catch_ups) > 1:
+        print()
+        print(f"medians of {len(catch_ups)} catch-ups of {keys} keys:")
+        for name, label in (
+            ("b_start", "B start -> serving"),
+            ("serving_first", "B serving -> first key"),
+            ("serving_last", "B serving -> all keys"),
+            ("last", "B start -> all keys"),
+            ("cpu_a", "A CPU us/record"),
+            ("cpu_b", "B CPU us/record"),
+        ):
+            values = [each[name] for each in catch_ups]
+            shown = " ".join(f"{value:.2f}" for value in values)
+            unit = "us" if name.startswith("cpu") else "s"
+            print(f"  {label + ':':<24} {statistics.median(values):8.2f} {unit}  ({shown})")
+
+
+def print_catch_up(catch_up: dict[str, Any], connections: int) -> None:
+    """The lines of one catch-up run."""
     print(
         f"  load on A:               {catch_up['load_seconds']:8.1f} s "
-        f"({catch_up['load_rate']:.0f} PUT/s over {options.load_connections} connections)"
+        f"({catch_up['load_rate']:.0f} PUT/s over {connections} connections)"
     )
     state, failures, retry_in = catch_up["a_backoff"]
     retry = "" if retry_in is None else f", next retry in {retry_in:.1f} s"
@@ -428,8 +477,13 @@ def main() -> None:
         f"  B start -> all keys:      {catch_up['last']:8.1f} s  "
         f"(transfer {catch_up['rate']:.0f} records/s once flowing)"
     )
+    print(f"  B serving -> all keys:    {catch_up['serving_last']:8.2f} s")
     print(
-        f"  check: B lists {catch_up['b_count']} keys under /catchup/; A's cursor for B "
+        f"  CPU per record meanwhile: A {catch_up['cpu_a']:.0f} us, B {catch_up['cpu_b']:.0f} us "
+        "(B's includes the watcher's long-polls)"
+    )
+    print(
+        f"  check: B lists {catch_up['b_count']} keys; A's cursor for B "
         f"{catch_up['a_cursor']} of last_seq {catch_up['a_last_seq']}"
     )
 

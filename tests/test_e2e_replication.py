@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -608,3 +609,58 @@ def test_clone_of_a_node_holding_10000_keys(tmp_path: Path) -> None:
 
             wait_for(in_step, "the clone to follow the source", DEADLINE, report)
             assert state_of(to_clone) == state_of(to_source)
+
+
+# -- a peer that comes back ---------------------------------------------------------------------
+
+
+def retry_in(client: Client) -> float | None:
+    """Seconds until A's pusher retries its (only) peer, or None when it is not backing off."""
+    [peer] = client.json("/_peers")
+    if peer["state"] != "backoff" or not peer["retry_at"]:
+        return None
+    due = datetime.fromisoformat(peer["retry_at"].replace("Z", "+00:00"))
+    return (due - datetime.now(timezone.utc)).total_seconds()
+
+
+def test_a_peer_that_was_down_gets_the_writes_it_missed_at_once(tmp_path: Path) -> None:
+    """A pushes to B; B is stopped, 500 keys are written to A, and A backs off until its next
+    retry is over 4 s away. B is started again on its port: within 3 s of B serving, and before
+    A's retry was due, B holds all 500 keys (A probed B and resumed when it answered)."""
+    with ExitStack() as stack:
+        nodes = Nodes(tmp_path, stack)
+        nodes.start_all(["b"])
+        b = nodes.servers["b"]
+        nodes.start_all(["a"], {"a": ["--peer", peer_url(b)]})
+        a = nodes.servers["a"]
+        report = nodes.report
+        with clients(a) as (to_a,):
+            ledger = Ledger()
+            ledger.put(to_a, "/back/first", b"before", "text/plain")
+            wait_for(lambda: pushers_caught_up(to_a), "A to push to B", DEADLINE, report)
+            nodes.terminate("b")
+            for number in range(500):
+                ledger.put(to_a, f"/back/k{number:03d}", b"missed %d" % number, "text/plain")
+
+            def long_pause() -> bool:
+                remaining = retry_in(to_a)
+                return remaining is not None and remaining > 4.0
+
+            wait_for(long_pause, "A to back off over 4 s", 90.0, report, 0.05)
+            remaining = retry_in(to_a)
+            assert remaining is not None
+            b = nodes.restart("b")
+            served = time.monotonic()
+            expected = ledger.expected()
+            with clients(b) as (to_b,):
+
+                def caught_up() -> bool:
+                    return without_types(state_of(to_b)) == expected
+
+                took = wait_for(caught_up, "B to get the missed writes", 30.0, report, 0.05)
+            print(f"B had the 501 keys {took:.2f} s after it served; A's retry: {remaining:.1f} s")
+            assert took < 3.0
+            assert time.monotonic() - served < remaining
+            wait_for(lambda: pushers_caught_up(to_a), "A to see B caught up", DEADLINE, report)
+            [peer] = to_a.json("/_peers")
+            assert peer["failures"] == 0 and peer["cursor"] == last_seq(to_a)

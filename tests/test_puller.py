@@ -5,6 +5,7 @@ Nodes run on memory backends behind :class:`support.nodes.Network` on one ``task
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import pytest_twisted
@@ -182,3 +183,41 @@ async def test_clone_pulls_everything_again_after_a_purge_past_its_cursor() -> N
     held = await clone.held()
     assert all(item in held for item in await source.held())  # /k003 may linger (documented)
     assert clone_status(clone)["state"] == "caught_up"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_clone_probes_a_source_that_gave_no_answer_and_pulls_once_it_answers() -> None:
+    """A source that refuses connections is probed (``GET /_health``, at most once a second)
+    during the clone's backoff; the pull resumes within a second of the source answering,
+    long before the backoff would have ended."""
+    clock, network = make_clock(), Network()
+    source = await Node.create("s", network, clock)
+    await source.start()
+    await source.store.put("/k", b"v")
+    network.down(source.url)
+    clone = await Node.create("c", network, clock)
+    await clone.start(clone_from=source.url, max_backoff=30)
+    probes: list[float] = []
+    for _ in range(600):  # 60 s down
+        before = len([sent for sent in network.sent if sent.path == "/_health"])
+        clock.advance(0.1)
+        after = len([sent for sent in network.sent if sent.path == "/_health"])
+        probes.extend([clock.seconds()] * (after - before))
+    assert probes and all(later - earlier >= 0.999 for earlier, later in zip(probes, probes[1:]))
+    assert clone_status(clone)["state"] == "backoff" and clone_status(clone)["failures"] >= 5
+    for _ in range(600):  # until the clone is in a pause with over 5 s left
+        due = clone_status(clone)["retry_at"]
+        if due and datetime.fromisoformat(due.replace("Z", "+00:00")).timestamp() > (
+            clock.seconds() + 5
+        ):
+            break
+        clock.advance(0.1)
+    network.down(source.url, False)
+    back = clock.seconds()
+    due = datetime.fromisoformat(clone_status(clone)["retry_at"].replace("Z", "+00:00"))
+    assert due.timestamp() > back + 5
+    while clone_status(clone)["state"] != "caught_up" and clock.seconds() < back + 1.05:
+        clock.advance(0.05)
+    assert clone_status(clone)["state"] == "caught_up"
+    assert await clone.held() == await source.held()
+    assert clone_status(clone)["failures"] == 0

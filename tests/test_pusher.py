@@ -7,19 +7,21 @@ API resource, with scripted faults) on one ``task.Clock``; nothing sleeps.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from random import Random
 from typing import Any, Callable
 
 import pytest
 import pytest_twisted
-from support.nodes import Network, Node, batch_of, make_clock, settle
-from twisted.internet.error import ConnectionLost
+from support.nodes import EPOCH, Network, Node, batch_of, make_clock, settle
+from twisted.internet.error import ConnectionLost, ConnectionRefusedError
 from twisted.internet.task import Clock
 
 from navistore.links import backoff_delay, iso_time
 from navistore.protocol.batches import cut_batch, encode_ack, record_size
 from navistore.replication.peers import cursor_meta
-from navistore.testing.fakehttp import answer, fail, hang
+from navistore.replication.probe import PROBE_INTERVAL
+from navistore.testing.fakehttp import Sent, answer, fail, hang
 
 Nodes = tuple[Clock, Network, Node, Node]
 
@@ -206,7 +208,8 @@ def test_backoff_delay_is_full_jitter_capped() -> None:
 @pytest_twisted.ensureDeferred
 async def test_backoff_schedule() -> None:
     """A dead peer is retried after growing, jittered, capped delays drawn from the injected
-    Random; status shows the state, the count of failures and when the next retry is."""
+    Random; status shows the state, the count of failures and when the next retry is. (A pause
+    longer than the probe interval also has a probe timer, due sooner.)"""
     clock, network = make_clock(), Network()
     a = await Node.create("a", network, clock)
     service = await a.start(initial_peers=["http://dead.test:1"], random=Random(99), max_backoff=4)
@@ -214,8 +217,10 @@ async def test_backoff_schedule() -> None:
     clock.advance(0)
     replay = Random(99)
     for failures in range(10):
-        [retry] = clock.getDelayedCalls()
+        calls = clock.getDelayedCalls()
+        retry = max(calls, key=lambda call: call.getTime())
         delay = retry.getTime() - clock.seconds()
+        assert len(calls) == (2 if delay > PROBE_INTERVAL else 1)
         bound = min(4.0, 0.5 * 2**failures)
         assert delay == pytest.approx(replay.uniform(0.0, bound))
         assert 0.0 <= delay <= bound
@@ -386,3 +391,181 @@ async def test_caught_up_fires_once_the_peer_has_everything() -> None:
     assert not waiting.called
     clock.advance(0)
     assert waiting.called and pusher.is_idle() and await b.store.get("/k") is not None
+
+
+# -- probing a peer that gave no answer ---------------------------------------------------------
+
+
+class Longest(Random):
+    """Backoff jitter that always draws the longest pause, so pauses grow 0.5, 1, 2, 4... s."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def probes(network: Network, to: str) -> list[Sent]:
+    """The ``GET /_health`` requests sent to the origin ``to``."""
+    return [sent for sent in network.to(to, "GET") if sent.path == "/_health"]
+
+
+def watch(clock: Clock, network: Network, to: str, seconds: float) -> list[float]:
+    """Advance the clock ``seconds`` by tenths; the times at which probes of ``to`` were sent.
+
+    Also checks that no two requests to ``to`` are ever unanswered at the same time.
+    """
+    times: list[float] = []
+    seen = len(probes(network, to))
+    for _ in range(round(seconds * 10)):
+        clock.advance(0.1)
+        sent = probes(network, to)
+        times.extend([clock.seconds()] * (len(sent) - seen))
+        seen = len(sent)
+        assert sum(1 for waiting in network.hanging if not waiting.called) <= 1
+    return times
+
+
+async def down_peer(**options: Any) -> Nodes:
+    """A pushing to B (warm), B down, a write on A failed on it."""
+    clock, network, a, b = await two_nodes(warm=True, random=Longest(), **options)
+    network.down(b.url)
+    await a.store.put("/k", b"v")
+    clock.advance(0)
+    assert status(a)["failures"] == 1
+    return clock, network, a, b
+
+
+@pytest.mark.parametrize(
+    "fault, probed",
+    [("refused", True), ("timeout", True), ("lost", True), ("500", False), ("400", False)],
+)
+@pytest_twisted.ensureDeferred
+async def test_only_a_peer_that_gave_no_answer_is_probed(fault: str, probed: bool) -> None:
+    """A refused connection, a timeout or a connection lost earn probes during the backoff; an
+    HTTP answer (500, 400) does not: the peer is up and said no, so it waits out the backoff."""
+    clock, network, a, b = await two_nodes(warm=True, random=Longest(), request_timeout=5)
+    outcomes = {
+        "refused": lambda: fail(ConnectionRefusedError()),
+        "timeout": lambda: hang,
+        "lost": lambda: fail(ConnectionLost()),
+        "500": lambda: answer(500, {"error": "internal", "message": "boom"}),
+        "400": lambda: answer(400, {"error": "clock_drift", "message": "ahead"}),
+    }
+    network.script(b.url, *[outcomes[fault]() for _ in range(1000)])
+    await a.store.put("/k", b"v")
+    watch(clock, network, b.url, 40)
+    assert status(a)["failures"] >= 4 and status(a)["state"] in ("backoff", "sending")
+    assert bool(probes(network, b.url)) is probed
+    assert a.service is not None
+    assert (a.service.pushers()[0].probes > 0) is probed
+
+
+@pytest_twisted.ensureDeferred
+async def test_probes_come_at_most_once_a_second_and_not_in_short_pauses() -> None:
+    """While B is down A probes it at most once a second, never during a pause shorter than a
+    second (the retry comes as soon), and the probes do not add failures or push the retry
+    back: the backoff schedule is the one without probes."""
+    clock, network, a, b = await down_peer()
+    times = watch(clock, network, b.url, 60)
+    assert times and all(later - earlier >= 0.999 for earlier, later in zip(times, times[1:]))
+    assert len(times) <= 60
+    # Pauses of 0.5, 1, 2, 4, 8, 16 s (31.5 in all), then 30: a POST at the end of each only.
+    assert len(network.posts(to=b.url)) == 1 + 6
+    first_probe = times[0] - EPOCH
+    assert first_probe >= 0.5 + 1 + 1  # the first pause longer than a second (2 s) + 1 s
+    assert status(a)["failures"] == 7
+
+
+@pytest.mark.parametrize("fault", ["refused", "timeout"])
+@pytest_twisted.ensureDeferred
+async def test_a_peer_that_answers_again_is_pushed_to_at_once(fault: str) -> None:
+    """In the middle of a 30 s backoff, B answers a probe again: A pushes within a second of
+    it, long before the retry was due, and the failures count from zero."""
+    clock, network, a, b = await down_peer(request_timeout=5)
+    if fault == "timeout":
+        network.down(b.url, False)
+        network.script(b.url, *[hang for _ in range(1000)])
+    due = clock.seconds()
+    for _ in range(1200):  # until A is in a pause with over 10 s left
+        watch(clock, network, b.url, 0.1)
+        peer = status(a)
+        if peer["state"] == "backoff" and peer["retry_at"]:
+            due = datetime.fromisoformat(peer["retry_at"].replace("Z", "+00:00")).timestamp()
+            if due - clock.seconds() > 10:
+                break
+    assert due - clock.seconds() > 10 and status(a)["failures"] >= 5
+    assert a.service is not None and a.service.pushers()[0].probes > 0
+    writes = [f"/during{index}" for index in range(3)]
+    for key in writes:
+        await a.store.put(key, b"w")
+    network.down(b.url, False)
+    network._scripts.clear()  # B answers every request again
+    back = clock.seconds()
+    while status(a)["state"] != "idle" and clock.seconds() < back + 1.05:
+        clock.advance(0.05)
+    settle(clock, [a, b])
+    assert clock.seconds() <= back + 1.05 < due
+    assert await b.held() == await a.held()
+    assert all([await b.store.get(key) for key in writes])
+    peer = status(a)
+    assert (peer["state"], peer["failures"], peer["retry_at"]) == ("idle", 0, None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_probing_stops_when_the_peer_is_removed() -> None:
+    """Removing a down peer stops its probes: nothing more is sent to it, no timer is left."""
+    clock, network, a, b = await down_peer()
+    assert watch(clock, network, b.url, 10)
+    assert a.service is not None
+    await a.service.remove_peer(b.url)
+    sent = len(network.to(b.url))
+    assert clock.getDelayedCalls() == []
+    watch(clock, network, b.url, 60)
+    assert len(network.to(b.url)) == sent
+
+
+@pytest_twisted.ensureDeferred
+async def test_probing_stops_with_the_service_and_a_probe_in_flight_is_cancelled() -> None:
+    """Stopping the service while a probe is unanswered cancels it and leaves no timer."""
+    clock, network, a, b = await down_peer(request_timeout=5)
+    network.down(b.url, False)
+    network.script(b.url, *[hang for _ in range(1000)])
+    for _ in range(600):  # until a probe is unanswered
+        if probes(network, b.url) and network.hanging and not network.hanging[-1].called:
+            break
+        clock.advance(0.1)
+    assert probes(network, b.url) and not network.hanging[-1].called
+    assert a.service is not None
+    stopped = a.service.stopService()
+    assert stopped.called
+    assert all(waiting.called for waiting in network.hanging)
+    assert clock.getDelayedCalls() == []
+    sent = len(network.to(b.url))
+    clock.advance(60)
+    assert len(network.to(b.url)) == sent
+
+
+@pytest_twisted.ensureDeferred
+async def test_many_down_peers_are_probed_each_at_most_once_a_second() -> None:
+    """With 40 peers down, each is probed at most once a second and one request at a time:
+    40 probes a second at most in all, none before its own pause is over a second long."""
+    clock, network = make_clock(), Network()
+    a = await Node.create("a", network, clock)
+    dead = [f"http://dead{index}.test:1" for index in range(40)]
+    service = await a.start(initial_peers=dead, max_backoff=30)
+    await a.store.put("/k", b"v")
+    clock.advance(0)
+    times: dict[str, list[float]] = {url: [] for url in dead}
+    seen = {url: 0 for url in dead}
+    for _ in range(300):
+        clock.advance(0.1)
+        for url in dead:
+            sent = probes(network, url)
+            times[url].extend([clock.seconds()] * (len(sent) - seen[url]))
+            seen[url] = len(sent)
+    for url in dead:
+        spaced = times[url]
+        assert all(later - earlier >= 0.999 for earlier, later in zip(spaced, spaced[1:]))
+        assert len(spaced) <= 30
+    assert 0 < sum(seen.values()) <= 40 * 30
+    assert sum(pusher.probes for pusher in service.pushers()) == sum(seen.values())
+    assert all(peer["state"] == "backoff" for peer in service.peers())

@@ -95,6 +95,10 @@ MALFORMED: dict[str, Callable[[dict[str, Any]], None]] = {
     "chain not ending with the sender": record_fault("chain", [WRITER]),
     "chain with a bad node id": record_fault("chain", [WRITER, "xyz", SENDER]),
     "tombstone with a value": record_fault("deleted", True),
+    "empty chain": record_fault("chain", []),
+    "negative seq": record_fault("seq", -1),
+    "seq not an integer": record_fault("seq", "3"),
+    "content type with a control character": record_fault("content_type", "text/\x01"),
 }
 
 

@@ -67,12 +67,15 @@ def _field(document: Mapping[str, Any], name: str, kind: type) -> Any:
     return value
 
 
-def record_from_json(document: Any) -> Record:
+def record_from_json(document: Any, *, keep_seq: bool = True) -> Record:
     """The record :func:`record_to_json` made; raise :class:`MalformedRecord` otherwise.
 
     Only the encoding is checked here (types, base64, stamp and node id syntax); whether a
     backend may store the record is :func:`~navistore.record.check_record`'s business. ``seq``
     may be absent or null.
+
+    :param keep_seq: False: ``seq`` is still checked but the record gets None (a received
+        record is stored under a seq of the receiver's), without making the record twice.
     """
     if not isinstance(document, dict):
         raise MalformedRecord("not an object")
@@ -93,7 +96,7 @@ def record_from_json(document: Any) -> Record:
         _field(document, "content_type", str),
         stamp,
         _field(document, "deleted", bool),
-        seq,
+        seq if keep_seq else None,
         chain,
     )
 

@@ -87,8 +87,6 @@ class Pusher(Worker):
         self._oldest_wall_ms: int | None = None
         self._on_progress = on_progress
         self._urgent = 0
-        self._pause_call: IDelayedCall | None = None
-        self._paused_at = 0.0
 
     async def load(self) -> None:
         """Read the persisted cursor and peer node id, and the node's newest seq."""
@@ -184,32 +182,15 @@ class Pusher(Worker):
             log.failure("progress listener of {url} failed", url=self.url)
 
     def _shorten_pause(self) -> None:
-        call = self._pause_call
-        if not self._urgent or call is None or not call.active():
-            return
-        soonest = self._paused_at + URGENT_RETRY
-        if call.getTime() > soonest:
-            now = self._now()
-            call.reset(max(0.0, soonest - now))
-            self._retry_at = max(now, soonest)
+        if self._urgent:
+            self._end_pause(within=URGENT_RETRY)
 
-    async def _pause(self, seconds: float) -> None:
-        """A backoff pause that :meth:`expedite` may cut short (and :meth:`stop` cancel)."""
+    def _pause_length(self, seconds: float) -> float:
+        """A backoff pause, capped at :data:`URGENT_RETRY` while a write waits for this peer."""
         if self._urgent and seconds > URGENT_RETRY:
-            seconds = URGENT_RETRY
-            self._retry_at = self._now() + seconds
-
-        def cancel(_: Deferred[None]) -> None:
-            if call.active():
-                call.cancel()
-
-        over: Deferred[None] = Deferred(cancel)
-        call = self._clock.callLater(seconds, over.callback, None)
-        self._pause_call, self._paused_at = call, self._now()
-        try:
-            await self._interruptibly(over)
-        finally:
-            self._pause_call = None
+            self._retry_at = self._now() + URGENT_RETRY
+            return URGENT_RETRY
+        return seconds
 
     # -- waking -------------------------------------------------------------------------------
 

@@ -3,6 +3,10 @@
 Each worker runs a single coroutine, so it never has two requests to its peer in flight. Only the
 waits of that loop (an HTTP exchange, a backoff pause, waiting for a change) are interrupted by
 :meth:`Worker.stop`; Store calls always run to the end, so a cursor being persisted is persisted.
+
+A backoff after a failure where the peer gave no answer is probed (:mod:`.probe`): the one
+request sent besides the loop's, only while the loop pauses, and the pause ends as soon as the
+peer answers it.
 """
 
 from __future__ import annotations
@@ -11,11 +15,12 @@ from collections.abc import Awaitable
 from typing import Any, Callable, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.task import deferLater
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from navistore.links import SMALL_ANSWER_BYTES, Answer, Failures, PeerLink, iso_time
 from navistore.protocol.batches import MEDIA_TYPE
+from navistore.replication.probe import PROBE_INTERVAL, Probe, gave_no_answer
 from navistore.store import Store
 from navistore.waiters import Waiters
 
@@ -31,6 +36,8 @@ class Worker:
 
     :param url: the peer's normalised base URL.
     :param link: the client, clock, jitter, timeout and backoff cap it talks to the peer with.
+    :param probe_interval: while backing off after a failure where the peer gave no answer,
+        ask its ``/_health`` this often (seconds) and resume as soon as it answers; None: never.
     """
 
     #: The states in which the worker has nothing to do until something changes.
@@ -42,6 +49,7 @@ class Worker:
         url: str,
         *,
         link: PeerLink,
+        probe_interval: float | None = PROBE_INTERVAL,
     ) -> None:
         self.url = url
         self.state = "stopped"
@@ -59,6 +67,16 @@ class Worker:
         self._interruptible: Deferred[Any] | None = None
         self._quiet = Waiters()
         self._finished = Waiters()
+        self._pause_call: IDelayedCall | None = None
+        self._paused_at = 0.0
+        self._probe_interval = probe_interval
+        self._probe: Probe | None = None
+        self._probes_done = 0
+
+    @property
+    def probes(self) -> int:
+        """Probes sent toward the peer, in all (never reset)."""
+        return self._probes_done + (0 if self._probe is None else self._probe.sent)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -148,8 +166,38 @@ class Worker:
         finally:
             self._interruptible = None
 
+    def _pause_length(self, seconds: float) -> float:
+        """How long a pause of ``seconds`` really is (a subclass may cap it)."""
+        return seconds
+
     async def _pause(self, seconds: float) -> None:
-        await self._interruptibly(deferLater(self._clock, seconds))
+        """Pause ``seconds`` (see :meth:`_pause_length`); :meth:`_end_pause` may cut it short,
+        :meth:`stop` cancels it."""
+        seconds = self._pause_length(seconds)
+
+        def cancel(_: Deferred[None]) -> None:
+            if call.active():
+                call.cancel()
+
+        over: Deferred[None] = Deferred(cancel)
+        call = self._clock.callLater(seconds, over.callback, None)
+        self._pause_call, self._paused_at = call, self._now()
+        try:
+            await self._interruptibly(over)
+        finally:
+            self._pause_call = None
+
+    def _end_pause(self, within: float = 0.0) -> None:
+        """End the pause under way within ``within`` seconds of its start (at the next turn of
+        the reactor if that is past), if it would last longer."""
+        call = self._pause_call
+        if call is None or not call.active():
+            return
+        soonest = self._paused_at + within
+        if call.getTime() > soonest:
+            now = self._now()
+            call.reset(max(0.0, soonest - now))
+            self._retry_at = max(now, soonest)
 
     async def _request(self, url: str, body: bytes | None = None) -> Answer:
         """POST ``body`` (or GET when None) and read the whole answer, within the timeout."""
@@ -186,16 +234,32 @@ class Worker:
         self._last_success = self._now()
 
     async def _back_off(self, error: BaseException) -> None:
-        """Record a failure and wait the backoff delay (interrupted by :meth:`stop`)."""
-        delay = self._failures.failed(error)
+        """Record a failure and wait the backoff delay (interrupted by :meth:`stop`); after a
+        failure without an answer, probe the peer meanwhile and resume once it answers."""
+        delay = self._pause_length(self._failures.failed(error))
         self.errors += 1
         self.state = "backoff"
         self._retry_at = self._now() + delay
         self._busy = False
+        interval = self._probe_interval
+        probe = None
+        if interval is not None and delay > interval and gave_no_answer(error):
+            probe = Probe(self._link, self.url, self._peer_answered, interval=interval)
+            self._probe = probe
+            probe.start()
         try:
             await self._pause(delay)
         finally:
             self._retry_at = None
+            if probe is not None:
+                probe.stop()
+                self._probes_done += probe.sent
+                self._probe = None
+
+    def _peer_answered(self) -> None:
+        """A probe was answered: the peer is back, try again now."""
+        log.info("{url} answers again; retrying now", url=self.url)
+        self._end_pause()
 
     def _common_status(self) -> dict[str, Any]:
         return {
