@@ -12,6 +12,7 @@ import platform
 from pathlib import Path
 from typing import Any, Callable
 
+import attrs
 import pytest
 import pytest_twisted
 from support.deferreds import fired
@@ -106,7 +107,7 @@ def test_reads_are_answered_from_memory_after_the_first() -> None:
     backend = MemoryBackend()
     cache = RecordCache(backend)
     stored = fired(cache.apply(make_record("/a", b"1")))
-    assert cache.peek("/a") is stored  # the applied record came in with its answer
+    assert cache.peek("/a") == stored  # the applied record came in with its answer
     assert (cache.hits, cache.misses) == (1, 0)
     fired(cache.get("/a"))
     assert cache.hits == 2
@@ -197,7 +198,7 @@ def test_the_bound_holds_and_the_least_recently_used_go_first() -> None:
         fired(cache.apply(make_record(f"/k{number}", b"x" * 100)))
         cache.peek("/k0")  # used all along: stays
         assert cache.bytes <= cache.max_bytes
-    assert cache.bytes == sum(entry_size(record) for record in cache._records.values())
+    assert cache.bytes == sum(entry_size(cache.peek(key)) for key in list(cache._records))
     assert "/k0" in cache._records and "/k1" not in cache._records
     assert "/k99" in cache._records
     # A record larger than the whole cache is never kept.
@@ -211,8 +212,8 @@ def test_the_bound_holds_and_the_least_recently_used_go_first() -> None:
     reason="tracemalloc measures CPython's allocator; PyPy's objects have other sizes",
 )
 def test_an_entry_costs_no_more_than_counted() -> None:
-    """ENTRY_OVERHEAD covers what an entry really holds: its Record and Stamp, their strings and
-    the dictionary's link (the records are made from rows, as sqlite reads them)."""
+    """ENTRY_OVERHEAD covers what an entry really holds: the tuple of its fields, their strings
+    and the dictionary's link (the records are made from rows, as sqlite reads them)."""
     import tracemalloc  # CPython's only: PyPy has no _tracemalloc, so not at module level
 
     count = 2000
@@ -233,8 +234,28 @@ def test_an_entry_costs_no_more_than_counted() -> None:
     used = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     assert len(cache) == count
-    counted = sum(entry_size(record) for record in cache._records.values())
+    counted = sum(entry_size(cache.peek(key)) for key in list(cache._records))
     assert used <= counted, f"{used / count:.0f} bytes per entry, {counted / count:.0f} counted"
+
+
+@pytest.mark.skipif(
+    platform.python_implementation() != "CPython",
+    reason="gc.is_tracked tells CPython's collector; PyPy's collector tracks nothing this way",
+)
+def test_entries_are_not_tracked_by_the_garbage_collector() -> None:
+    """A large cache must not lengthen every full collection (they stall the reactor): once the
+    collector has seen them, no entry and nothing in one is an object it tracks."""
+    cache = RecordCache(MemoryBackend(), 1 << 20)
+    chained = attrs.evolve(make_record("/chained", b"v"), chain=("0123456789abcdef",))
+    fired(cache.apply(chained))
+    for number in range(100):
+        fired(cache.apply(make_record(f"/k{number}", b"v" * 10)))
+    gc.collect()
+    entries = list(cache._records.values())
+    assert len(entries) == 101
+    assert not any(gc.is_tracked(entry) for entry in entries)
+    assert not any(gc.is_tracked(field) for entry in entries for field in entry)
+    assert cache.peek("/chained") == fired(MemoryBackend.get(cache.backend, "/chained"))
 
 
 @pytest_twisted.ensureDeferred

@@ -19,6 +19,12 @@ It is exact, not a "usually right" cache, because every change of the backend go
   nothing, since tombstones are never cached (a deleted key's GET is rare and goes to the
   backend, whose answer includes the tombstone the contract asks for).
 
+Entries are kept as plain tuples of the record's fields, not as the Record: a tuple of strings,
+bytes and integers is one the garbage collector stops tracking, whereas a Record and its Stamp
+are two tracked objects each. A cache of 150,000 records made every full collection walk
+300,000 more objects (``bench/bench_scale.py`` at 300,000 keys: GET p99 136 ms, against 8 ms
+with the collector off); rebuilding the Record on a hit costs about a microsecond.
+
 Everything else (scans, the change feed, meta data, statistics, the sqlite file's ``path`` for
 ``/_backup``) is the wrapped backend's, including the optional interfaces it provides.
 """
@@ -31,6 +37,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import alsoProvides, implementer, providedBy
 
+from navistore.clock import Stamp
 from navistore.interfaces import (
     ANY,
     Expectation,
@@ -52,6 +59,36 @@ DEFAULT_RECORD_CACHE_BYTES = 64 * 1024 * 1024
 ENTRY_OVERHEAD = 300
 
 
+#: A cached live record without its key: value, content type, the stamp's wall time, counter and
+#: node id, seq, chain. Only atoms and a tuple of strings, so the collector does not track it.
+_Entry = tuple[bytes, str, int, int, str, "int | None", "tuple[str, ...]"]
+
+
+def _entry(record: Record) -> _Entry:
+    stamp = record.stamp
+    return (
+        record.value,
+        record.content_type,
+        stamp.wall_ms,
+        stamp.counter,
+        stamp.node_id,
+        record.seq,
+        record.chain,
+    )
+
+
+def _record(key: str, entry: _Entry) -> Record:
+    # The fields came from a checked Record: nothing to check again.
+    value, content_type, wall_ms, counter, node_id, seq, chain = entry
+    return Record(
+        key, value, content_type, Stamp._checked(wall_ms, counter, node_id), False, seq, chain
+    )
+
+
+def _entry_size(key: str, entry: _Entry) -> int:
+    return len(key) + len(entry[0]) + len(entry[1]) + ENTRY_OVERHEAD
+
+
 def entry_size(record: Record) -> int:
     """What keeping ``record`` in the cache costs, in bytes (as counted against the bound)."""
     return len(record.key) + len(record.value) + len(record.content_type) + ENTRY_OVERHEAD
@@ -71,7 +108,7 @@ class RecordCache:
         self.bytes = 0
         self.hits = 0
         self.misses = 0
-        self._records: OrderedDict[str, Record] = OrderedDict()
+        self._records: OrderedDict[str, _Entry] = OrderedDict()
         self._writing: dict[str, int] = {}  # key -> applies of it not done yet
         self._resets = 0  # resets not done yet: nothing comes in meanwhile
         self._applies = 0  # applies issued, ever: a read that saw this change fills nothing
@@ -91,11 +128,11 @@ class RecordCache:
 
     def peek(self, key: str) -> Record | None:
         records = self._records
-        record = records.get(key)
-        if record is not None:
+        entry = records.get(key)
+        if entry is not None:
             records.move_to_end(key)
             self.hits += 1
-            return record
+            return _record(key, entry)
         if self._peek is None:
             raise WouldBlock(key)
         record = self._peek(key)
@@ -105,11 +142,11 @@ class RecordCache:
 
     def get(self, key: str) -> Deferred[Record | None]:
         records = self._records
-        record = records.get(key)
-        if record is not None:
+        entry = records.get(key)
+        if entry is not None:
             records.move_to_end(key)
             self.hits += 1
-            return succeed(record)
+            return succeed(_record(key, entry))
         self.misses += 1
         applies = self._applies
         read: Deferred[Record | None] = self.backend.get(key)
@@ -126,19 +163,20 @@ class RecordCache:
         size = entry_size(record)
         if size > self.max_bytes:
             return
-        old = self._records.pop(key, None)
+        records = self._records
+        old = records.pop(key, None)
         if old is not None:
-            self.bytes -= entry_size(old)
-        self._records[key] = record
+            self.bytes -= _entry_size(key, old)
+        records[key] = _entry(record)
         self.bytes += size
         while self.bytes > self.max_bytes:
-            _, evicted = self._records.popitem(last=False)
-            self.bytes -= entry_size(evicted)
+            evicted_key, evicted = records.popitem(last=False)
+            self.bytes -= _entry_size(evicted_key, evicted)
 
     def _drop(self, key: str) -> None:
         old = self._records.pop(key, None)
         if old is not None:
-            self.bytes -= entry_size(old)
+            self.bytes -= _entry_size(key, old)
 
     def clear(self) -> None:
         """Forget every record (the next reads go to the backend)."""
