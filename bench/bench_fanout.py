@@ -84,7 +84,8 @@ class Node:
             "--max-watchers",
             str(watchers + 10),
             "--max-connections",
-            str(watchers + 40),
+            # A node serves watchers up to its connection limit less a tenth.
+            str((watchers + 10) * 10 // 9 + 10),
         ]
         environment = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
         with self.log_path.open("wb") as log:
