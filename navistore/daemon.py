@@ -42,6 +42,7 @@ from navistore import __version__
 from navistore.allocator import MemoryReleaser, tune_allocator
 from navistore.backend import BackendURLError, open_backend
 from navistore.errors import BackendError
+from navistore.gc_tuning import freeze_start_up
 from navistore.interfaces import IStorageBackend
 from navistore.links import HTTPClient, PeerLink
 from navistore.listening import Connections, RequestTracker, describe_address, self_urls
@@ -212,6 +213,7 @@ class NavistoreService(MultiService):
         for service in node.services:
             service.setServiceParent(self)
         tune_allocator()
+        freeze_start_up()
         MemoryReleaser(self._reactor).setServiceParent(self)
         site = node.site
         self._tracker = site.request_watcher = RequestTracker(node.metrics.requests)

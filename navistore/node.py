@@ -30,6 +30,7 @@ from navistore.hooks import MissResolver, WriteForwarder
 from navistore.interfaces import IStorageBackend
 from navistore.keys import DEFAULT_MAX_KEY_BYTES
 from navistore.links import HTTPClient, PeerLink, treq_client
+from navistore.listening import default_max_connections
 from navistore.metrics import NodeMetrics
 from navistore.readiness import Readiness
 from navistore.replication.fallback import ReadFallback
@@ -42,7 +43,7 @@ from navistore.replication.gc import (
 from navistore.replication.service import ReplicationService
 from navistore.store import Store
 from navistore.tokens import load_tokens
-from navistore.watch_hub import DEFAULT_MAX_WATCHERS, WatchHub
+from navistore.watch_hub import DEFAULT_MAX_WATCHERS, WatchHub, watcher_limit
 from navistore.web import (
     DEFAULT_LIMITS,
     DEFAULT_MAX_VALUE_SIZE,
@@ -101,7 +102,9 @@ class NodeConfig:
     :ivar endpoints: Twisted server endpoint strings to listen on, e.g. ``tcp:8888``.
     :ivar max_value_size: the largest value (request body) accepted, in bytes.
     :ivar max_key_bytes: the longest key accepted, in bytes of UTF-8.
-    :ivar max_watchers: the most concurrent watches (long-polls, event streams, ``?wait``).
+    :ivar max_watchers: the most concurrent watches (long-polls, event streams, ``?wait``), and
+        never more than the connection limit less a tenth
+        (:func:`~navistore.watch_hub.watcher_limit`).
     :ivar record_cache_bytes: bytes of live records a sqlite backend keeps in memory for reads
         (:class:`~navistore.backend.record_cache.RecordCache`; 0: none).
     :ivar tombstone_retention: seconds a delete's tombstone is kept at least.
@@ -314,7 +317,12 @@ def build_node(
         interval=config.tombstone_gc_interval,
         wall_ms=store.clock.wall_ms,
     )
-    watch_hub = WatchHub(store, clock=reactor, max_watchers=config.max_watchers)
+    connections = config.max_connections
+    if connections is None:
+        connections = default_max_connections()
+    watch_hub = WatchHub(
+        store, clock=reactor, max_watchers=watcher_limit(config.max_watchers, connections)
+    )
     services: list[IService] = [replication, collector]
     cache: UpstreamCache | None = None
     miss_resolver: MissResolver | None = None

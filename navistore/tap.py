@@ -225,7 +225,8 @@ class Options(usage.Options):
             "max-watchers",
             None,
             DEFAULT_MAX_WATCHERS,
-            "The most concurrent watches (long-polls, event streams, ?wait); more get 503.",
+            "The most concurrent watches (long-polls, event streams, ?wait); more get 503. "
+            "At most the connection limit less a tenth.",
             _count,
         ],
         [

@@ -15,17 +15,26 @@ The hub caps the number of concurrent watchers (each holds a request and some me
 :meth:`WatchHub.close` ends them all at shutdown: long-polls answer with what they have, event
 streams end.
 
+Thousands of watchers idle at once (configuration distribution: every application instance holds
+one), so an idle watcher is kept small and cheap to wake: its class has ``__slots__``, and its
+timeout (a long-poll's, a stream's heartbeat) is an entry in the hub's one deadline heap rather
+than a ``callLater`` each, whose ``DelayedCall`` weighs more than the watcher itself and is one
+more object for the garbage collector to traverse. ``bench/bench_fanout.py`` measures it.
+
 The HTTP side (the ``/_changes`` feeds and ``?wait=true``) is :mod:`navistore.web.feeds`; a reader
 that falls behind the tombstone purge horizon is told to resync (:mod:`navistore.store.feed`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import heapq
+from collections.abc import Awaitable, Hashable
+from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from navistore.record import Record
 from navistore.store import Store
@@ -42,12 +51,28 @@ __all__ = [
     "WatchRefused",
     "Watcher",
     "WatchesClosed",
+    "watcher_limit",
 ]
 
 log = Logger()
 
-#: Concurrent watchers per node by default; past it a new watch is refused (503).
-DEFAULT_MAX_WATCHERS = 1000
+T = TypeVar("T")
+
+#: Concurrent watchers per node by default; past it a new watch is refused (503). Sized for a
+#: deployment of a few thousand application instances, each holding a watch or two on one node;
+#: measured with ``bench/bench_fanout.py``, 10,000 idle watchers cost the node about 150 MiB and
+#: one write wakes those of its prefix within a quarter of a second. A node never serves more
+#: than its connection limit allows: see :func:`watcher_limit`.
+DEFAULT_MAX_WATCHERS = 10_000
+
+
+def watcher_limit(max_watchers: int, max_connections: int) -> int:
+    """The watchers a node serves at most: ``max_watchers``, but at most the connection limit
+    less a tenth, since every watch holds a connection and the node must keep connections for
+    writes, reads and its peers even when every watcher slot is taken."""
+    return max(0, min(max_watchers, max_connections - max_connections // 10))
+
+
 #: Seconds between heartbeat comments on an idle event stream, so proxies keep it open.
 DEFAULT_HEARTBEAT = 15.0
 #: Records a watcher may hold undelivered (a slow stream) before it must re-read the feed.
@@ -94,6 +119,19 @@ class Watcher:
     :ivar kind: what the watch serves (``longpoll``, ``eventsource``, ``wait``), for metrics.
     """
 
+    __slots__ = (
+        "_deadline",
+        "_hub",
+        "_pending",
+        "_waiting",
+        "closed",
+        "exact",
+        "kind",
+        "overflowed",
+        "since",
+        "target",
+    )
+
     def __init__(
         self, hub: WatchHub, target: str, *, exact: bool, since: int, kind: str = "watch"
     ) -> None:
@@ -106,7 +144,8 @@ class Watcher:
         self._hub = hub
         self._pending: list[Record] = []
         self._waiting: Deferred[list[Record] | None] | None = None
-        self._timer: IDelayedCall | None = None
+        #: The token of this watcher's entry in the hub's deadline heap (0: none).
+        self._deadline = 0
 
     def __repr__(self) -> str:
         kind = "key" if self.exact else "prefix"
@@ -142,7 +181,7 @@ class Watcher:
 
         self._waiting = Deferred(cancel)
         if timeout is not None:
-            self._timer = self._hub.clock.callLater(max(0.0, timeout), self._fire, [])
+            self._hub._at_deadline(self, max(0.0, timeout))
         return self._waiting
 
     def release(self) -> None:
@@ -181,9 +220,9 @@ class Watcher:
             waiting.callback(result)
 
     def _stop_timer(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+        if self._deadline:
+            self._deadline = 0
+            self._hub._deadline_dropped()
 
     def _end(self) -> None:
         self.closed = True
@@ -229,6 +268,15 @@ class WatchHub:
         self._dirty: set[Watcher] = set()
         self._flush_call: IDelayedCall | None = None
         self._closed = False
+        #: The highest seq a record was notified with: what the Store holds changes with it.
+        self.notified_seq = 0
+        # (when, token, watcher); an entry whose token is no longer its watcher's is dropped.
+        self._deadlines: list[tuple[float, int, Watcher]] = []
+        self._deadline_tokens = 0
+        self._dropped_deadlines = 0
+        self._deadline_call: IDelayedCall | None = None
+        self._shared: dict[Hashable, _Shared[Any]] = {}
+        self._shared_call: IDelayedCall | None = None
         store.subscribe(self._on_record)
 
     @property
@@ -274,9 +322,11 @@ class WatchHub:
             return
         self._closed = True
         self.store.unsubscribe(self._on_record)
-        call, self._flush_call = self._flush_call, None
-        if call is not None and call.active():
-            call.cancel()
+        for call in (self._flush_call, self._deadline_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._flush_call = self._deadline_call = None
+        self._deadlines = []
         groups = (*self._by_prefix.values(), *self._by_key.values())
         watchers = [watcher for group in groups for watcher in group]
         self._by_prefix.clear()
@@ -286,6 +336,27 @@ class WatchHub:
         self._kinds.clear()
         for watcher in watchers:
             watcher._end()
+
+    def shared(self, key: Hashable, compute: Callable[[], Awaitable[T]]) -> Deferred[T]:
+        """The result of ``compute()``, computed once for every caller with the same ``key``
+        during this reactor turn (and while that computation runs).
+
+        A write wakes every watcher of its prefix in one turn, and those asking the same thing
+        (the feed after the same seq, under the same prefix, as the same caller) get the same
+        answer: one read and one encoded body instead of thousands. The key must say all the
+        answer depends on, including :attr:`notified_seq` (what the Store holds), so that a
+        caller never gets an answer computed before a change it must see.
+        """
+        entry = self._shared.get(key)
+        if entry is None:
+            entry = self._shared[key] = _Shared(Deferred.fromCoroutine(_awaited(compute)))
+            if self._shared_call is None:
+                self._shared_call = self.clock.callLater(0, self._forget_shared)
+        return entry.result()
+
+    def _forget_shared(self) -> None:
+        self._shared_call = None
+        self._shared.clear()
 
     # -- dispatch -----------------------------------------------------------------------------
 
@@ -303,6 +374,8 @@ class WatchHub:
         return found
 
     def _on_record(self, record: Record) -> None:
+        if record.seq is not None and record.seq > self.notified_seq:
+            self.notified_seq = record.seq
         for watcher in self._matching(record.key):
             if watcher._offer(record):
                 self._dirty.add(watcher)
@@ -329,3 +402,95 @@ class WatchHub:
         self._dirty.discard(watcher)
         self._count -= 1
         self._kinds[watcher.kind] -= 1
+
+    # -- deadlines ----------------------------------------------------------------------------
+
+    def _at_deadline(self, watcher: Watcher, delay: float) -> None:
+        """Fire ``watcher``'s wait with ``[]`` in ``delay`` seconds."""
+        self._deadline_tokens += 1
+        token = watcher._deadline = self._deadline_tokens
+        when = self.clock.seconds() + delay
+        heapq.heappush(self._deadlines, (when, token, watcher))
+        if self._deadlines[0][1] == token:  # the earliest now: the timer must move up
+            self._schedule_deadlines()
+
+    def _deadline_dropped(self) -> None:
+        """A watcher's deadline was cancelled: its entry stays in the heap until it is due, or
+        until the dropped entries outnumber the live ones and the heap is rebuilt."""
+        self._dropped_deadlines += 1
+        if self._dropped_deadlines > 64 and self._dropped_deadlines * 2 > len(self._deadlines):
+            self._deadlines = [entry for entry in self._deadlines if entry[2]._deadline == entry[1]]
+            heapq.heapify(self._deadlines)
+            self._dropped_deadlines = 0
+
+    def _schedule_deadlines(self) -> None:
+        heap = self._deadlines
+        while heap and heap[0][2]._deadline != heap[0][1]:
+            heapq.heappop(heap)
+            self._dropped_deadlines = max(0, self._dropped_deadlines - 1)
+        call = self._deadline_call
+        if not heap:
+            if call is not None and call.active():
+                call.cancel()
+            self._deadline_call = None
+            return
+        delay = max(0.0, heap[0][0] - self.clock.seconds())
+        if call is not None and call.active():
+            call.reset(delay)
+        else:
+            self._deadline_call = self.clock.callLater(delay, self._deadlines_due)
+
+    def _deadlines_due(self) -> None:
+        self._deadline_call = None
+        heap = self._deadlines
+        now = self.clock.seconds()
+        due: list[Watcher] = []
+        while heap and heap[0][0] <= now:
+            _, token, watcher = heapq.heappop(heap)
+            if watcher._deadline == token:
+                watcher._deadline = 0
+                due.append(watcher)
+            else:
+                self._dropped_deadlines = max(0, self._dropped_deadlines - 1)
+        self._schedule_deadlines()
+        for watcher in due:
+            watcher._fire([])
+
+
+async def _awaited(compute: Callable[[], Awaitable[T]]) -> T:
+    return await compute()
+
+
+class _Shared(Generic[T]):
+    """One computation's result, handed to each caller in a Deferred of its own (so that one
+    caller's callbacks, or its cancellation, never touch another's)."""
+
+    __slots__ = ("_done", "_outcome", "_waiting")
+
+    def __init__(self, computing: Deferred[Any]) -> None:
+        self._done = False
+        self._outcome: Any = None
+        self._waiting: list[Deferred[Any]] = []
+        computing.addBoth(self._finished)
+
+    def _finished(self, outcome: Any) -> None:
+        self._done, self._outcome = True, outcome
+        waiting, self._waiting = self._waiting, []
+        for each in waiting:
+            self._hand(each)
+
+    def _hand(self, waiting: Deferred[Any]) -> None:
+        if waiting.called:
+            return  # cancelled meanwhile
+        if isinstance(self._outcome, Failure):
+            waiting.errback(self._outcome)
+        else:
+            waiting.callback(self._outcome)
+
+    def result(self) -> Deferred[Any]:
+        waiting: Deferred[Any] = Deferred()
+        if self._done:
+            self._hand(waiting)
+        else:
+            self._waiting.append(waiting)
+        return waiting

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
 import time
 from pathlib import Path
@@ -200,3 +201,62 @@ def test_watchers_see_exactly_their_prefix_across_a_restart(tmp_path: Path) -> N
         assert watcher.seqs == sorted(set(watcher.seqs)), name
     # The stream was cut by the restart and resumed with Last-Event-ID on the new node.
     assert watchers[1].connects >= 2
+
+
+def watchers_gauge(port: int) -> float:
+    """The node's ``navistore_watchers`` gauge, every kind summed."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    try:
+        connection.request("GET", "/_metrics")
+        text = connection.getresponse().read().decode()
+    finally:
+        connection.close()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("navistore_watchers{")
+    )
+
+
+def test_streams_woken_together_on_a_real_node(tmp_path: Path) -> None:
+    """Event streams on one prefix, one of them gone: the node releases the one whose client
+    left, and each other stream gets the write's change exactly once; a stream elsewhere gets
+    none."""
+
+    def open_stream(port: int, prefix: str) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+        sock.sendall(
+            b"GET /_changes?feed=eventsource&prefix=%s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            % prefix.encode()
+        )
+        return sock
+
+    def read_until(sock: socket.socket, marker: bytes, *, reads: int = 50) -> bytes:
+        data = b""
+        for _ in range(reads):
+            if marker in data:
+                break
+            data += sock.recv(65536)
+        return data
+
+    with running(twistd("memory:"), tmp_path) as server:
+        server.wait_listening()
+        port = server.port
+        streams = [open_stream(port, "/app/") for _ in range(5)]
+        elsewhere = open_stream(port, "/other/")
+        for sock in [*streams, elsewhere]:
+            read_until(sock, b"navistore change feed")
+        wait_until(lambda: watchers_gauge(port) == 6, "six streams served")
+        streams.pop().close()
+        wait_until(lambda: watchers_gauge(port) == 5, "the closed stream released")
+        status, _ = call(port, "PUT", "/app/key", b"v")
+        assert status in (200, 201)
+        for sock in streams:
+            data = read_until(sock, b"event: change")
+            assert data.count(b"event: change") == 1
+            assert b'"key":"/app/key"' in data
+        elsewhere.settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            elsewhere.recv(65536)
+        for sock in [*streams, elsewhere]:
+            sock.close()

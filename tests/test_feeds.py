@@ -28,7 +28,7 @@ from navistore.clock import Stamp
 from navistore.record import Record
 from navistore.store import PURGED_BEFORE_META, Store
 from navistore.store.feed import ResyncRequired, needs_resync, read_changes
-from navistore.watch_hub import TooManyWatchers, WatchesClosed, WatchHub
+from navistore.watch_hub import TooManyWatchers, WatchesClosed, WatchHub, watcher_limit
 
 T = TypeVar("T")
 
@@ -668,3 +668,133 @@ def test_paging_the_whole_feed_from_zero_survives_an_old_purge(purged: Node) -> 
     fired(purged.store.purge_tombstones(7))
     stale = purged.get("/_changes", [("since", "1"), ("horizon", str(horizon))])
     assert stale.status == 410
+
+
+# -- fan-out: one write, many watchers ------------------------------------------------------------
+
+
+def test_longpolls_woken_together_each_get_exactly_what_they_asked(node: Node) -> None:
+    """Long-polls woken by the same write share one read and one body per position and
+    parameters, and each still gets exactly the changes its own request asks for."""
+    first = node.put("/a/first")
+    node.put("/b/other")
+    base = first.seq or 0
+    groups = {
+        "after_first": [node.send("/_changes", longpoll("/a/", base)) for _ in range(5)],
+        "limit_one": [node.send("/_changes", longpoll("/a/", base, limit="1")) for _ in range(3)],
+        "deeper": [node.send("/_changes", longpoll("/a/x", base)) for _ in range(2)],
+    }
+    bystanders = [node.send("/_changes", longpoll(f"/c{index}/", 0)) for index in range(4)]
+    assert not any(pending.answered for group in groups.values() for pending in group)
+    node.put("/a/x")  # both in one turn: they wake the long-polls together
+    node.put("/a/y")
+    node.pump()
+    expected = {
+        "after_first": [(base + 2, "/a/x", False), (base + 3, "/a/y", False)],
+        "limit_one": [(base + 2, "/a/x", False)],
+        "deeper": [(base + 2, "/a/x", False)],
+    }
+    for name, group in groups.items():
+        bodies = [pending.answer().json() for pending in group]
+        assert [keys_of(body) for body in bodies] == [expected[name]] * len(group), name
+        direct = fired(
+            read_changes(
+                node.store,
+                base,
+                limit=1 if name == "limit_one" else 1000,
+                prefix="/a/x" if name == "deeper" else "/a/",
+            )
+        )[0]
+        assert {body["last_seq"] for body in bodies} == {direct.last_seq}, name
+    assert not any(pending.answered for pending in bystanders)
+    assert node.hub.watching == len(bystanders)
+
+
+def test_a_longpoll_woken_later_never_gets_an_older_shared_answer(node: Node) -> None:
+    """An answer shared within a turn is keyed by what the Store holds: a long-poll at the same
+    position reading after one more write gets that write too."""
+    early = node.send("/_changes", longpoll("/a/", 0))
+    node.put("/a/1")
+    node.pump()
+    assert keys_of(early.answer().json()) == [(1, "/a/1", False)]
+    node.put("/a/2")
+    late = node.get("/_changes", longpoll("/a/", 0)).json()
+    assert keys_of(late) == [(1, "/a/1", False), (2, "/a/2", False)]
+
+
+def test_streams_woken_together_each_get_each_change_once(node: Node) -> None:
+    """Every stream of the prefix gets the change once (the event is encoded once for all),
+    a stream elsewhere gets nothing, and one stream going away as the others are woken
+    changes nothing for the rest."""
+    streams = [node.stream([("prefix", "/a/")]) for _ in range(4)]
+    _, bystander = node.stream([("prefix", "/b/")])
+    leaving = streams.pop()[1]
+    record = node.put("/a/k")
+    assert leaving.transport is not None
+    leaving.transport.stopProducing()  # in the same turn as the write, before the wake
+    node.pump()
+    for _response, events in streams:
+        assert [(change["seq"], change["key"]) for change in events.changes()] == [
+            (record.seq, "/a/k")
+        ]
+    assert bystander.changes() == []
+    assert node.hub.watching == len(streams) + 1
+    second = node.put("/a/k2")
+    node.pump()
+    for _response, events in streams:
+        assert [change["seq"] for change in events.changes()] == [record.seq, second.seq]
+
+
+def test_deadlines_fire_in_order_and_survive_wakes(make_node: Callable[..., Node]) -> None:
+    """Each long-poll answers at its own timeout, whatever others were woken meanwhile, and a
+    stream woken many times keeps its heartbeat without the deadline heap growing."""
+    node = make_node(heartbeat=5.0)
+    short = node.send("/_changes", longpoll("/a/", 0, timeout="1"))
+    long = node.send("/_changes", longpoll("/a/", 0, timeout="3"))
+    _, events = node.stream([("prefix", "/s/")])
+    for index in range(300):
+        node.put(f"/s/{index}")
+        node.pump()
+    assert len(events.changes()) == 300
+    assert len(node.hub._deadlines) < 100  # the woken stream's old deadlines were dropped
+    node.clock.advance(1.0)
+    assert short.answered and not long.answered
+    assert short.answer().json()["results"] == []
+    node.clock.advance(2.0)
+    assert long.answered
+    node.clock.advance(5.0)
+    node.pump()
+    assert events.blocks()[-1] == ": heartbeat"
+
+
+def test_shared_results_go_to_every_caller_failures_too(node: Node) -> None:
+    """hub.shared computes once per key and turn and hands each caller its own result."""
+    calls: list[str] = []
+
+    async def compute(name: str) -> str:
+        calls.append(name)
+        if name == "bad":
+            raise ValueError(name)
+        return name.upper()
+
+    same = [fired(node.hub.shared("k", lambda: compute("k"))) for _ in range(3)]
+    other = fired(node.hub.shared("o", lambda: compute("o")))
+    failures = [node.hub.shared("bad", lambda: compute("bad")) for _ in range(2)]
+    assert same == ["K"] * 3 and other == "O"
+    for failing in failures:
+        with pytest.raises(ValueError, match="bad"):
+            fired(failing)
+    assert calls == ["k", "o", "bad"]
+    node.clock.advance(0)  # the next turn computes again
+    assert fired(node.hub.shared("k", lambda: compute("k"))) == "K"
+    assert calls == ["k", "o", "bad", "k"]
+
+
+@pytest.mark.parametrize(
+    ("asked", "connections", "served"),
+    [(10_000, 18_000, 10_000), (10_000, 4_000, 3_600), (50, 4_000, 50), (10_000, 0, 0)],
+)
+def test_watchers_never_take_more_than_the_connections_less_a_tenth(
+    asked: int, connections: int, served: int
+) -> None:
+    assert watcher_limit(asked, connections) == served

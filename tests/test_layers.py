@@ -41,6 +41,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "navistore.node",
         "navistore.daemon",
         "navistore.allocator",
+        "navistore.gc_tuning",
         "navistore.service_manager",
         "navistore.config_file",
         "navistore.logs",

@@ -32,6 +32,7 @@ from navistore.watch_hub import Watcher, WatchHub
 from navistore.web.access import caller_of
 from navistore.web.errors import ApiError, BadRequest, MethodNotAllowed, as_api_error, error_body
 from navistore.web.params import MAX_INTEGER, int_arg, query_arg, whole_number
+from navistore.web.request import when_lost
 from navistore.web.responses import JSON_HEADERS, Response, json_bytes
 
 __all__ = [
@@ -181,10 +182,10 @@ async def _long_poll(request: Request, store: Store, hub: WatchHub, asked: _Aske
         cursor = since
         last_look = False
         while True:
-            page, _ = await read_changes(store, cursor, limit=limit, prefix=seen)
+            page, body = await _shared_page(store, hub, cursor, limit, seen)
             remaining = deadline - hub.clock.seconds()
             if page.records or last_look or remaining <= 0 or watcher.closed:
-                return Response(200, changes_body(page), dict(JSON_HEADERS))
+                return Response(200, body, dict(JSON_HEADERS))
             # Nothing under the prefix up to last_seq: later reads start there.
             cursor = page.last_seq
             watcher.skip_through(cursor)
@@ -199,6 +200,19 @@ async def _long_poll(request: Request, store: Store, hub: WatchHub, asked: _Aske
         watcher.release()
 
 
+def _shared_page(
+    store: Store, hub: WatchHub, cursor: int, limit: int, seen: Prefixes
+) -> Awaitable[tuple[ChangesPage, bytes]]:
+    """The long-poll feed after ``cursor``, and its body: read and encoded once for all the
+    long-polls a write wakes with the same position and parameters (:meth:`WatchHub.shared`)."""
+
+    async def read() -> tuple[ChangesPage, bytes]:
+        page, _ = await read_changes(store, cursor, limit=limit, prefix=seen)
+        return page, changes_body(page)
+
+    return hub.shared(("longpoll", cursor, limit, seen, hub.notified_seq), read)
+
+
 async def _event_stream(request: Request, store: Store, hub: WatchHub, asked: _Asked) -> Response:
     since, prefix, seen = asked.since, asked.prefix, asked.seen
     resume = request.getHeader(b"Last-Event-ID")
@@ -206,15 +220,30 @@ async def _event_stream(request: Request, store: Store, hub: WatchHub, asked: _A
         since = _seq_value("header Last-Event-ID", resume.decode("latin-1").strip())
     await check_horizon(store, since)
     watcher = hub.watch(prefix, since=since, kind="eventsource")
-    # However the answer ends (finished, client gone mid-write), the watcher goes with it.
-    request.notifyFinish().addBoth(lambda _: watcher.release())
+    # The stream's end releases the watcher; a client gone mid-stream releases it at once
+    # (a callback, not a Deferred per idle stream: thousands of them wait at once).
+    when_lost(request, watcher.release)
     stream = _events(store, watcher, since=since, seen=seen, heartbeat=hub.heartbeat)
     return Response(200, headers=dict(_EVENT_STREAM), stream=stream)
 
 
+#: Change events encoded lately, by seq, with their record: a write that wakes thousands of
+#: streams is encoded once, not once per stream.
+_ENCODED: dict[int, tuple[Record, bytes]] = {}
+_ENCODED_MOST = 1024
+
+
 def _event(record: Record) -> bytes:
+    seq = record.seq or 0
+    known = _ENCODED.get(seq)
+    if known is not None and known[0] is record:
+        return known[1]
     data = json_bytes(change_entry(record))
-    return b"id: %d\nevent: change\ndata: %s\n\n" % (record.seq or 0, data)
+    event = b"id: %d\nevent: change\ndata: %s\n\n" % (seq, data)
+    if len(_ENCODED) >= _ENCODED_MOST:
+        _ENCODED.clear()
+    _ENCODED[seq] = (record, event)
+    return event
 
 
 def _resync_event(exc: ResyncRequired) -> bytes:
