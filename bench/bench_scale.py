@@ -21,7 +21,8 @@ It prints a table, optionally writes JSON (``--json``), and stops every process 
 PID, whatever happens. Every phase has a deadline.
 
 Usage: ``python bench/bench_scale.py [--keys 1000000] [--json out.json]`` (needs ``wrk``:
-``apt-get install wrk``).
+``apt-get install wrk``). ``--record-cache-size 0`` runs both nodes without their record cache:
+with it, the small node reads every key from memory and the big one mostly from the file.
 """
 
 from __future__ import annotations
@@ -72,10 +73,13 @@ end
 class Node:
     """One ``twistd -n navistore`` process started by this script, and where it listens."""
 
-    def __init__(self, name: str, workdir: Path, backend: str) -> None:
+    def __init__(
+        self, name: str, workdir: Path, backend: str, options: tuple[str, ...] = ()
+    ) -> None:
         self.name = name
         self.log_path = workdir / f"{name}.log"
         command = navistore_command(sys.executable, "tcp:0:interface=127.0.0.1", backend)
+        command += options
         # The checkout's navistore (and its twisted plugin) comes first, installed or not.
         environment = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
         with open(self.log_path, "wb") as log:
@@ -358,12 +362,15 @@ def database_mb(workdir: Path, name: str) -> float:
 
 
 @contextmanager
-def nodes_running(workdir: Path, names: list[str]) -> Iterator[dict[str, Node]]:
-    """Start one sqlite node per name; stop every one of them (by PID) at the end."""
+def nodes_running(
+    workdir: Path, names: list[str], options: tuple[str, ...] = ()
+) -> Iterator[dict[str, Node]]:
+    """Start one sqlite node per name, each with ``options`` more on its command line; stop
+    every one of them (by PID) at the end."""
     started: dict[str, Node] = {}
     try:
         for name in names:
-            started[name] = Node(name, workdir, f"sqlite:///{workdir}/{name}.db")
+            started[name] = Node(name, workdir, f"sqlite:///{workdir}/{name}.db", options)
         for node in started.values():
             node.wait_ready()
         yield started
@@ -383,8 +390,14 @@ def run(options: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "python": f"{sys.implementation.name} {sys.version.split()[0]}",
         "batch": options.batch,
         "loaders": options.loaders,
+        "record_cache_size": options.record_cache_size,
     }
-    with nodes_running(workdir, ["big", "small"]) as nodes:
+    extra = (
+        ()
+        if options.record_cache_size is None
+        else ("--record-cache-size", options.record_cache_size)
+    )
+    with nodes_running(workdir, ["big", "small"], extra) as nodes:
         big, small = nodes["big"], nodes["small"]
         results["start_rss"] = {name: memory_report(node) for name, node in nodes.items()}
         print(f"loading {SMALL_KEYS:,} keys into small", file=sys.stderr)
@@ -491,7 +504,8 @@ def report(results: dict[str, Any], options: argparse.Namespace) -> None:
     big, small = results["after_load"]["big"], results["after_load"]["small"]
     print(
         f"\nNavistore on sqlite (synchronous=normal), {results['keys']:,} keys of "
-        f"{VALUE_BYTES} bytes, {results['python']}, 127.0.0.1\n"
+        f"{VALUE_BYTES} bytes, {results['python']}, 127.0.0.1, record cache "
+        f"{results['record_cache_size'] or 'default'}\n"
     )
     print(
         f"bulk load   {load['keys']:,} keys in {load['seconds']:.1f} s = "
@@ -555,6 +569,10 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=3600.0, help="seconds for the run")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the databases and logs")
+    parser.add_argument(
+        "--record-cache-size",
+        help="the nodes' --record-cache-size (default: theirs); 0 compares sqlite reads alone",
+    )
     options = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
