@@ -18,6 +18,7 @@ import pytest_twisted
 from support.deferreds import fired
 from twisted.internet.defer import Deferred, succeed
 
+from navistore.backend import record_cache
 from navistore.backend.memory import MemoryBackend
 from navistore.backend.record_cache import ENTRY_OVERHEAD, RecordCache, entry_size
 from navistore.backend.sqlite import SqliteBackend
@@ -230,6 +231,7 @@ def test_an_entry_costs_no_more_than_counted() -> None:
     before = tracemalloc.get_traced_memory()[0]
     for number in range(count):
         fired(cache.get(f"/k{number}"))
+    cache._hot.clear()  # the Records of recent reads, bounded apart (HOT_RECORDS)
     gc.collect()
     used = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
@@ -255,7 +257,31 @@ def test_entries_are_not_tracked_by_the_garbage_collector() -> None:
     assert len(entries) == 101
     assert not any(gc.is_tracked(entry) for entry in entries)
     assert not any(gc.is_tracked(field) for entry in entries for field in entry)
+    cache._hot.clear()
     assert cache.peek("/chained") == fired(MemoryBackend.get(cache.backend, "/chained"))
+
+
+def test_recent_reads_keep_their_records_up_to_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Records kept beside the tuples are the recently read or written ones, never more
+    than HOT_RECORDS, and never one the backend has since replaced."""
+    monkeypatch.setattr(record_cache, "HOT_RECORDS", 4)
+    backend = MemoryBackend()
+    cache = RecordCache(backend, 1 << 20)
+    for number in range(10):
+        fired(cache.apply(make_record(f"/k{number}", b"v")))
+    assert len(cache._hot) <= 4 and len(cache) == 10
+    cache._hot.clear()
+    first = cache.peek("/k0")
+    assert cache.peek("/k0") is first  # the second read finds the very Record
+    fired(cache.apply(make_record("/k0", b"w", 2000)))
+    again = cache.peek("/k0")
+    assert again is not None and again.value == b"w"
+    for number in range(1, 10):
+        cache.peek(f"/k{number}")
+        assert len(cache._hot) <= 4
+    assert set(cache._hot) <= set(cache._records)
+    for key in cache._hot:
+        assert cache._hot[key] == fired(backend.get(key))
 
 
 @pytest_twisted.ensureDeferred

@@ -23,7 +23,10 @@ Entries are kept as plain tuples of the record's fields, not as the Record: a tu
 bytes and integers is one the garbage collector stops tracking, whereas a Record and its Stamp
 are two tracked objects each. A cache of 150,000 records made every full collection walk
 300,000 more objects (``bench/bench_scale.py`` at 300,000 keys: GET p99 136 ms, against 8 ms
-with the collector off); rebuilding the Record on a hit costs about a microsecond.
+with the collector off). Rebuilding the Record on a hit costs about a microsecond, so the
+:data:`HOT_RECORDS` most recently read keep their Record beside their tuple as well: few enough
+for the collector not to matter, and as many as the keys a configuration store's clients read
+(they are memory beyond ``max_bytes``: about 3 MiB at most, the Records of entries counted).
 
 Everything else (scans, the change feed, meta data, statistics, the sqlite file's ``path`` for
 ``/_backup``) is the wrapped backend's, including the optional interfaces it provides.
@@ -58,6 +61,10 @@ DEFAULT_RECORD_CACHE_BYTES = 64 * 1024 * 1024
 #: CPython 3.11, for a 100-byte value: tests/test_record_cache.py checks the count covers it).
 ENTRY_OVERHEAD = 300
 
+
+#: How many of the cached records are also kept as Records (the rest only as tuples): 16,384
+#: Records and Stamps add some 33,000 objects to a full collection (a few milliseconds).
+HOT_RECORDS = 16_384
 
 #: A cached live record without its key: value, content type, the stamp's wall time, counter and
 #: node id, seq, chain. Only atoms and a tuple of strings, so the collector does not track it.
@@ -109,6 +116,9 @@ class RecordCache:
         self.hits = 0
         self.misses = 0
         self._records: OrderedDict[str, _Entry] = OrderedDict()
+        # Records of recently read entries of _records (never of anything else), dropped
+        # together when there are HOT_RECORDS: cheaper than a second LRU.
+        self._hot: dict[str, Record] = {}
         self._writing: dict[str, int] = {}  # key -> applies of it not done yet
         self._resets = 0  # resets not done yet: nothing comes in meanwhile
         self._applies = 0  # applies issued, ever: a read that saw this change fills nothing
@@ -126,13 +136,32 @@ class RecordCache:
 
     # -- reads ------------------------------------------------------------------------------
 
-    def peek(self, key: str) -> Record | None:
-        records = self._records
-        entry = records.get(key)
-        if entry is not None:
-            records.move_to_end(key)
+    def _cached(self, key: str) -> Record | None:
+        """The cached record of ``key`` (now the most recently used), or None."""
+        record = self._hot.get(key)
+        if record is not None:
+            self._records.move_to_end(key)
             self.hits += 1
-            return _record(key, entry)
+            return record
+        entry = self._records.get(key)
+        if entry is None:
+            return None
+        self._records.move_to_end(key)
+        self.hits += 1
+        record = _record(key, entry)
+        self._keep_hot(key, record)
+        return record
+
+    def _keep_hot(self, key: str, record: Record) -> None:
+        hot = self._hot
+        if len(hot) >= HOT_RECORDS and key not in hot:
+            hot.clear()
+        hot[key] = record
+
+    def peek(self, key: str) -> Record | None:
+        record = self._cached(key)
+        if record is not None:
+            return record
         if self._peek is None:
             raise WouldBlock(key)
         record = self._peek(key)
@@ -141,12 +170,9 @@ class RecordCache:
         return record
 
     def get(self, key: str) -> Deferred[Record | None]:
-        records = self._records
-        entry = records.get(key)
-        if entry is not None:
-            records.move_to_end(key)
-            self.hits += 1
-            return succeed(_record(key, entry))
+        record = self._cached(key)
+        if record is not None:
+            return succeed(record)
         self.misses += 1
         applies = self._applies
         read: Deferred[Record | None] = self.backend.get(key)
@@ -168,12 +194,15 @@ class RecordCache:
         if old is not None:
             self.bytes -= _entry_size(key, old)
         records[key] = _entry(record)
+        self._keep_hot(key, record)
         self.bytes += size
         while self.bytes > self.max_bytes:
             evicted_key, evicted = records.popitem(last=False)
+            self._hot.pop(evicted_key, None)
             self.bytes -= _entry_size(evicted_key, evicted)
 
     def _drop(self, key: str) -> None:
+        self._hot.pop(key, None)
         old = self._records.pop(key, None)
         if old is not None:
             self.bytes -= _entry_size(key, old)
@@ -181,6 +210,7 @@ class RecordCache:
     def clear(self) -> None:
         """Forget every record (the next reads go to the backend)."""
         self._records.clear()
+        self._hot.clear()
         self.bytes = 0
 
     # -- writes -----------------------------------------------------------------------------
