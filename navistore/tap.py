@@ -68,6 +68,20 @@ def _positive_int(text: str) -> int:
 _positive_int.coerceDoc = "A whole number of bytes, at least 1."  # type: ignore[attr-defined]
 
 
+def _bytes_or_none(text: str) -> int:
+    """Coerce an option to a number of bytes, at least 0 (0: none at all)."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+    if number < 0:
+        raise ValueError(f"{number} is negative")
+    return number
+
+
+_bytes_or_none.coerceDoc = "A whole number of bytes; 0 for none."  # type: ignore[attr-defined]
+
+
 def _seconds(text: str) -> float:
     """Coerce an option to a number of seconds, at least 0."""
     try:
@@ -205,7 +219,7 @@ class Options(usage.Options):
             None,
             DEFAULT_RECORD_CACHE_BYTES,
             "Bytes of live records a sqlite node keeps in memory for reads (0: none).",
-            _count,
+            _bytes_or_none,
         ],
         [
             "max-value-size",

@@ -70,6 +70,24 @@ def test_bad_sizes_are_usage_errors(option: str, value: str) -> None:
     assert repr(value) in str(caught.value) or value in str(caught.value)
 
 
+def test_record_cache_size_zero_turns_the_cache_off() -> None:
+    """``--record-cache-size 0`` is accepted (the README's way to turn the cache off) and
+    leaves a sqlite backend unwrapped; a negative size is refused."""
+    from navistore.backend.record_cache import RecordCache
+    from navistore.node import cached_backend
+    from navistore.tap import node_config
+
+    config = node_config(parse("--record-cache-size", "0", "--backend", "memory:"))
+    assert config.record_cache_bytes == 0
+    sqlite_like = type("SqliteLike", (), {"kind": "sqlite"})()
+    assert cached_backend(config, sqlite_like) is sqlite_like  # type: ignore[arg-type]
+    on = node_config(parse("--record-cache-size", "4096", "--backend", "memory:"))
+    assert isinstance(cached_backend(on, sqlite_like), RecordCache)  # type: ignore[arg-type]
+    with pytest.raises(usage.UsageError) as caught:
+        parse("--record-cache-size", "-1")
+    assert str(caught.value).startswith("--record-cache-size: ")
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [
