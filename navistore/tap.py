@@ -54,15 +54,20 @@ STARTUP_FAILED = 1
 USAGE_ERROR = 1
 
 
-def _positive_int(text: str) -> int:
-    """Coerce an option to an integer of at least 1, or say why not."""
+def _whole_number(text: str, least: int) -> int:
+    """Coerce an option to an integer of at least ``least`` (0 or 1), or say why not."""
     try:
         number = int(text)
     except ValueError:
         raise ValueError(f"{text!r} is not a whole number") from None
-    if number < 1:
-        raise ValueError(f"{number} is not positive")
+    if number < least:
+        raise ValueError(f"{number} is {'not positive' if least else 'negative'}")
     return number
+
+
+def _positive_int(text: str) -> int:
+    """Coerce an option to an integer of at least 1, or say why not."""
+    return _whole_number(text, 1)
 
 
 _positive_int.coerceDoc = "A whole number of bytes, at least 1."  # type: ignore[attr-defined]
@@ -70,13 +75,7 @@ _positive_int.coerceDoc = "A whole number of bytes, at least 1."  # type: ignore
 
 def _bytes_or_none(text: str) -> int:
     """Coerce an option to a number of bytes, at least 0 (0: none at all)."""
-    try:
-        number = int(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a whole number") from None
-    if number < 0:
-        raise ValueError(f"{number} is negative")
-    return number
+    return _whole_number(text, 0)
 
 
 _bytes_or_none.coerceDoc = "A whole number of bytes; 0 for none."  # type: ignore[attr-defined]
