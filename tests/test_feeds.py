@@ -798,3 +798,24 @@ def test_watchers_never_take_more_than_the_connections_less_a_tenth(
     asked: int, connections: int, served: int
 ) -> None:
     assert watcher_limit(asked, connections) == served
+
+
+def test_encoded_events_kept_for_streams_are_bounded_in_bytes() -> None:
+    """The events kept so that one write is encoded once for all streams never hold a large
+    value, and hold a few MiB at most whatever the values (a stream must not pin records)."""
+    from navistore.testing.compliance import make_record
+    from navistore.web import feeds
+
+    feeds._ENCODED.clear()
+    feeds._encoded_bytes = 0
+    large = [make_record(f"/large{n}", b"x" * 100_000).with_seq(n + 1) for n in range(50)]
+    for record in large:
+        assert feeds._event(record) == feeds._event(record)
+    assert not any(seq in feeds._ENCODED for seq in range(1, 51))
+    for n in range(3000):
+        record = make_record(f"/k{n}", b"v" * 20_000).with_seq(1000 + n)
+        event = feeds._event(record)
+        assert event.startswith(b"id: %d\n" % (1000 + n))
+        assert feeds._event(record) is event or len(feeds._ENCODED) <= 1
+    kept = sum(len(event) + len(record.value) for record, event in feeds._ENCODED.values())
+    assert 0 < kept <= feeds._ENCODED_MOST_BYTES

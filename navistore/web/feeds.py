@@ -228,21 +228,31 @@ async def _event_stream(request: Request, store: Store, hub: WatchHub, asked: _A
 
 
 #: Change events encoded lately, by seq, with their record: a write that wakes thousands of
-#: streams is encoded once, not once per stream.
+#: streams is encoded once, not once per stream. Bounded in count and in bytes (the events and
+#: the records' values they hold), and an event of a large value is never kept.
 _ENCODED: dict[int, tuple[Record, bytes]] = {}
 _ENCODED_MOST = 1024
+_ENCODED_MOST_BYTES = 4 * 1024 * 1024
+_ENCODED_LARGEST = 64 * 1024
+_encoded_bytes = 0
 
 
 def _event(record: Record) -> bytes:
+    global _encoded_bytes
     seq = record.seq or 0
     known = _ENCODED.get(seq)
     if known is not None and known[0] is record:
         return known[1]
     data = json_bytes(change_entry(record))
     event = b"id: %d\nevent: change\ndata: %s\n\n" % (seq, data)
-    if len(_ENCODED) >= _ENCODED_MOST:
+    size = len(event) + len(record.value)
+    if size > _ENCODED_LARGEST:
+        return event
+    if len(_ENCODED) >= _ENCODED_MOST or _encoded_bytes + size > _ENCODED_MOST_BYTES:
         _ENCODED.clear()
+        _encoded_bytes = 0
     _ENCODED[seq] = (record, event)
+    _encoded_bytes += size
     return event
 
 
