@@ -22,6 +22,7 @@ import http.client
 import json
 import random
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -33,7 +34,7 @@ from typing import Any, Callable
 from urllib.parse import quote
 
 import pytest
-from support.processes import DEADLINE, LOOPBACK, REQUEST_TIMEOUT, Server, running, twistd
+from support.processes import DEADLINE, REQUEST_TIMEOUT, Server, running, twistd
 
 pytestmark = pytest.mark.e2e
 
@@ -197,6 +198,28 @@ def fixed_port(port: int) -> str:
     return f"tcp:{port}:interface=127.0.0.1"
 
 
+#: Where the nodes' ports are chosen: below Linux's ephemeral range (32768-60999), which the
+#: kernel hands to every ``tcp:0`` server and outgoing connection of the machine. A node
+#: restarted on its port must find it free; one picked by the kernel could be taken meanwhile
+#: by another test's server or client ("Address already in use").
+_QUIET_PORTS = range(20_000, 32_000)
+
+
+def quiet_port() -> int:
+    """A free port of 127.0.0.1 outside the ephemeral range, for a node to keep across
+    restarts."""
+    for _ in range(100):
+        port = random.choice(_QUIET_PORTS)
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port between 20000 and 32000")
+
+
 def node_id(server: Server) -> str:
     """The node id ``server`` reports in ``/_health``."""
     status, body, _response = server.request("GET", "/_health")
@@ -220,8 +243,11 @@ class Nodes:
         self.stack = stack
         self.servers: dict[str, Server] = {}
 
-    def start(self, name: str, *options: str, port: str = LOOPBACK) -> Server:
-        """Start node ``name`` on ``sqlite:<name>.db`` (not yet waited for)."""
+    def start(self, name: str, *options: str, port: str | None = None) -> Server:
+        """Start node ``name`` on ``sqlite:<name>.db`` (not yet waited for), on a port of its
+        own outside the ephemeral range unless ``port`` says otherwise."""
+        if port is None:
+            port = fixed_port(quiet_port())
         directory = self.root / name
         directory.mkdir(exist_ok=True)
         command = [*twistd(f"sqlite:{name}.db", port=port), *options]
