@@ -17,7 +17,6 @@ It prints one line per step (seconds, keys a second, megabytes) and takes about 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import re
@@ -28,6 +27,8 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from suite_servers import loopback_request
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(rb"Navistore listening on tcp:[0-9.]+:(\d+)")
@@ -87,13 +88,7 @@ class Node:
         return f"http://127.0.0.1:{self.port}"
 
     def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
-        try:
-            connection.request(method, path, body=body)
-            response = connection.getresponse()
-            return response.status, response.read()
-        finally:
-            connection.close()
+        return loopback_request(self.port, method, path, body, timeout=300)
 
     def last_seq(self) -> int:
         return int(json.loads(self.request("GET", "/_health")[1])["last_seq"])

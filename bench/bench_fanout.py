@@ -24,7 +24,6 @@ Usage: ``python bench/bench_fanout.py [--watchers 1000 10000] [--hot 0.5] [--run
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import multiprocessing
 import os
@@ -41,6 +40,8 @@ import tempfile
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
+
+from suite_servers import loopback_request, navistore_command
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(rb"Navistore listening on tcp:127\.0\.0\.1:(\d+)")
@@ -71,16 +72,7 @@ class Node:
     def __init__(self, workdir: Path, watchers: int) -> None:
         self.log_path = workdir / "node.log"
         command = [
-            sys.executable,
-            "-c",
-            "from twisted.scripts.twistd import run; run()",
-            "-n",
-            "--pidfile=",
-            "navistore",
-            "--port",
-            "tcp:0:interface=127.0.0.1:backlog=1024",
-            "--backend",
-            "memory:",
+            *navistore_command(sys.executable, "tcp:0:interface=127.0.0.1:backlog=1024", "memory:"),
             "--max-watchers",
             str(watchers + 10),
             "--max-connections",
@@ -138,13 +130,7 @@ class Node:
 
 
 def request(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=DEADLINE)
-    try:
-        connection.request(method, path, body=body)
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
+    return loopback_request(port, method, path, body, timeout=DEADLINE)
 
 
 def parked(port: int) -> int:

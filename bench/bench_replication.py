@@ -45,6 +45,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from suite_servers import loopback_request
+
 REPOSITORY = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(rb"Navistore listening on tcp:127\.0\.0\.1:(\d+)")
 #: How long a node may take to start or stop.
@@ -134,13 +136,7 @@ def call(
 ) -> tuple[int | None, bytes]:
     """One request on a new connection; (None, b"") if the node cannot be reached."""
     try:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-        try:
-            connection.request(method, path, body=body)
-            response = connection.getresponse()
-            return response.status, response.read()
-        finally:
-            connection.close()
+        return loopback_request(port, method, path, body, timeout)
     except (OSError, http.client.HTTPException):
         return None, b""
 

@@ -46,6 +46,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from suite_servers import loopback_request as request
 from suite_servers import navistore_command
 
 HERE = Path(__file__).resolve().parent
@@ -182,19 +183,6 @@ class RssSampler:
 
 
 # -- HTTP -----------------------------------------------------------------------------------------
-
-
-def request(
-    port: int, method: str, path: str, body: bytes | None = None, timeout: float = 120.0
-) -> tuple[int, bytes]:
-    """One request on a new connection: status and body."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        connection.request(method, path, body=body)
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
 
 
 def batch_body(start: int, stop: int) -> bytes:

@@ -167,16 +167,23 @@ def ready_path(spec: Spec) -> str:
     return {"bare": "/", "navistore": "/_health", "etcd": "/v2/keys/"}[spec.kind]
 
 
+def loopback_request(
+    port: int, method: str, path: str, body: bytes | None = None, timeout: float = 120.0
+) -> tuple[int, bytes]:
+    """One request to ``127.0.0.1:port`` on a new connection: its status and body (the benches'
+    one HTTP client; raises ``OSError``/``HTTPException`` when there is no answer)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request(method, path, body=body)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
 def _answer(port: int, path: str) -> int | None:
     try:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        try:
-            connection.request("GET", path)
-            response = connection.getresponse()
-            response.read()
-            return response.status
-        finally:
-            connection.close()
+        return loopback_request(port, "GET", path, timeout=2)[0]
     except (OSError, http.client.HTTPException):
         return None
 
