@@ -26,6 +26,7 @@ from navistore.backend.record_cache import DEFAULT_RECORD_CACHE_BYTES, RecordCac
 from navistore.backend.sqlite_backup import take_backup
 from navistore.cache_node.cache import UpstreamCache
 from navistore.clock import DEFAULT_MAX_DRIFT_MS
+from navistore.compat import COMPAT_APIS, CompatContext, compat_mounts
 from navistore.hooks import MissResolver, WriteForwarder
 from navistore.interfaces import IStorageBackend
 from navistore.keys import DEFAULT_MAX_KEY_BYTES
@@ -57,6 +58,7 @@ from navistore.web.backend_rpc import backend_rpc_endpoints
 from navistore.web.backup import backup_endpoints
 from navistore.web.bulk import bulk_endpoints
 from navistore.web.export import export_endpoints
+from navistore.web.mounts import Mount
 from navistore.web.openapi import openapi_endpoints
 from navistore.web.replication import replication_endpoints
 from navistore.web.request import replication_body_limit
@@ -140,6 +142,8 @@ class NodeConfig:
         or None.
     :ivar log_format: ``text`` or ``json``, of the access log (and, under twistd, of the
         node's own log).
+    :ivar compat: the other stores' APIs served beside the native one (``etcd``: ``/v2/``,
+        ``/version``, ``/health``; ``consul``: ``/v1/``); not on a cache node.
     """
 
     backend_url: str = DEFAULT_BACKEND
@@ -175,11 +179,17 @@ class NodeConfig:
     max_send_buffer: int = DEFAULT_SEND_BUFFER
     access_log: str | None = None
     log_format: str = "text"
+    compat: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
 
     def __attrs_post_init__(self) -> None:
         if self.log_format not in ACCESS_LOG_FORMATS:
             raise ValueError(
                 f"--log-format: {self.log_format!r} is not one of {', '.join(ACCESS_LOG_FORMATS)}"
+            )
+        unknown = sorted(set(self.compat) - set(COMPAT_APIS))
+        if unknown:
+            raise ValueError(
+                f"--compat: {', '.join(unknown)} is not one of {', '.join(COMPAT_APIS)}"
             )
         if not self.endpoints:
             raise ValueError("a Navistore node needs at least one endpoint to listen on")
@@ -383,6 +393,17 @@ def build_node(
             backend_rpc=config.serve_backend,
         )
     )
+    mounts: dict[str, Mount] = {}
+    if cache is None:  # a cache node forwards writes, which the other APIs do not know how to
+        context = CompatContext(
+            store,
+            watch_hub,
+            access,
+            reactor,
+            max_value_size=config.max_value_size,
+            self_urls=tuple(self_urls),
+        )
+        mounts = compat_mounts(config.compat, context)
     site = make_site(
         store,
         watch_hub=watch_hub,
@@ -393,6 +414,7 @@ def build_node(
         miss_resolver=miss_resolver,
         write_forwarder=write_forwarder,
         replica_waiter=replicas,
+        mounts=mounts,
         limits=config.limits,
         send_budget=SendBudget(config.max_send_buffer),
         access_log=open_access_log(config),

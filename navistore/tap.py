@@ -26,6 +26,7 @@ from navistore import version_line
 from navistore.backend import BackendURLError, check_backend
 from navistore.backend.record_cache import DEFAULT_RECORD_CACHE_BYTES
 from navistore.clock import DEFAULT_MAX_DRIFT_MS
+from navistore.compat import COMPAT_APIS
 from navistore.config_file import ConfigFileError, config_path, merge_arguments, read_config
 from navistore.daemon import STARTUP_REPORTED, NavistoreService
 from navistore.keys import DEFAULT_MAX_KEY_BYTES
@@ -104,6 +105,20 @@ def _positive_seconds(text: str) -> float:
 
 
 _positive_seconds.coerceDoc = "A number of seconds above 0."  # type: ignore[attr-defined]
+
+
+def _api_names(text: str) -> tuple[str, ...]:
+    """``--compat``: API names separated by commas, or ``none``."""
+    if text.strip().lower() == "none":
+        return ()
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in COMPAT_APIS]
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: not one of {', '.join(COMPAT_APIS)} (or none)")
+    return names
+
+
+_api_names.coerceDoc = "Names separated by commas (etcd, consul), or none."  # type: ignore[attr-defined]
 
 
 def _count(text: str) -> int:
@@ -212,6 +227,14 @@ class Options(usage.Options):
             None,
             DEFAULT_BACKEND,
             "Where the data lives, as a backend URL.",
+        ],
+        [
+            "compat",
+            None,
+            (),
+            "Other stores' APIs to serve beside the native one, separated by commas: etcd "
+            "(the v2 keys API at /v2/, /version, /health), consul (the KV API at /v1/), or none.",
+            _api_names,
         ],
         [
             "record-cache-size",
@@ -652,6 +675,7 @@ def node_config(options: Options) -> NodeConfig:
         max_send_buffer=options["max-send-buffer"],
         access_log=options["access-log"],
         log_format=options["log-format"],
+        compat=options["compat"],
     )
 
 

@@ -37,6 +37,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "web": ("navistore.web",),
     "replication": ("navistore.replication",),
     "cache_node": ("navistore.cache_node",),
+    "compat": ("navistore.compat",),
     "wiring": (
         "navistore.node",
         "navistore.daemon",
@@ -69,6 +70,7 @@ ALLOWED: dict[str, set[str]] = {
     "web": {*_BELOW_ALL, "store"},
     "replication": {*_BELOW_ALL, "store"},
     "cache_node": {*_BELOW_ALL, "store"},
+    "compat": {*_BELOW_ALL, "store", "web"},
     "wiring": set(LAYERS) - {"wiring", "testing"},
     "testing": set(LAYERS) - {"testing"},
 }

@@ -26,6 +26,7 @@ from navistore.web.access import AccessPolicy
 from navistore.web.access_log import AccessLog
 from navistore.web.api import ApiResource
 from navistore.web.channel import DEFAULT_LIMITS, ConnectionLimits
+from navistore.web.mounts import Mount
 from navistore.web.responses import Endpoints, Handler
 from navistore.web.send_budget import SendBudget
 from navistore.web.site import DEFAULT_MAX_VALUE_SIZE, NavistoreSite
@@ -56,6 +57,7 @@ def make_site(
     miss_resolver: MissResolver | None = None,
     write_forwarder: WriteForwarder | None = None,
     replica_waiter: ReplicaWaiter | None = None,
+    mounts: dict[str, Mount] | None = None,
     limits: ConnectionLimits = DEFAULT_LIMITS,
     send_budget: SendBudget | None = None,
 ) -> NavistoreSite:
@@ -72,6 +74,7 @@ def make_site(
     :param miss_resolver: finds keys this node lacks (cache node, read fallback).
     :param write_forwarder: forwards writes instead of applying them (cache node).
     :param replica_waiter: makes ``?replicas=`` writes wait for peers.
+    :param mounts: other APIs by the first path segment they take (:mod:`navistore.compat`).
     :param limits: the deadlines of every connection (:mod:`navistore.web.channel`).
     :param send_budget: what clients that do not read may hold together
         (:mod:`navistore.web.send_budget`).
@@ -85,6 +88,7 @@ def make_site(
         miss_resolver=miss_resolver,
         write_forwarder=write_forwarder,
         replica_waiter=replica_waiter,
+        mounts=mounts,
     )
     return NavistoreSite(
         resource,

@@ -264,14 +264,21 @@ class AccessPolicy:
 
     # -- who asks -----------------------------------------------------------------------------
 
-    def caller(self, request: Request) -> Caller:
-        """Who ``request`` comes from; raise the 401 or 403 that refuses it outright."""
+    def caller(self, request: Request, *, secret: str | None = None) -> Caller:
+        """Who ``request`` comes from; raise the 401 or 403 that refuses it outright.
+
+        :param secret: a token secret the request carries in another API's way (Consul's
+            ``X-Consul-Token``), used when it has no ``Authorization`` header.
+        """
         if self.tokens is not None:
             header = request.getHeader(b"Authorization")
-            if header is None:
+            if header is None and not secret:
                 return self.anonymous
-            scheme, _, secret = header.decode("latin-1").strip().partition(" ")
-            token = self.tokens.find(secret.strip()) if scheme.lower() == "bearer" else None
+            if header is None:
+                token = self.tokens.find(secret or "")
+            else:
+                scheme, _, sent = header.decode("latin-1").strip().partition(" ")
+                token = self.tokens.find(sent.strip()) if scheme.lower() == "bearer" else None
             if token is None:
                 raise self._unauthorized("the token is not one this node knows")
             return token.caller()

@@ -24,11 +24,12 @@ from navistore.keys import InvalidKey
 from navistore.store import Store, WriteResult
 from navistore.tally import ROUTE_FAMILY
 from navistore.watch_hub import WatchHub
-from navistore.web.access import AccessPolicy, need_of
+from navistore.web.access import AccessPolicy, caller_of, need_of
 from navistore.web.errors import ApiError, MethodNotAllowed, TooLarge, as_api_error
 from navistore.web.feeds import changes_answer
 from navistore.web.key_routes import KeyRoutes
 from navistore.web.listings import Listings
+from navistore.web.mounts import Mount
 from navistore.web.params import (
     flag,
     forwarded_write,
@@ -66,9 +67,10 @@ _READS = (b"GET", b"HEAD")
 class Route:
     """What a request's path names.
 
-    :ivar kind: ``endpoint``, ``prefix``, ``key``, or ``unknown`` (a reserved name that is no
-        endpoint: 404).
-    :ivar name: the endpoint's name, the canonical prefix or key, or the path.
+    :ivar kind: ``endpoint``, ``prefix``, ``key``, ``mount`` (a path under a mounted API's
+        first segment), or ``unknown`` (a reserved name that is no endpoint: 404).
+    :ivar name: the endpoint's name, the canonical prefix or key, the mount's first segment,
+        or the path.
     """
 
     kind: str
@@ -89,6 +91,8 @@ class ApiResource(Resource):
     :param write_forwarder: when set, writes are not applied here but forwarded (a cache node
         forwards them to its upstream) and answered with the forwarder's answer.
     :param replica_waiter: makes ``?replicas=N|all`` writes wait for peers' acknowledgements.
+    :param mounts: APIs that take every path under a first segment (``v2`` for ``/v2/...``),
+        before keys and after the node's own endpoints (:mod:`navistore.compat`).
     """
 
     isLeaf = True
@@ -104,6 +108,7 @@ class ApiResource(Resource):
         miss_resolver: MissResolver | None = None,
         write_forwarder: WriteForwarder | None = None,
         replica_waiter: ReplicaWaiter | None = None,
+        mounts: dict[str, Mount] | None = None,
     ) -> None:
         super().__init__()
         self.store = store
@@ -120,6 +125,8 @@ class ApiResource(Resource):
             replica_waiter=replica_waiter,
         )
         self.listings = Listings(store, watch_hub=watch_hub)
+        self._mounts = dict(mounts or {})
+        self._mount_segments = {name.encode("utf-8"): name for name in self._mounts}
         self._heads = RecordHeads()
         self._keys_seen: dict[bytes, Route] = {}
         self._keys_seen_bytes = 0
@@ -173,6 +180,13 @@ class ApiResource(Resource):
                 request.responseHeaders.setRawHeaders(name, [value])
             request.setResponseCode(204)
             return None
+        mounted = self._mounted(request) if self._mount_segments else None
+        if mounted is not None:
+            # Who asks is decided here, in the mount's ways too (Consul's X-Consul-Token); what
+            # each request needs, only the mount knows (it checks per key).
+            secret = self._mounts[mounted].secret(request)
+            self.access.remember(request, self.access.caller(request, secret=secret))
+            return Route("mount", mounted)
         caller = self.access.caller(request)
         route = self._route(request)
         if caller.unrestricted and route.kind == "key" and self.access.audit is None:
@@ -193,6 +207,11 @@ class ApiResource(Resource):
         )
         self.access.check(request, caller, need)
         return route
+
+    def _mounted(self, request: Request) -> str | None:
+        """The mount whose first segment the path starts with, or None."""
+        first = request.path[1:].split(b"/", 1)[0]
+        return self._mount_segments.get(first)
 
     def _route(self, request: Request) -> Route:
         """What the request's path names: an endpoint, a prefix or a key (keys remembered)."""
@@ -238,6 +257,9 @@ class ApiResource(Resource):
                 allowed = [name.decode("ascii") for name in endpoint]
                 raise MethodNotAllowed(method.decode("latin-1"), allowed)
             return await handler(request)
+        if route.kind == "mount":
+            mount = self._mounts[route.name]
+            return await mount.answer(request, self._path(request), caller_of(request))
         if route.kind == "unknown":
             raise ApiError(404, "unknown_endpoint", f"there is no endpoint {route.name!r}")
         if self.write_forwarder is not None and method in _WRITES:
