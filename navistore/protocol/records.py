@@ -149,10 +149,15 @@ def decode_value(text: object, encoding: object = None) -> bytes:
 def value_entry(record: Record) -> dict[str, Any]:
     """A live record as a listing shows it with ``?values=true``."""
     text, encoding = encode_value(record.value)
-    return {
+    entry: dict[str, Any] = {
         "key": record.key,
         "version": record.stamp.encode(),
         "content_type": record.content_type,
         "value": text,
         "encoding": encoding,
     }
+    if record.expires_ms is not None:
+        entry["expires_ms"] = record.expires_ms
+    if record.flags:
+        entry["flags"] = record.flags
+    return entry

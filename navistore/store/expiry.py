@@ -21,7 +21,7 @@ so a step of the wall clock is noticed within that.
 from __future__ import annotations
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -66,13 +66,14 @@ class Expirer(Service):
         self.store.subscribe(self._stored)
         self._wake_at(None)
 
-    def stopService(self) -> Deferred[None] | None:
+    def stopService(self) -> Deferred[None]:
+        """Stop the timer, and fire once a pass under way is done."""
         super().stopService()
         self.store.unsubscribe(self._stored)
         self._stop_timer()
         running = self._running
         if running is None:
-            return None
+            return succeed(None)
         done: Deferred[None] = Deferred()
         running.addBoth(lambda _result: done.callback(None))
         return done
