@@ -18,17 +18,20 @@ from zope.interface import Attribute, Interface
 
 from navistore.clock import Stamp
 from navistore.errors import BackendClosed, BackendError, InvalidRecord, StorageFailure
-from navistore.record import Record
+from navistore.record import Record, check_record
 from navistore.tally import BackendStatistics, StorageSizes
 
 __all__ = [
     "ABSENT",
     "ANY",
+    "AllOrNothing",
+    "AtomicItem",
     "BackendClosed",
     "BackendError",
     "Deadline",
     "Expect",
     "Expectation",
+    "IAtomicApply",
     "IBackendStatistics",
     "IExpiringRecords",
     "IImmediateReads",
@@ -38,6 +41,7 @@ __all__ = [
     "InvalidRecord",
     "StorageFailure",
     "WouldBlock",
+    "check_atomic_items",
     "cut_by_bytes",
     "expectation_holds",
     "stored_size",
@@ -73,6 +77,20 @@ def expectation_holds(stored: Record | None, expect: Expectation) -> bool:
     if expect is ABSENT:
         return not live
     return live and stored is not None and stored.stamp == expect
+
+
+def check_atomic_items(items: Sequence[tuple[Record | str, Expectation]]) -> list[str]:
+    """The keys of an atomic apply's items, in order; InvalidRecord for a malformed record,
+    a check whose key is no text, or a key named twice (one definition for every backend)."""
+    keys: list[str] = []
+    for item, _expect in items:
+        if isinstance(item, str):
+            keys.append(item)
+        else:
+            keys.append(check_record(item).key)
+    if len(set(keys)) != len(keys):
+        raise InvalidRecord("an atomic apply names each key once")
+    return keys
 
 
 def supersedes(record: Record, stored: Record | None) -> bool:
@@ -258,6 +276,43 @@ class IExpiringRecords(Interface):
         issued before this call included. No value is read (a page of large values would be
         gigabytes), and the cost is proportional to what it returns (an index on the
         deadline), not to the number of keys. Fails with BackendClosed once closed."""
+
+
+#: One item of an atomic apply: a record to store if its expectation holds, or a key whose
+#: stored record must satisfy the expectation (a check, storing nothing).
+AtomicItem = tuple[Union[Record, str], Expectation]
+
+
+@attrs.frozen
+class AllOrNothing:
+    """What :meth:`IAtomicApply.apply_all` did: every record stored (``refused`` None,
+    ``stored`` the records with their seqs, in order), or none (``refused`` the index of the
+    first item that did not hold, ``stored`` empty)."""
+
+    stored: tuple[Record, ...]
+    refused: int | None
+
+
+class IAtomicApply(Interface):
+    """Optional, beside :class:`IStorageBackend`: several records stored together or not at all.
+
+    A transaction of several keys (``POST /_txn``, Consul's ``/v1/txn``) must never leave half
+    its writes, nor be decided on a state another write changed meanwhile. Without this
+    interface the node refuses such transactions.
+    """
+
+    def apply_all(items: Sequence[AtomicItem]) -> Deferred[AllOrNothing]:
+        """Decide and store ``items`` in one transaction, after every apply issued before.
+
+        Every item names a different key (else InvalidRecord, storing nothing). A check
+        ``(key, expect)`` holds if the key's stored record satisfies ``expect``
+        (:func:`expectation_holds`); a write ``(record, expect)`` holds if ``record``
+        supersedes the stored one and the stored one satisfies ``expect``, as for
+        :meth:`IStorageBackend.apply`. If every item holds, store every record, each with the
+        next seq in the order given, and fire with them; else store nothing and fire with the
+        index of the first item that did not hold. A malformed record fails with InvalidRecord,
+        storing nothing.
+        """
 
 
 class IBackendStatistics(Interface):

@@ -14,8 +14,8 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from tests.support.processes import Server
-from tests.test_e2e_replication import DEADLINE, Nodes, peer_url, wait_for
+from support.processes import Server
+from test_e2e_replication import DEADLINE, Nodes, peer_url, wait_for
 
 TTL_SECONDS = 2
 

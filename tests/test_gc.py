@@ -221,7 +221,11 @@ def held(cluster: Cluster, node: int, key: str) -> Record | None:
 def live_states(cluster: Cluster) -> dict[str, dict[str, tuple[bytes, str]]]:
     """Each node's live keys with their value and version."""
     return {
-        name: {key: (value, stamp) for key, value, _type, stamp, deleted in state if not deleted}
+        name: {
+            key: (value, stamp)
+            for key, value, _type, stamp, deleted, _deadline in state
+            if not deleted
+        }
         for name, state in cluster.states().items()
     }
 

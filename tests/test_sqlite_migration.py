@@ -14,12 +14,12 @@ import sqlite3
 from pathlib import Path
 
 import pytest_twisted
+from support.processes import running, twistd
 
 from navistore.backend import sqlite_schema
 from navistore.backend.sqlite import SqliteBackend
 from navistore.clock import Stamp
 from navistore.record import Record
-from tests.support.processes import running, twistd
 
 FIXTURE = Path(__file__).parent / "data" / "sqlite-schema-2.db"
 NODE = "0123456789abcdef"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, bisect_right, insort
+from collections.abc import Sequence
 
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
@@ -17,13 +18,17 @@ from navistore.backend import BackendURL, BackendURLError
 from navistore.errors import BackendClosed, InvalidRecord
 from navistore.interfaces import (
     ANY,
+    AllOrNothing,
+    AtomicItem,
     Deadline,
     Expectation,
+    IAtomicApply,
     IExpiringRecords,
     IImmediateReads,
     IPrefixChanges,
     ISizedReads,
     IStorageBackend,
+    check_atomic_items,
     expectation_holds,
     stored_size,
     supersedes,
@@ -34,7 +39,14 @@ from navistore.record import Record, check_record
 __all__ = ["MemoryBackend", "open_memory"]
 
 
-@implementer(IStorageBackend, IImmediateReads, IPrefixChanges, ISizedReads, IExpiringRecords)
+@implementer(
+    IStorageBackend,
+    IImmediateReads,
+    IPrefixChanges,
+    ISizedReads,
+    IExpiringRecords,
+    IAtomicApply,
+)
 class MemoryBackend:
     """Records in a dict, keys in a sorted list, seqs in an append-only log.
 
@@ -78,6 +90,30 @@ class MemoryBackend:
         stored = self._records.get(record.key)
         if not supersedes(record, stored) or not expectation_holds(stored, expect):
             return succeed(None)
+        return succeed(self._store(record, stored))
+
+    def apply_all(self, items: Sequence[AtomicItem]) -> Deferred[AllOrNothing]:
+        if self._closed:
+            return self._closed_error("apply_all")
+        try:
+            check_atomic_items(items)
+        except InvalidRecord as exc:
+            return fail(exc)
+        for index, (item, expect) in enumerate(items):
+            key = item if isinstance(item, str) else item.key
+            stored = self._records.get(key)
+            holds = expectation_holds(stored, expect)
+            if not holds or (not isinstance(item, str) and not supersedes(item, stored)):
+                return succeed(AllOrNothing((), index))
+        written = tuple(
+            self._store(item, self._records.get(item.key))
+            for item, _expect in items
+            if not isinstance(item, str)
+        )
+        return succeed(AllOrNothing(written, None))
+
+    def _store(self, record: Record, stored: Record | None) -> Record:
+        """Store a record that won over ``stored`` (its key's record, if any) at the next seq."""
         self._last_seq += 1
         new = record.with_seq(self._last_seq)
         if stored is None:
@@ -94,7 +130,7 @@ class MemoryBackend:
         self._seq_log.append(self._last_seq)
         if len(self._seq_log) > 64 and len(self._seq_log) > 2 * len(self._key_at_seq):
             self._seq_log = [seq for seq in self._seq_log if seq in self._key_at_seq]
-        return succeed(new)
+        return new
 
     def scan(
         self,

@@ -35,6 +35,7 @@ Everything else (scans, the change feed, meta data, statistics, the sqlite file'
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -43,6 +44,8 @@ from zope.interface import alsoProvides, implementer, providedBy
 from navistore.clock import Stamp
 from navistore.interfaces import (
     ANY,
+    AllOrNothing,
+    AtomicItem,
     Expectation,
     IImmediateReads,
     IStorageBackend,
@@ -231,6 +234,32 @@ class RecordCache:
             self._written(key)
             raise
         return applied.addBoth(self._applied, key)
+
+    def apply_all(self, items: Sequence[AtomicItem]) -> Deferred[AllOrNothing]:
+        """:meth:`apply` for every key of an atomic apply (its checks' keys too, harmlessly)."""
+        backend: Any = self.backend  # it provides IAtomicApply, or this one does not either
+        keys = [item if isinstance(item, str) else getattr(item, "key", None) for item, _ in items]
+        if not all(isinstance(key, str) for key in keys):
+            refused: Deferred[AllOrNothing] = backend.apply_all(items)
+            return refused
+        self._applies += 1
+        for key in keys:
+            assert isinstance(key, str)
+            self._writing[key] = self._writing.get(key, 0) + 1
+            self._drop(key)
+        try:
+            applied: Deferred[AllOrNothing] = backend.apply_all(items)
+        except BaseException:
+            self._all_applied(None, keys)
+            raise
+        return applied.addBoth(self._all_applied, keys)
+
+    def _all_applied(self, result: Any, keys: list[Any]) -> Any:
+        stored = {record.key: record for record in getattr(result, "stored", ())}
+        for key in keys:
+            if self._written(key) and key in stored:
+                self._fill(key, stored[key])
+        return result
 
     def _applied(self, result: Any, key: str) -> Any:
         if self._written(key) and isinstance(result, Record):

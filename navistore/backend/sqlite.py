@@ -63,6 +63,7 @@ import functools
 import os
 import sqlite3
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, cast
 
 from twisted.enterprise import adbapi
@@ -77,8 +78,11 @@ from navistore.backend import sqlite_schema as schema
 from navistore.errors import BackendClosed, BackendError, InvalidRecord, StorageFailure
 from navistore.interfaces import (
     ANY,
+    AllOrNothing,
+    AtomicItem,
     Deadline,
     Expectation,
+    IAtomicApply,
     IBackendStatistics,
     IExpiringRecords,
     IImmediateReads,
@@ -86,6 +90,7 @@ from navistore.interfaces import (
     ISizedReads,
     IStorageBackend,
     WouldBlock,
+    check_atomic_items,
 )
 from navistore.keys import prefix_upper_bound
 from navistore.record import Record, check_record
@@ -94,7 +99,7 @@ from navistore.tally import BackendStatistics, StorageSizes
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-    _Acknowledgements = list[Deferred[Record | None]]
+    _Acknowledgements = list[Deferred[Any]]
 
 _perf_counter = time.perf_counter
 
@@ -125,6 +130,7 @@ CHECKPOINT_INTERVAL = 0.5
     ISizedReads,
     IBackendStatistics,
     IExpiringRecords,
+    IAtomicApply,
 )
 class SqliteBackend:
     """Records in one sqlite file in WAL mode, written by one connection with group commit and
@@ -175,7 +181,7 @@ class SqliteBackend:
         # The applies waiting for a batch, as write_batch takes them, and their Deferreds: two
         # lists rather than one of 4-tuples, so that a batch is sent and acknowledged without
         # building a tuple or a list per record (a replicated batch is hundreds of records).
-        self._pending: list[tuple[Record, Expectation]] = []
+        self._pending: list[schema.BatchEntry] = []
         self._acknowledgements: _Acknowledgements = []
         self._pending_ticket = 0  # the ticket of the last apply in _pending
         # Read path (see the module docstring): tickets of record-changing calls in issue order.
@@ -219,6 +225,25 @@ class SqliteBackend:
             self._schedule_flush()
         return acknowledged
 
+    def apply_all(self, items: Sequence[AtomicItem]) -> Deferred[AllOrNothing]:
+        """The items wait in the next batch as one entry, decided and written at their place
+        in it under a savepoint (one commit with the applies around them)."""
+        if self._closed:
+            return fail(BackendClosed("apply_all"))
+        try:
+            keys = check_atomic_items(items)
+        except InvalidRecord as exc:
+            return fail(exc)
+        acknowledged: Deferred[Any] = Deferred()
+        self._issued = self._pending_ticket = ticket = self._issued + 1
+        for key in keys:
+            self._key_tickets[key] = ticket
+        self._pending.append(schema.AtomicGroup(list(items), keys))
+        self._acknowledgements.append(acknowledged)
+        if self._flush_call is None:
+            self._schedule_flush()
+        return acknowledged
+
     def _schedule_flush(self) -> None:
         """Flush on the next reactor turn, so that applies issued in this one share a commit;
         while a batch is being written, new applies wait for it and form the next batch."""
@@ -246,8 +271,8 @@ class SqliteBackend:
 
     def _acknowledge(
         self,
-        result: list[Record | None] | Failure,
-        batch: list[tuple[Record, Expectation]],
+        result: list[schema.BatchResult] | Failure,
+        batch: list[schema.BatchEntry],
         waiting: _Acknowledgements,
         last_ticket: int,
         started: float,
@@ -260,9 +285,10 @@ class SqliteBackend:
         # A key's ticket up to last_ticket is this batch's (earlier batches removed theirs);
         # a later one is an apply still waiting.
         tickets = self._key_tickets
-        for record, _ in batch:
-            if tickets.get(record.key, last_ticket + 1) <= last_ticket:
-                del tickets[record.key]
+        for entry in batch:
+            for key in entry.keys if isinstance(entry, schema.AtomicGroup) else (entry[0].key,):
+                if tickets.get(key, last_ticket + 1) <= last_ticket:
+                    del tickets[key]
         self._finished(last_ticket)
         statistics.commit_error = None
         if isinstance(result, Failure):

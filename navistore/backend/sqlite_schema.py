@@ -8,7 +8,8 @@ connection, which thread, which batch); this module is only *what* runs.
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, Callable
+from collections.abc import Sequence
+from typing import Any, Callable, Union
 
 from twisted.enterprise import adbapi
 
@@ -17,6 +18,8 @@ from navistore.errors import StorageFailure
 from navistore.interfaces import (
     ABSENT,
     ANY,
+    AllOrNothing,
+    AtomicItem,
     Deadline,
     Expectation,
     expectation_holds,
@@ -38,6 +41,9 @@ __all__ = [
     "SCHEMA_VERSION",
     "UPSERT",
     "VERSION_1",
+    "AtomicGroup",
+    "BatchEntry",
+    "BatchResult",
     "LargeValue",
     "changes_under",
     "changes_under_sql",
@@ -381,41 +387,67 @@ def read_state(txn: adbapi.Transaction, name: str) -> Any:
     return txn.fetchall()[0][0]
 
 
-def write_batch(
-    txn: adbapi.Transaction, batch: list[tuple[Record, Expectation]]
-) -> list[Record | None]:
+class AtomicGroup:
+    """Items of an atomic apply (:class:`~navistore.interfaces.IAtomicApply`), waiting in a
+    batch among single applies: decided and written at their place in it, together or not at
+    all (a savepoint)."""
+
+    __slots__ = ("items", "keys")
+
+    def __init__(self, items: Sequence[AtomicItem], keys: list[str]) -> None:
+        self.items = items
+        self.keys = keys
+
+
+#: A batch's entry: one apply, or an atomic group.
+BatchEntry = Union[tuple[Record, Expectation], AtomicGroup]
+#: What each entry of a batch came to.
+BatchResult = Union[Record, None, AllOrNothing]
+
+
+def _upsert(txn: adbapi.Transaction, record: Record, expect: Expectation, seq: int) -> bool:
+    """Write ``record`` at ``seq`` if it supersedes the stored one and ``expect`` holds (one
+    statement); whether it was written."""
+    stamp = record.stamp.encode()
+    chain = ",".join(record.chain) if record.chain else ""
+    flags = record.flags and _stored_flags(record)
+    row = (seq, stamp, record.deleted, record.content_type, chain, record.expires_ms, flags)
+    if expect is ANY or expect is ABSENT:
+        txn.execute(
+            _UPSERT_SQL if expect is ANY else _UPSERT_IF_ABSENT_SQL,
+            (record.key, *row, record.value),
+        )
+    elif isinstance(expect, Stamp) and record.stamp > expect:
+        # If-Match: only the live record with that stamp is replaced.
+        txn.execute(_UPDATE_IF_STAMP_SQL, (*row, record.value, record.key, expect.encode()))
+    else:  # the record stored with stamp ``expect``, if any, supersedes this one
+        return False
+    return bool(txn.rowcount == 1)
+
+
+def write_batch(txn: adbapi.Transaction, batch: list[BatchEntry]) -> list[BatchResult]:
     """Decide and write a batch of applies in one transaction, exactly as if one after another.
 
     With :data:`UPSERT`, each apply is one statement that writes only if the record supersedes
     the stored one and the expectation holds, so that sqlite finds the key once; a later apply
     of the same key in the batch is decided against what the earlier one left. The seq counter
-    is read once and written back once.
+    is read once and written back once. An atomic group is written under a savepoint, rolled
+    back if one of its items does not hold.
     """
     if not UPSERT:
         return _read_then_write_batch(txn, batch)
     txn.execute("BEGIN IMMEDIATE")
     first_seq = last_seq = int(read_state(txn, "last_seq"))
-    execute = txn.execute
-    results: list[Record | None] = []
+    results: list[BatchResult] = []
     append = results.append
-    for record, expect in batch:
-        seq = last_seq + 1
-        stamp = record.stamp.encode()
-        chain = ",".join(record.chain) if record.chain else ""
-        flags = record.flags and _stored_flags(record)
-        row = (seq, stamp, record.deleted, record.content_type, chain, record.expires_ms, flags)
-        if expect is ANY or expect is ABSENT:
-            execute(
-                _UPSERT_SQL if expect is ANY else _UPSERT_IF_ABSENT_SQL,
-                (record.key, *row, record.value),
-            )
-        elif isinstance(expect, Stamp) and record.stamp > expect:
-            # If-Match: only the live record with that stamp is replaced.
-            execute(_UPDATE_IF_STAMP_SQL, (*row, record.value, record.key, expect.encode()))
-        else:  # the record stored with stamp ``expect``, if any, supersedes this one
-            append(None)
+    for entry in batch:
+        if isinstance(entry, AtomicGroup):
+            outcome, last_seq = _write_group(txn, entry, last_seq)
+            append(outcome)
             continue
-        if txn.rowcount == 1:
+        record, expect = entry
+        seq = last_seq + 1
+        if _upsert(txn, record, expect, seq):
             last_seq = seq
             append(record.with_seq(seq))
         else:
@@ -425,44 +457,101 @@ def write_batch(
     return results
 
 
-def _read_then_write_batch(
-    txn: adbapi.Transaction, batch: list[tuple[Record, Expectation]]
-) -> list[Record | None]:
+def _write_group(
+    txn: adbapi.Transaction, group: AtomicGroup, last_seq: int
+) -> tuple[AllOrNothing, int]:
+    """An atomic group inside a batch's transaction: the outcome, and the seq reached."""
+    txn.execute("SAVEPOINT atomic")
+    written: list[Record] = []
+    seq = last_seq
+    refused: int | None = None
+    for index, (item, expect) in enumerate(group.items):
+        if isinstance(item, str):
+            if not expectation_holds(read_record(txn, item), expect):
+                refused = index
+                break
+        elif _upsert(txn, item, expect, seq + 1):
+            seq += 1
+            written.append(item.with_seq(seq))
+        else:
+            refused = index
+            break
+    if refused is not None:
+        txn.execute("ROLLBACK TO atomic")
+    txn.execute("RELEASE atomic")
+    if refused is not None:
+        return AllOrNothing((), refused), last_seq
+    return AllOrNothing(tuple(written), None), seq
+
+
+def _read_then_write_batch(txn: adbapi.Transaction, batch: list[BatchEntry]) -> list[BatchResult]:
     """:func:`write_batch` without UPSERT: read each stored record and decide in Python.
 
     Records written earlier in the batch are remembered, so a later apply of the same key is
-    decided against them.
+    decided against them; an atomic group is decided whole before any of it is written.
     """
     txn.execute("BEGIN IMMEDIATE")
     first_seq = last_seq = int(read_state(txn, "last_seq"))
     current: dict[str, Record | None] = {}
-    results: list[Record | None] = []
-    for record, expect in batch:
-        stored = current[record.key] if record.key in current else read_record(txn, record.key)
+
+    def stored_of(key: str) -> Record | None:
+        if key not in current:
+            current[key] = read_record(txn, key)
+        return current[key]
+
+    results: list[BatchResult] = []
+    for entry in batch:
+        if isinstance(entry, AtomicGroup):
+            refused = next(
+                (
+                    index
+                    for index, (item, expect) in enumerate(entry.items)
+                    if not expectation_holds(stored_of(entry.keys[index]), expect)
+                    or (not isinstance(item, str) and not supersedes(item, stored_of(item.key)))
+                ),
+                None,
+            )
+            if refused is not None:
+                results.append(AllOrNothing((), refused))
+                continue
+            written = []
+            for item, _expect in entry.items:
+                if not isinstance(item, str):
+                    last_seq += 1
+                    _write_row(txn, item, stored_of(item.key), last_seq)
+                    current[item.key] = new = item.with_seq(last_seq)
+                    written.append(new)
+            results.append(AllOrNothing(tuple(written), None))
+            continue
+        record, expect = entry
+        stored = stored_of(record.key)
         if not supersedes(record, stored) or not expectation_holds(stored, expect):
-            current[record.key] = stored
             results.append(None)
             continue
         last_seq += 1
-        chain = ",".join(record.chain)
-        row = (
-            last_seq,
-            record.stamp.encode(),
-            int(record.deleted),
-            record.content_type,
-            chain,
-            record.expires_ms,
-            _stored_flags(record),
-        )
-        if stored is None:
-            txn.execute(_INSERT_SQL, (record.key, *row, record.value))
-        else:
-            txn.execute(_UPDATE_SQL, (*row, record.value, record.key))
+        _write_row(txn, record, stored, last_seq)
         current[record.key] = new = record.with_seq(last_seq)
         results.append(new)
     if last_seq != first_seq:
         txn.execute(_WRITE_STATE_SQL, (last_seq, "last_seq"))
     return results
+
+
+def _write_row(txn: adbapi.Transaction, record: Record, stored: Record | None, seq: int) -> None:
+    """Insert or update ``record``'s row at ``seq`` (the read-then-write path)."""
+    row = (
+        seq,
+        record.stamp.encode(),
+        int(record.deleted),
+        record.content_type,
+        ",".join(record.chain),
+        record.expires_ms,
+        _stored_flags(record),
+    )
+    if stored is None:
+        txn.execute(_INSERT_SQL, (record.key, *row, record.value))
+    else:
+        txn.execute(_UPDATE_SQL, (*row, record.value, record.key))
 
 
 def changes_under(

@@ -34,6 +34,8 @@ them all, and is the only class a backend author needs:
   providing IPrefixChanges (skipped as not applicable for the others);
 * :mod:`~navistore.testing.compliance.sized_reads`: pages cut by bytes, for backends providing
   ISizedReads (skipped as not applicable for the others);
+* :mod:`~navistore.testing.compliance.atomic`: ``apply_all``, for backends providing
+  IAtomicApply (skipped as not applicable for the others);
 * :mod:`~navistore.testing.compliance.expiring`: deadlines and flags round-trip, and
   ``expiring`` for backends providing IExpiringRecords (skipped as not applicable for the
   others).
@@ -47,6 +49,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from navistore.testing.compliance.apply import ApplyContract
+from navistore.testing.compliance.atomic import AtomicApplyContract
 from navistore.testing.compliance.changes import ChangesContract
 from navistore.testing.compliance.concurrency import ConcurrencyContract
 from navistore.testing.compliance.expectations import ExpectationContract
@@ -102,6 +105,7 @@ class BackendComplianceTests(
     PrefixChangesContract,
     SizedReadsContract,
     ExpiringContract,
+    AtomicApplyContract,
     BackendFixtures,
 ):
     """The :class:`~navistore.interfaces.IStorageBackend` contract, as pytest-twisted tests.

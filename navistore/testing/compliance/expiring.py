@@ -108,7 +108,7 @@ class ExpiringContract(BackendFixtures):
             kind = getattr(backend, "kind", type(backend).__name__)
             pytest.skip(f"not applicable: {kind} does not provide IExpiringRecords")
         verifyObject(IExpiringRecords, backend)
-        return backend  # type: ignore[return-value]
+        return backend
 
     @pytest_twisted.ensureDeferred
     async def test_expiring_lists_live_deadlines_soonest_first(
@@ -143,7 +143,7 @@ class ExpiringContract(BackendFixtures):
         pending = backend.apply(_expiring("/lease", 4000))
         listed = await expiring.expiring(10)
         stored = await pending
-        assert listed == [_deadline(stored)]
+        assert stored is not None and listed == [_deadline(stored)]
 
     @pytest_twisted.ensureDeferred
     async def test_an_expiry_leaves_the_list(
