@@ -27,6 +27,7 @@ from navistore.backend.memory import MemoryBackend
 from navistore.compat import CompatContext
 from navistore.compat.etcd import etcd_mounts
 from navistore.store import Store
+from navistore.store.expiry import Expirer
 from navistore.tokens import parse_tokens
 from navistore.watch_hub import WatchHub
 from navistore.web import AccessPolicy
@@ -69,7 +70,8 @@ class EtcdNode:
     def __init__(self, access: AccessPolicy | None = None, max_value_size: int = 4096) -> None:
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
-        self.store = fired(Store.open(MemoryBackend()))
+        clock = self.clock
+        self.store = fired(Store.open(MemoryBackend(), wall_ms=lambda: int(clock.seconds() * 1000)))
         self.hub = WatchHub(self.store, clock=self.clock)
         policy = access or AccessPolicy.open()
         context = CompatContext(
@@ -528,3 +530,52 @@ def test_basic_auth_is_refused_clearly_when_tokens_are_on() -> None:
     document = json.loads(answer.answer().body)
     assert answer.answer().status == 401
     assert document["error"] == "basic_auth_unsupported" and "Bearer" in document["message"]
+
+
+# -- TTL ---------------------------------------------------------------------------------------
+
+
+def test_ttl_shows_expiration_and_the_key_expires(node: EtcdNode) -> None:
+    """``ttl=N`` stores the key with a deadline: the node shows ``expiration`` (RFC 3339) and
+    ``ttl`` (seconds left, rounded up); once the deadline passes the key is gone."""
+    answer = node.json("PUT", "/v2/keys/t?ttl=30", {"value": "v"})
+    assert answer["node"]["ttl"] == 30
+    assert answer["node"]["expiration"] == "2023-11-14T22:13:50.000000000Z"
+    node.clock.advance(10.5)
+    assert node.json("GET", "/v2/keys/t")["node"]["ttl"] == 20
+    node.clock.advance(20)
+    assert error_of(node.call("GET", "/v2/keys/t"))[:2] == (404, 100)
+
+
+def test_refresh_keeps_the_value_and_moves_the_deadline(node: EtcdNode) -> None:
+    """``refresh=true&prevExist=true&ttl=N`` without a value is ``update``: same value, new
+    deadline; a set without ``ttl`` makes the key permanent again."""
+    node.call("PUT", "/v2/keys/r?ttl=5", {"value": "kept"})
+    node.clock.advance(4)
+    refreshed = node.json("PUT", "/v2/keys/r?ttl=5&refresh=true&prevExist=true")
+    assert refreshed["action"] == "update" and refreshed["node"]["value"] == "kept"
+    assert refreshed["node"]["ttl"] == 5
+    node.clock.advance(4)
+    assert node.json("GET", "/v2/keys/r")["node"]["value"] == "kept"
+    permanent = node.json("PUT", "/v2/keys/r", {"value": "now permanent"})["node"]
+    assert "ttl" not in permanent and "expiration" not in permanent
+    node.clock.advance(100)
+    assert node.call("GET", "/v2/keys/r").status == 200
+
+
+def test_an_expiry_reaches_a_watcher_as_expire(node: EtcdNode) -> None:
+    """When the node writes the expiry, a watcher sees action ``expire`` with the expired
+    node as prevNode (the write was made through this API)."""
+    expirer = Expirer(node.store, clock=node.clock)
+    expirer.startService()
+    try:
+        written = node.json("PUT", "/v2/keys/e?ttl=2", {"value": "short"})["node"]
+        pending = node.send("GET", "/v2/keys/e?wait=true")
+        assert pending.answered
+        node.clock.advance(3)
+        event = pending.answer().json()
+        assert event["action"] == "expire" and event["node"]["key"] == "/e"
+        assert event["prevNode"]["value"] == "short"
+        assert event["node"]["createdIndex"] == written["modifiedIndex"]
+    finally:
+        expirer.stopService()

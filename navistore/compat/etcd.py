@@ -202,7 +202,7 @@ class EtcdMount:
         return Response(event.status, body, headers)
 
     async def _get(self, key: str, params: KeyRequest, caller: Caller) -> Response:
-        index = await self.store.last_seq()
+        index = self.store.newest_seq
         now = self.store.clock.wall_ms()
         if key == "/":
             tree = await list_dir(self.store, key, caller, recursive=params.recursive)

@@ -58,15 +58,10 @@ def is_marker(record: Record | None) -> bool:
     return record is not None and not record.deleted and record.content_type == DIR_TYPE
 
 
-def _expires_ms(record: Record) -> int | None:
-    expires: int | None = getattr(record, "expires_ms", None)
-    return expires
-
-
 def expiry_fields(record: Record, now_ms: int) -> dict[str, Any]:
     """``expiration`` (RFC 3339, UTC, nanoseconds as etcd writes it) and ``ttl`` (seconds left,
     rounded up, absent at 0 as etcd omits it) of a record that expires."""
-    expires = _expires_ms(record)
+    expires = record.expires_ms
     if expires is None or record.deleted:
         return {}
     seconds, millis = divmod(expires, 1000)

@@ -41,16 +41,16 @@ def event_of(record: Record, memory: EventMemory, now_ms: int) -> dict[str, Any]
     """The etcd event a stored record is: the action and ``prevNode`` of a write made through
     this API when remembered, else ``set`` for a live record, ``expire`` for the tombstone of
     an expiry and ``delete`` for any other tombstone."""
-    known = memory.recall(record.seq)
+    known = memory.recall(record)
     if record.deleted:
-        action = "expire" if getattr(record, "expires_ms", None) is not None else "delete"
+        action = "expire" if record.is_expiry else "delete"
         node = file_node(record, now_ms)
     else:
         action = "set"
         node = node_of(record, now_ms)
     event: dict[str, Any] = {"action": action, "node": node}
     if known is not None:
-        event["action"] = known[0] if action != "expire" else action
+        event["action"] = known[0]
         if known[1] is not None:
             event["prevNode"] = known[1]
             if record.deleted:
@@ -122,7 +122,7 @@ async def watch_answer(
     comes. ``headers`` are etcd's (without ``X-Etcd-Index``)."""
     now: Callable[[], int] = store.clock.wall_ms
     scope = _Scope(key, params.recursive, caller)
-    index = await store.last_seq()
+    index = store.newest_seq
     answer_headers = {
         **headers,
         b"Content-Type": b"application/json",

@@ -14,7 +14,7 @@ The previous record read is the event's ``prevNode``; the event is remembered in
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Union
 
 import attrs
 
@@ -27,6 +27,7 @@ from navistore.compat.etcd_errors import (
     RAFT_INTERNAL,
     ROOT_READ_ONLY,
     TEST_FAILED,
+    TTL_NAN,
     EtcdError,
 )
 from navistore.compat.etcd_nodes import (
@@ -72,33 +73,51 @@ class Event:
         return body
 
 
+#: What an event is remembered by: a write's seq, or the key and stamp of the expiry that a
+#: record written with a TTL will have (:meth:`Record.expiry <navistore.record.Record.expiry>`).
+EventKey = Union[int, tuple[str, str]]
+
+
 class EventMemory:
-    """The action and ``prevNode`` of the latest writes made through this API, by seq, so a
-    watcher that sees one answers it as etcd would (``update``, with its ``prevNode``).
-    Other writes (native, replicated) show as ``set``, ``delete`` or ``expire`` without a
-    ``prevNode`` value. Bounded in entries and in the bytes of the values it holds."""
+    """The action and ``prevNode`` of the latest writes made through this API, so a watcher
+    that sees one answers it as etcd would (``update``, ``compareAndSwap``, a ``delete`` or an
+    ``expire`` with its ``prevNode``). Other writes (native, replicated) show as ``set``,
+    ``delete`` or ``expire`` without a ``prevNode``. Bounded in entries and in the bytes of
+    the values it holds."""
 
     def __init__(self, most: int = 4096, most_bytes: int = 4 * 1024 * 1024) -> None:
-        self._events: OrderedDict[int, tuple[str, dict[str, Any] | None, int]] = OrderedDict()
+        self._events: OrderedDict[EventKey, tuple[str, dict[str, Any] | None, int]] = OrderedDict()
         self._most = most
         self._most_bytes = most_bytes
         self._bytes = 0
 
     def remember(self, seq: int | None, action: str, prev: dict[str, Any] | None) -> None:
-        if seq is None:
-            return
+        """Remember the write stored at ``seq``."""
+        if seq is not None:
+            self._keep(seq, action, prev)
+
+    def remember_expiry(self, stored: Record, node: dict[str, Any]) -> None:
+        """Remember the ``prevNode`` of the expiry a record written with a TTL will have."""
+        if stored.expires_ms is not None and not stored.deleted:
+            self._keep((stored.key, stored.stamp.successor().encode()), "expire", node)
+
+    def _keep(self, name: EventKey, action: str, prev: dict[str, Any] | None) -> None:
         size = 64 + (len(str(prev.get("value", ""))) if prev else 0)
         if size > self._most_bytes // 16:
-            prev = {name: part for name, part in (prev or {}).items() if name != "value"} or None
+            prev = {field: part for field, part in (prev or {}).items() if field != "value"} or None
             size = 64
-        self._events[seq] = (action, prev, size)
+        self._events[name] = (action, prev, size)
         self._bytes += size
         while len(self._events) > self._most or self._bytes > self._most_bytes:
             _, (_, _, dropped) = self._events.popitem(last=False)
             self._bytes -= dropped
 
-    def recall(self, seq: int | None) -> tuple[str, dict[str, Any] | None] | None:
-        found = self._events.get(seq) if seq is not None else None
+    def recall(self, record: Record) -> tuple[str, dict[str, Any] | None] | None:
+        """The action and ``prevNode`` remembered for ``record``, or None."""
+        name: EventKey | None = record.seq
+        if record.is_expiry:
+            name = (record.key, record.stamp.encode())
+        found = self._events.get(name) if name is not None else None
         return None if found is None else (found[0], found[1])
 
 
@@ -125,7 +144,7 @@ class Writes:
         return self.store.clock.wall_ms()
 
     async def _index(self) -> int:
-        return await self.store.last_seq()
+        return self.store.newest_seq
 
     async def _state(self, key: str) -> tuple[Record | None, bool]:
         """The key's live record, and whether it is a directory."""
@@ -137,22 +156,33 @@ class Writes:
     async def _store(
         self, key: str, value: bytes, content_type: str, current: Record | None, ttl: int | None
     ) -> Record:
-        """Write conditioned on ``current`` (PreconditionFailed: someone wrote in between)."""
-        options: dict[str, Any] = {}
-        if ttl is not None:
-            options["ttl_ms"] = max(1, ttl * 1000)  # ttl=0: expires at once, as in etcd
-        if current is None:
-            result = await self.store.put(key, value, content_type, if_none_match=True, **options)
-        else:
-            match = current.stamp.encode()
-            result = await self.store.put(key, value, content_type, if_match=match, **options)
+        """Write conditioned on ``current`` (PreconditionFailed: someone wrote in between),
+        keeping the flags another API gave the key (etcd has none)."""
+        ttl_ms = None if ttl is None else max(1, ttl * 1000)  # ttl=0: expires at once, as in etcd
+        flags = current.flags if current is not None else 0
+        try:
+            if current is None:
+                result = await self.store.put(
+                    key, value, content_type, if_none_match=True, ttl_ms=ttl_ms, flags=flags
+                )
+            else:
+                match = current.stamp.encode()
+                result = await self.store.put(
+                    key, value, content_type, if_match=match, ttl_ms=ttl_ms, flags=flags
+                )
+        except ValueError as exc:  # a backend that cannot expire keys
+            raise EtcdError(
+                TTL_NAN, str(exc), self.store.newest_seq, native="invalid_ttl"
+            ) from None
         return result.record
 
     def _done(
         self, action: str, stored: Record, prev: dict[str, Any] | None, status: int = 200
     ) -> Event:
         self.memory.remember(stored.seq, action, prev)
-        return Event(action, node_of(stored, self._now()), prev, stored.seq or 0, status)
+        node = node_of(stored, self._now())
+        self.memory.remember_expiry(stored, node)
+        return Event(action, node, prev, stored.seq or 0, status)
 
     # -- PUT ----------------------------------------------------------------------------------
 
