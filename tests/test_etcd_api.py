@@ -477,6 +477,7 @@ def test_members_machines_stats_version_health(node: EtcdNode) -> None:
     members = node.json("GET", "/v2/members")["members"]
     assert len(members) == 1 and members[0]["id"] == node.store.node_id
     assert members[0]["clientURLs"] == ["http://navistore.test"]
+    assert node.json("GET", "/v2/members/leader") == members[0]
     machines = node.call("GET", "/v2/machines")
     assert (machines.status, machines.body) == (200, b"http://navistore.test")
     version = node.json("GET", "/version")

@@ -27,6 +27,7 @@ from navistore.compat.etcd_cluster import (
     CLUSTER_ID,
     client_url,
     health_answer,
+    leader_answer,
     leader_stats,
     machines_answer,
     members_answer,
@@ -131,6 +132,8 @@ class EtcdMount:
         node_id = self.store.node_id
         if path in ("/v2/members", "/v2/members/"):
             return members_answer(node_id, url, headers)
+        if path == "/v2/members/leader":
+            return leader_answer(node_id, url, headers)
         if path in ("/v2/machines", "/v2/machines/"):
             return machines_answer(url, headers)
         if path == "/v2/stats/self":

@@ -24,6 +24,7 @@ __all__ = [
     "ETCD_SERVER_VERSION",
     "client_url",
     "health_answer",
+    "leader_answer",
     "leader_stats",
     "machines_answer",
     "members_answer",
@@ -58,10 +59,18 @@ def _json(document: Any, headers: dict[bytes, bytes]) -> Response:
     return Response(200, json_bytes(document) + b"\n", {**headers, **_JSON})
 
 
+def _member(node_id: str, url: str) -> dict[str, Any]:
+    return {"id": node_id, "name": f"navistore-{node_id}", "peerURLs": [url], "clientURLs": [url]}
+
+
 def members_answer(node_id: str, url: str, headers: dict[bytes, bytes]) -> Response:
     """``GET /v2/members``: this node, its client URL as the client reached it."""
-    member = {"id": node_id, "name": f"navistore-{node_id}", "peerURLs": [url], "clientURLs": [url]}
-    return _json({"members": [member]}, headers)
+    return _json({"members": [_member(node_id, url)]}, headers)
+
+
+def leader_answer(node_id: str, url: str, headers: dict[bytes, bytes]) -> Response:
+    """``GET /v2/members/leader`` (``etcdctl member list``): this node leads itself."""
+    return _json(_member(node_id, url), headers)
 
 
 def machines_answer(url: str, headers: dict[bytes, bytes]) -> Response:
