@@ -19,10 +19,12 @@ says so to a client that sends ``Authorization: Basic``.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from twisted.internet.defer import CancelledError
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.server import Request
 
-from navistore.compat import CompatContext
 from navistore.compat.etcd_cluster import (
     CLUSTER_ID,
     client_url,
@@ -51,20 +53,40 @@ from navistore.compat.etcd_nodes import (
 from navistore.compat.etcd_params import KeyRequest, parse_key_request
 from navistore.compat.etcd_watch import watch_answer
 from navistore.compat.etcd_writes import Event, EventMemory, Writes
+from navistore.store import Store
 from navistore.tokens import READ, WRITE, Caller
-from navistore.web.access import Need
+from navistore.watch_hub import WatchHub
+from navistore.web.access import AccessPolicy, Need
 from navistore.web.errors import ApiError, as_api_error
 from navistore.web.mounts import Mount
 from navistore.web.responses import Response, json_bytes
 
-__all__ = ["EtcdMount", "etcd_mounts"]
+__all__ = ["EtcdContext", "EtcdMount", "etcd_mounts"]
 
 _KEYS = "/v2/keys"
 _KEY_METHODS = (b"GET", b"HEAD", b"PUT", b"POST", b"DELETE")
 _TEXT = b"text/plain; charset=utf-8"
 
 
-def etcd_mounts(context: CompatContext) -> dict[str, Mount]:
+class EtcdContext(Protocol):
+    """What the API is built over: :class:`navistore.compat.CompatContext` (named by its
+    parts here, since that package imports this module to build the mounts)."""
+
+    @property
+    def store(self) -> Store: ...
+    @property
+    def watch_hub(self) -> WatchHub: ...
+    @property
+    def access(self) -> AccessPolicy: ...
+    @property
+    def reactor(self) -> IReactorTime: ...
+    @property
+    def max_value_size(self) -> int: ...
+    @property
+    def self_urls(self) -> tuple[str, ...]: ...
+
+
+def etcd_mounts(context: EtcdContext) -> dict[str, Mount]:
     """The etcd API's mounts, by first segment: ``v2``, ``version`` and ``health``."""
     mount = EtcdMount(context)
     return {"v2": mount, "version": mount, "health": mount}
@@ -77,7 +99,7 @@ def _plain(status: int, text: bytes, headers: dict[bytes, bytes]) -> Response:
 class EtcdMount:
     """The etcd v2 API: one object behind the three first segments it answers."""
 
-    def __init__(self, context: CompatContext) -> None:
+    def __init__(self, context: EtcdContext) -> None:
         self.context = context
         self.store = context.store
         self.memory = EventMemory()
@@ -93,9 +115,11 @@ class EtcdMount:
         if self.context.access.tokens is not None and header[:6].lower() == b"basic ":
             raise ApiError(
                 401,
-                "basic_auth_unsupported",
+                "unauthorized",
                 "etcd's users and roles (basic auth) are not supported here: send a Navistore "
                 "token as 'Authorization: Bearer <secret>'",
+                None,
+                {b"WWW-Authenticate": b'Bearer realm="navistore"'},
             )
         return None
 
