@@ -19,6 +19,7 @@ from support.api import ORIGIN, Answer, api_resource
 from support.deferreds import fired
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
@@ -62,6 +63,20 @@ class Pending:
         body = response.content()
         self.node.pump()
         return Answer(response.code, response.headers, fired(body))
+
+
+class Collect(Protocol):
+    """Collects a streamed body as it arrives."""
+
+    def __init__(self, into: list[bytes]) -> None:
+        self.into = into
+        self.ended = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.into.append(data)
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.ended = True
 
 
 class EtcdNode:
@@ -430,6 +445,34 @@ def test_a_wait_sends_its_headers_then_the_next_change(node: EtcdNode) -> None:
     answer = pending.answer()
     assert answer.json()["node"]["key"] == "/dir/inside"
     assert node.hub.watching == 0
+
+
+def test_a_streamed_wait_sends_every_change(node: EtcdNode) -> None:
+    """``stream=true`` keeps the answer open and sends each change as a JSON line, from
+    ``waitIndex`` when given (the changes the node has first, then the new ones)."""
+    first = node.json("PUT", "/v2/keys/s/a", {"value": "1"})["node"]["modifiedIndex"]
+    node.call("PUT", "/v2/keys/s/b", {"value": "2"})
+    pending = node.send("GET", f"/v2/keys/s?wait=true&recursive=true&stream=true&waitIndex={first}")
+    response = pending.response()
+    lines: list[bytes] = []
+    collected = Collect(lines)
+    response.deliverBody(collected)
+    node.pump()
+    node.call("PUT", "/v2/keys/s/c", {"value": "3"})
+    node.call("PUT", "/v2/keys/elsewhere", {"value": "x"})
+    node.call("DELETE", "/v2/keys/s/a")
+    node.pump()
+    events = [json.loads(line) for line in b"".join(lines).splitlines()]
+    assert [(event["action"], event["node"]["key"]) for event in events] == [
+        ("set", "/s/a"),
+        ("set", "/s/b"),
+        ("set", "/s/c"),
+        ("delete", "/s/a"),
+    ]
+    assert node.hub.watching == 1 and not collected.ended
+    node.hub.close()
+    node.pump()
+    assert collected.ended and node.hub.watching == 0
 
 
 def test_a_wait_sees_a_delete_with_its_prev_node(node: EtcdNode) -> None:

@@ -9,6 +9,9 @@ of anything under it).
   ``401 The event in requested index is outdated and cleared`` (status 400).
 - Without ``waitIndex`` (or with 0, as etcdctl sends) it answers the next change after now.
 
+With ``stream=true`` the answer goes on: every change in scope, one JSON line each (from
+``waitIndex`` if given), until the client goes away.
+
 As etcd does, the answer starts (200 and the headers, ``X-Etcd-Index`` the index the watch
 started at) before the change comes, and a wait has no server timeout: the node's watcher cap
 bounds how many wait at once (503 past it), and the client's disconnect (or the node's
@@ -138,7 +141,7 @@ async def watch_answer(
     # Registered before reading: a change made in between is held, not lost.
     watcher = scope.watch(hub, since)
     try:
-        if params.wait_index:
+        if params.wait_index and not params.stream:
             found = await _first_after(store, scope, since)
             if found is not None:
                 watcher.release()
@@ -147,7 +150,8 @@ async def watch_answer(
         watcher.release()
         raise
     when_lost(request, watcher.release)
-    stream = _wait(store, watcher, scope, memory, since, now)
+    catch_up = bool(params.wait_index and params.stream)
+    stream = _wait(store, watcher, scope, memory, since, now, params.stream, catch_up)
     return Response(200, headers=answer_headers, stream=stream)
 
 
@@ -158,24 +162,39 @@ async def _wait(
     memory: EventMemory,
     since: int,
     now: Callable[[], int],
+    stream: bool,
+    catch_up: bool,
 ) -> AsyncIterator[bytes]:
-    """The streamed answer: the headers at once, then the first change in scope."""
+    """The streamed answer: the headers at once, then the first change in scope (with
+    ``stream``, every change, one JSON line each, until the client goes away). ``catch_up``:
+    read the changes the node has after ``since`` first (a ``waitIndex`` in the past)."""
     try:
         yield b""  # the status and headers go out now, as etcd sends them
+        delivered = since
+        reading = catch_up
         while True:
+            if reading:  # from the store: the backlog, or again after the watcher overflowed
+                watcher.recovered()
+                found = await _first_after(store, scope, delivered)
+                if found is not None:
+                    yield _event_bytes(found, memory, now())
+                    if not stream:
+                        return
+                    delivered = found.seq or delivered
+                    watcher.skip_through(delivered)
+                    continue
+                reading = False
             batch = await watcher.next(None)
             if batch is None:
                 return  # the node is shutting down, or the client went away
             if watcher.overflowed:
-                watcher.recovered()
-                found = await _first_after(store, scope, since)
-                if found is not None:
-                    yield _event_bytes(found, memory, now())
-                    return
+                reading = True
                 continue
             for record in batch:
-                if (record.seq or 0) > since and scope.matches(record):
+                if (record.seq or 0) > delivered and scope.matches(record):
                     yield _event_bytes(record, memory, now())
-                    return
+                    if not stream:
+                        return
+                    delivered = record.seq or delivered
     finally:
         watcher.release()
