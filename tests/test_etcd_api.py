@@ -624,3 +624,21 @@ def test_an_expiry_reaches_a_watcher_as_expire(node: EtcdNode) -> None:
         assert event["node"]["createdIndex"] == written["modifiedIndex"]
     finally:
         expirer.stopService()
+
+
+def test_a_value_over_the_limit_is_413(node: EtcdNode) -> None:
+    """A value over the node's value limit is refused with 413, in etcd's shape with the
+    native error name beside it, and nothing is stored."""
+    answer = node.call("PUT", "/v2/keys/big", {"value": "x" * 5000})
+    assert answer.status == 413
+    assert answer.json()["error"] == "value_too_large"
+    assert fired(node.store.get("/big")) is None
+
+
+def test_head_answers_the_headers_of_a_get(node: EtcdNode) -> None:
+    """HEAD of a key answers GET's status and headers without a body, as etcd does."""
+    node.call("PUT", "/v2/keys/h", {"value": "v"})
+    head = node.call("HEAD", "/v2/keys/h")
+    assert head.status == 200 and head.body == b""
+    assert head.header("X-Etcd-Index") == node.call("GET", "/v2/keys/h").header("X-Etcd-Index")
+    assert node.call("HEAD", "/v2/keys/missing").status == 404
