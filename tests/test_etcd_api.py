@@ -544,6 +544,8 @@ def test_unknown_paths_and_methods(node: EtcdNode) -> None:
 TOKENS = (
     '[[token]]\nname = "app"\nsecret = "app-secret-0123456789"\nallow = ["read", "write"]\n'
     'prefixes = ["/app/"]\n'
+    '[[token]]\nname = "deep"\nsecret = "deep-secret-0123456789"\nallow = ["read"]\n'
+    'prefixes = ["/app/k/inner/"]\n'
     '[[token]]\nname = "admin"\nsecret = "admin-secret-0123456789"\n'
     'allow = ["read", "write", "admin"]\n'
 )
@@ -564,6 +566,11 @@ def test_tokens_limit_keys_and_listings() -> None:
     root = node.send("GET", "/v2/keys/?recursive=true", None, app).answer().json()["node"]
     assert [entry["key"] for entry in root["nodes"]] == ["/app"]
     assert node.call("GET", "/v2/keys/app/k").status == 401
+    shallow = {"Authorization": "Bearer deep-secret-0123456789"}
+    assert node.send("PUT", "/v2/keys/app/k", {"value": "v"}, admin).answer().status == 200
+    listing = node.send("GET", "/v2/keys/app", None, shallow).answer()
+    assert listing.status == 200 and "nodes" not in listing.json()["node"]
+    assert node.send("GET", "/v2/keys/app/k", None, shallow).answer().status == 403
 
 
 def test_basic_auth_is_refused_clearly_when_tokens_are_on() -> None:

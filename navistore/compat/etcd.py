@@ -206,7 +206,7 @@ class EtcdMount:
                     caller,
                     self._event_headers(),
                 )
-            return await self._get(key, params, caller)
+            return await self._get(request, key, params, caller)
         if method == b"POST":
             access.check(request, caller, Need(WRITE, _under(key), True))
             return self._event(await self.writes.post(key, params), params)
@@ -228,7 +228,9 @@ class EtcdMount:
         headers = {**self._event_headers(event.index), b"Content-Type": b"application/json"}
         return Response(event.status, body, headers)
 
-    async def _get(self, key: str, params: KeyRequest, caller: Caller) -> Response:
+    async def _get(
+        self, request: Request, key: str, params: KeyRequest, caller: Caller
+    ) -> Response:
         index = self.store.newest_seq
         now = self.store.clock.wall_ms()
         if key == "/":
@@ -245,6 +247,8 @@ class EtcdMount:
                 node = dir_node(key, record if is_marker(record) else first, now, nodes)
             else:
                 assert record is not None
+                # A caller let through for a directory on the way to its prefixes.
+                self.context.access.check(request, caller, Need(READ, key))
                 node = file_node(record, now)
         body = json_bytes({"action": "get", "node": node}) + b"\n"
         headers = {**self._event_headers(index), b"Content-Type": b"application/json"}

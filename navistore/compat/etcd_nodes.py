@@ -180,17 +180,10 @@ class Tree:
         return shown
 
 
-def _visible(caller: Caller, key: str) -> bool:
-    """Whether a restricted caller may see ``key``: inside its prefixes, or a directory on the
-    way to one of them (so it can walk down to what it may read)."""
-    if caller.covers(key):
-        return True
-    return any(prefix.startswith(key + "/") for prefix in caller.prefixes)
-
-
 async def list_dir(store: Store, key: str, caller: Caller, *, recursive: bool) -> Tree:
-    """Gather the directory ``key``'s children (all its descendants if ``recursive``), those
-    the caller may see, at most :data:`MAX_NODES` nodes.
+    """Gather the directory ``key``'s children (all its descendants if ``recursive``), at
+    most :data:`MAX_NODES` nodes, from the records the caller may read (a restricted caller
+    sees the directories on the way to its prefixes, and what is inside them).
 
     :raises EtcdError: past :data:`MAX_NODES` nodes.
     """
@@ -205,7 +198,9 @@ async def list_dir(store: Store, key: str, caller: Caller, *, recursive: bool) -
             if skip_to is not None and record.key < skip_to:
                 continue  # inside a sub-directory a shallow listing has already shown
             skip_to = None
-            if not _visible(caller, record.key):
+            if not caller.covers(record.key):
+                # Not readable: a directory on the way to what is shows through the keys
+                # under it that are, never through this record (its value, its marker).
                 continue
             names = record.key[len(prefix) :].split("/")
             if not recursive and len(names) > 1:
