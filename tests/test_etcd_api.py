@@ -392,6 +392,9 @@ def test_a_key_with_a_value_and_sub_keys_is_a_directory(node: EtcdNode) -> None:
     assert error_of(node.call("PUT", "/v2/keys/mixed", {"value": "x"}))[:2] == (403, 102)
     assert error_of(node.call("DELETE", "/v2/keys/mixed"))[:2] == (403, 102)
     assert error_of(node.call("DELETE", "/v2/keys/mixed?dir=true"))[:2] == (403, 108)
+    updatedir = node.call("PUT", "/v2/keys/mixed?dir=true&prevExist=true")
+    assert error_of(updatedir)[:2] == (403, 102)
+    assert fired(node.store.get("/mixed")).value == b"own value"  # type: ignore[union-attr]
     node.call("PUT", "/v2/keys/mixed/deeper/k", {"value": "writable under it"})
     assert node.call("DELETE", "/v2/keys/mixed?recursive=true").status == 200
     assert fired(node.store.get("/mixed")) is None

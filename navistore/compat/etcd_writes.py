@@ -214,6 +214,9 @@ class Writes:
                 raise EtcdError(KEY_NOT_FOUND, await missing_cause(self.store, key), index)
             if is_dir and (compare or (value and not params.refresh)):
                 raise EtcdError(NOT_FILE, key, index)
+            if is_dir and current is not None and not is_marker(current):
+                # A native value with sub-keys: a marker written over it would lose the value.
+                raise EtcdError(NOT_FILE, key, index)
             if compare and current is not None:
                 cause = _compare(current, params)
                 if cause is not None:
