@@ -10,6 +10,7 @@ instead (``.ci/run`` installs it). Every etcdctl run is bounded in time, and the
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.processes import Server, running, stop_process, twistd, url_of
+from support.processes import Server, running, stop_process, twistd, url_of, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -207,3 +208,28 @@ def test_ttl_keys_expire(node: Server) -> None:
         assert time.monotonic() < end, "the key did not expire"
         time.sleep(0.1)
     assert "100: Key not found (/short)" in refused(node, "get", "/short")
+
+
+def waits_served(node: Server) -> float:
+    """The node's ``navistore_watchers{kind="wait"}`` gauge."""
+    status, body, _ = node.request("GET", "/_metrics")
+    assert status == 200
+    for line in body.decode().splitlines():
+        if line.startswith('navistore_watchers{kind="wait"}'):
+            return float(line.split()[-1])
+    raise AssertionError("no wait watchers gauge")
+
+
+def test_a_client_that_leaves_ends_its_wait(node: Server) -> None:
+    """A wait has no server timeout, as in etcd: it holds its watcher until the client goes
+    away, and then the node releases it."""
+    before = waits_served(node)
+    connection = http.client.HTTPConnection("127.0.0.1", node.port, timeout=COMMAND_TIMEOUT)
+    try:
+        connection.request("GET", "/v2/keys/left/alone?wait=true")
+        response = connection.getresponse()  # the headers come at once
+        assert response.status == 200 and response.getheader("X-Etcd-Index") is not None
+        assert waits_served(node) == before + 1
+    finally:
+        connection.close()
+    wait_until(lambda: waits_served(node) == before, "the wait to be released")
