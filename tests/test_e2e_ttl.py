@@ -90,6 +90,12 @@ def test_a_ttl_expires_on_both_nodes_of_a_pair_within_a_second(tmp_path: Path) -
             )
 
         wait_for(same_tombstone, "the same expiry on both nodes", DEADLINE, nodes.report)
+        written = 0.0
+        for server in (a, b):
+            scrape = server.request("GET", "/_metrics")[1].decode()
+            [line] = [row for row in scrape.splitlines() if row.startswith("navistore_store_exp")]
+            written += float(line.split()[-1])
+        assert written >= 1  # each node wrote it, or received it first
 
 
 def test_a_refresh_on_the_other_node_before_the_deadline_keeps_the_key(tmp_path: Path) -> None:
