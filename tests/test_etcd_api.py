@@ -652,3 +652,29 @@ def test_head_answers_the_headers_of_a_get(node: EtcdNode) -> None:
     assert head.status == 200 and head.body == b""
     assert head.header("X-Etcd-Index") == node.call("GET", "/v2/keys/h").header("X-Etcd-Index")
     assert node.call("HEAD", "/v2/keys/missing").status == 404
+
+
+def test_a_directory_with_a_ttl_expires_with_what_it_holds(node: EtcdNode) -> None:
+    """A directory made with a TTL expires whole, as in etcd: its marker at the deadline, the
+    keys under it right after; a recursive watcher sees the directory's ``expire``."""
+    expirer = Expirer(node.store, clock=node.clock)
+    expirer.startService()
+    try:
+        node.call("PUT", "/v2/keys/lease?ttl=2", {"dir": "true"})
+        node.call("PUT", "/v2/keys/lease/member", {"value": "me"})
+        node.call("PUT", "/v2/keys/other/kept", {"value": "stays"})
+        pending = node.send("GET", "/v2/keys/lease?wait=true")
+        node.clock.advance(3)
+        node.pump()
+        event = pending.answer().json()
+        assert event["action"] == "expire" and event["node"] == {
+            "key": "/lease",
+            "dir": True,
+            "modifiedIndex": event["node"]["modifiedIndex"],
+            "createdIndex": event["prevNode"]["createdIndex"],
+        }
+        assert node.call("GET", "/v2/keys/lease").status == 404
+        assert fired(node.store.get("/lease/member")) is None
+        assert fired(node.store.get("/other/kept")) is not None
+    finally:
+        expirer.stopService()

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.web.server import Request
 
 from navistore.compat.etcd_cluster import (
@@ -53,6 +54,7 @@ from navistore.compat.etcd_nodes import (
 from navistore.compat.etcd_params import KeyRequest, parse_key_request
 from navistore.compat.etcd_watch import watch_answer
 from navistore.compat.etcd_writes import Event, EventMemory, Writes
+from navistore.record import Record
 from navistore.store import Store
 from navistore.tokens import READ, WRITE, Caller
 from navistore.watch_hub import WatchHub
@@ -62,6 +64,8 @@ from navistore.web.mounts import Mount
 from navistore.web.responses import Response, json_bytes
 
 __all__ = ["EtcdContext", "EtcdMount", "etcd_mounts"]
+
+log = Logger()
 
 _KEYS = "/v2/keys"
 _KEY_METHODS = (b"GET", b"HEAD", b"PUT", b"POST", b"DELETE")
@@ -106,6 +110,22 @@ class EtcdMount:
         self.writes = Writes(context.store, self.memory, context.max_value_size)
         self.started = context.reactor.seconds()
         self._headers = {b"X-Etcd-Cluster-Id": CLUSTER_ID}
+        context.store.subscribe(self._stored)
+
+    def _stored(self, record: Record) -> None:
+        """When a directory made here with a TTL expires, remove what it holds, as etcd does
+        (its marker alone expires by itself): on the next reactor turn, outside the Store's
+        notification, key by key; the deletes replicate like any other."""
+        if not record.is_expiry:
+            return
+        known = self.memory.recall(record)
+        if known is None or not (known[1] or {}).get("dir"):
+            return
+        self.context.reactor.callLater(0, self._expire_under, record.key)
+
+    def _expire_under(self, key: str) -> None:
+        done = Deferred.fromCoroutine(self.store.delete_prefix(key + "/"))
+        done.addErrback(lambda failure: log.failure("expiring {key}/", failure, key=key))
 
     def secret(self, request: Request) -> str | None:
         """No token of etcd's own: only ``Authorization: Bearer``. etcd's basic auth is refused
