@@ -82,12 +82,14 @@ class Collect(Protocol):
 class EtcdNode:
     """A node with the etcd API, its Store, WatchHub and clock."""
 
-    def __init__(self, access: AccessPolicy | None = None, max_value_size: int = 4096) -> None:
+    def __init__(
+        self, access: AccessPolicy | None = None, max_value_size: int = 4096, **hub_options: Any
+    ) -> None:
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
         clock = self.clock
         self.store = fired(Store.open(MemoryBackend(), wall_ms=lambda: int(clock.seconds() * 1000)))
-        self.hub = WatchHub(self.store, clock=self.clock)
+        self.hub = WatchHub(self.store, clock=self.clock, **hub_options)
         policy = access or AccessPolicy.open()
         context = CompatContext(
             self.store, self.hub, policy, self.clock, max_value_size=max_value_size
@@ -502,6 +504,23 @@ def test_a_wait_before_the_purge_horizon_is_event_index_cleared(node: EtcdNode) 
     status, code, cause = error_of(node.call("GET", "/v2/keys/p?wait=true&waitIndex=1"))
     assert (status, code) == (400, 401) and "cleared" in cause
     assert node.hub.watching == 0
+
+
+def test_waits_are_bounded_by_the_watcher_cap() -> None:
+    """A wait has no timeout, so the node's watcher cap bounds them: past it a wait is refused
+    at once with 503 (the native ``too_many_watchers`` beside etcd's code), and a slot freed
+    by an answered wait serves the next."""
+    node = EtcdNode(max_watchers=1)
+    holding = node.send("GET", "/v2/keys/a?wait=true")
+    assert holding.answered
+    refused = node.call("GET", "/v2/keys/b?wait=true")
+    assert refused.status == 503 and refused.json()["error"] == "too_many_watchers"
+    node.call("PUT", "/v2/keys/a", {"value": "v"})
+    assert holding.answer().json()["node"]["value"] == "v"
+    again = node.send("GET", "/v2/keys/b?wait=true")
+    assert again.answered and again.response().code == 200
+    node.hub.close()
+    assert again.answer().body == b"" and node.hub.watching == 0
 
 
 def test_a_wait_ends_at_shutdown(node: EtcdNode) -> None:
