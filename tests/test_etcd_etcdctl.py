@@ -233,3 +233,30 @@ def test_a_client_that_leaves_ends_its_wait(node: Server) -> None:
     finally:
         connection.close()
     wait_until(lambda: waits_served(node) == before, "the wait to be released")
+
+
+def test_a_replicated_pair_shares_the_keys(node: Server, tmp_path: Path) -> None:
+    """The etcd API writes the native keys, so they replicate: a key set with etcdctl on A is
+    read with etcdctl on B, a watch on B sees a change made on A (under B's own index), and a
+    directory removed on A is gone on B."""
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a").mkdir()
+    with running([*twistd("sqlite:b.db"), "--compat", "etcd"], tmp_path / "b") as b:
+        b.wait_listening()
+        command = [*twistd("sqlite:a.db"), "--compat", "etcd", "--peer", url_of(b)]
+        with running(command, tmp_path / "a") as a:
+            a.wait_listening()
+            ok(a, "set", "/shared/dir/first", "from A")
+            wait_until(lambda: etcdctl(b, "get", "/shared/dir/first").returncode == 0, "B")
+            assert ok(b, "get", "/shared/dir/first") == "from A\n"
+            log = tmp_path / "watch-b.out"
+            watch = start(b, "watch", "--recursive", "/shared/dir", log=log)
+            try:
+                until_seen(a, "/shared/dir/second", lambda: watch.poll() is not None, watch)
+                assert watch.wait(COMMAND_TIMEOUT) == 0
+                assert log.read_text().startswith("[set] /shared/dir/second\n")
+            finally:
+                stop_process(watch)
+            ok(a, "rm", "--recursive", "/shared")
+            wait_until(lambda: etcdctl(b, "get", "/shared/dir/first").returncode != 0, "B")
+            assert "100: Key not found (/shared)" in refused(b, "get", "/shared/dir/first")
