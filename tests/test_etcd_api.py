@@ -415,6 +415,7 @@ def test_a_listing_is_bounded(node: EtcdNode, monkeypatch: pytest.MonkeyPatch) -
     assert answer.status == 400
     assert answer.json()["error"] == "too_many_nodes" and "/_keys" in answer.json()["cause"]
     for name in "abc":
+        fired(node.store.put(f"/small/{name}", b"", "application/vnd.navistore.etcd-dir"))
         fired(node.store.put(f"/small/{name}/x/y", b"v"))
     shallow = node.json("GET", "/v2/keys/small")["node"]["nodes"]
     assert [entry["key"] for entry in shallow] == ["/small/a", "/small/b", "/small/c"]

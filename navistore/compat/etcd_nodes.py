@@ -206,16 +206,16 @@ async def list_dir(store: Store, key: str, caller: Caller, *, recursive: bool) -
             if not recursive and len(names) > 1:
                 sub = tree.child(names[0])
                 if sub.first is None:
+                    count += sub.record is None  # a node not counted yet (its marker is)
                     sub.first = record
-                    count += 1
                 skip_to = prefix + names[0] + "/" + _END
                 continue
             node = tree
             for name in names[:-1]:
                 node = node.child(name)
                 if node.first is None:
+                    count += node.record is None
                     node.first = record
-                    count += 1
             leaf = node.child(names[-1])
             if leaf.record is None and leaf.first is None:
                 count += 1
