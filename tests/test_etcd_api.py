@@ -625,6 +625,9 @@ def test_ttl_shows_expiration_and_the_key_expires(node: EtcdNode) -> None:
 def test_refresh_keeps_the_value_and_moves_the_deadline(node: EtcdNode) -> None:
     """``refresh=true&prevExist=true&ttl=N`` without a value is ``update``: same value, new
     deadline; a set without ``ttl`` makes the key permanent again."""
+    node.call("PUT", "/v2/keys/leased/dir?ttl=5&dir=true")
+    parent = node.json("GET", "/v2/keys/leased")["node"]
+    assert "ttl" not in parent and parent["nodes"][0]["ttl"] == 5  # the child's, not the parent's
     node.call("PUT", "/v2/keys/r?ttl=5", {"value": "kept"})
     node.clock.advance(4)
     refreshed = node.json("PUT", "/v2/keys/r?ttl=5&refresh=true&prevExist=true")

@@ -98,7 +98,7 @@ def dir_node(
     if nodes:
         node["nodes"] = nodes
     if record is not None and key != "/":
-        if is_marker(record):
+        if is_marker(record) and record.key == key:  # its own marker, not a key under it
             node.update(expiry_fields(record, now_ms))
         node.update(_indexes(record))
     return node
