@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any
+from typing import Any, Union
 
 import attrs
 from twisted.web.server import Request
@@ -98,6 +98,10 @@ class _Key:
     now: Record | _Value | None
 
 
+#: A result: the operation's number, what it shows, and whether with its value.
+_Result = tuple[int, Union[Record, _Value, None], bool]
+
+
 def _entry(state: Record | _Value, *, with_value: bool = True) -> dict[str, Any]:
     if isinstance(state, Record):
         return entry_of(state, with_value=with_value)
@@ -149,7 +153,7 @@ class ConsulTxn:
         if any(op.flags for op in ops) and not FLAGS_STORED:
             raise ConsulError(400, "Flags need a Navistore node that stores flags (not this one)")
         keys: dict[str, _Key] = {}
-        results: list[tuple[int, dict[str, Any]]] = []
+        results: list[_Result] = []
         errors: list[dict[str, Any]] = []
         for op in ops:
             what = await self._evaluate(op, keys, results)
@@ -222,9 +226,7 @@ class ConsulTxn:
             known = keys[key] = _Key(record, record)
         return known
 
-    async def _evaluate(
-        self, op: _Op, keys: dict[str, _Key], results: list[tuple[int, dict[str, Any]]]
-    ) -> str | None:
+    async def _evaluate(self, op: _Op, keys: dict[str, _Key], results: list[_Result]) -> str | None:
         """Apply ``op`` to the transaction's view of the keys; return why it fails, or None."""
         if op.verb in ("get-tree", "delete-tree"):
             await self._tree(op, keys, results)
@@ -235,11 +237,11 @@ class ConsulTxn:
         seq = current.seq if isinstance(current, Record) else None
         if op.verb in ("get", "get-or-empty"):
             if current is not None:
-                results.append((op.number, {"KV": _entry(current)}))
+                results.append((op.number, current, True))
             elif op.verb == "get":
                 return f"key {name!r} doesn't exist"
             else:
-                results.append((op.number, {"KV": None}))
+                results.append((op.number, None, True))
         elif op.verb == "check-index":
             if current is None:
                 return f"key {name!r} doesn't exist"
@@ -259,9 +261,7 @@ class ConsulTxn:
             state.now = None
         return None
 
-    async def _tree(
-        self, op: _Op, keys: dict[str, _Key], results: list[tuple[int, dict[str, Any]]]
-    ) -> None:
+    async def _tree(self, op: _Op, keys: dict[str, _Key], results: list[_Result]) -> None:
         found = await records_under(
             self.store,
             (op.key,),
@@ -276,14 +276,14 @@ class ConsulTxn:
             state = keys[key]
             if op.verb == "get-tree":
                 assert state.now is not None
-                results.append((op.number, {"KV": _entry(state.now)}))
+                results.append((op.number, state.now, True))
             else:
                 state.now = None
 
     # -- phase 2: the writes ------------------------------------------------------------------
 
     async def _write(
-        self, ops: list[_Op], keys: dict[str, _Key], results: list[tuple[int, dict[str, Any]]]
+        self, ops: list[_Op], keys: dict[str, _Key], results: list[_Result]
     ) -> Response:
         """Each key the transaction changes, conditioned on the version phase 1 read."""
         done = 0
@@ -304,9 +304,15 @@ class ConsulTxn:
                 stored[key] = stored_record
         for op in ops:
             if op.verb in ("set", "cas") and op.key in stored:
-                results.append((op.number, {"KV": _entry(stored[op.key], with_value=False)}))
+                results.append((op.number, stored[op.key], False))
         results.sort(key=lambda result: result[0])
-        return consul_json({"Results": [result for _, result in results], "Errors": None})
+        answered: list[dict[str, Any]] = []
+        for _, shown, with_value in results:
+            if isinstance(shown, _Value) and shown.key in stored:
+                # Read after the transaction wrote it: the entry as stored, with its index.
+                shown = attrs.evolve(stored[shown.key], value=shown.value)
+            answered.append({"KV": None if shown is None else _entry(shown, with_value=with_value)})
+        return consul_json({"Results": answered, "Errors": None})
 
     async def _write_key(self, key: str, state: _Key) -> Record | None:
         read, now = state.read, state.now
