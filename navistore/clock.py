@@ -159,6 +159,22 @@ class Stamp:
         object.__setattr__(stamp, "node_id", node_id)
         return stamp
 
+    def successor(self) -> Stamp:
+        """The smallest stamp greater than this one: no stamp lies between the two.
+
+        An expiry is written as a tombstone at the successor of the expired record's stamp
+        (:meth:`~navistore.record.Record.expiry`): every node derives the same tombstone, it
+        beats exactly the record it expires, and any later write (a refresh, a new value) still
+        beats it, wherever it arrives first. Node ids order as text, and ``ffff...`` is the
+        largest, so the next one is one more, or a counter (then a millisecond) later.
+        """
+        node = int(self.node_id, 16)
+        if node < 16**16 - 1:
+            return Stamp._checked(self.wall_ms, self.counter, f"{node + 1:016x}")
+        if self.counter < _MAX_COUNTER:
+            return Stamp._checked(self.wall_ms, self.counter + 1, "0" * 16)
+        return Stamp(self.wall_ms + 1, 0, "0" * 16)
+
     def __str__(self) -> str:
         return self.encode()
 

@@ -12,6 +12,7 @@ import enum
 from collections.abc import Sequence
 from typing import Union
 
+import attrs
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
@@ -25,9 +26,11 @@ __all__ = [
     "ANY",
     "BackendClosed",
     "BackendError",
+    "Deadline",
     "Expect",
     "Expectation",
     "IBackendStatistics",
+    "IExpiringRecords",
     "IImmediateReads",
     "IPrefixChanges",
     "ISizedReads",
@@ -225,6 +228,36 @@ class ISizedReads(Interface):
         since: int = 0, limit: int = 1000, max_bytes: int | None = None
     ) -> Deferred[list[Record]]:
         """:meth:`IStorageBackend.changes`, stopping early by bytes as above."""
+
+
+@attrs.frozen
+class Deadline:
+    """When a live record expires: its key, its stamp (the version that expires) and its
+    ``expires_ms``; enough to write its expiry (:meth:`Record.expiry_of
+    <navistore.record.Record.expiry_of>`)."""
+
+    key: str
+    stamp: Stamp
+    expires_ms: int
+
+
+class IExpiringRecords(Interface):
+    """Optional, beside :class:`IStorageBackend`: the live records that carry an expiry
+    (:attr:`Record.expires_ms <navistore.record.Record.expires_ms>`), soonest first.
+
+    Every backend stores ``expires_ms`` and ``flags`` with the record and returns them as
+    stored; the Store never serves an expired record. This interface lets the node also write
+    each expiry as a tombstone when it comes (so that watchers and feeds see it, and the key's
+    space is reclaimed) without reading every key: a backend without it keeps expired records
+    until they are overwritten, and a node over it refuses new TTLs.
+    """
+
+    def expiring(limit: int = 100) -> Deferred[list[Deadline]]:
+        """Return a Deferred firing with the :class:`Deadline` of up to ``limit`` live
+        records whose ``expires_ms`` is set, in order of ``expires_ms`` (then key), every apply
+        issued before this call included. No value is read (a page of large values would be
+        gigabytes), and the cost is proportional to what it returns (an index on the
+        deadline), not to the number of keys. Fails with BackendClosed once closed."""
 
 
 class IBackendStatistics(Interface):

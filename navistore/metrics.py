@@ -256,6 +256,11 @@ class NodeCollector(Collector):
             "Records received that this node held already (the same version).",
             counters.duplicates,
         )
+        yield _counter(
+            "navistore_store_expiries",
+            "Expiries (tombstones of keys whose TTL ran out) this node wrote.",
+            counters.expiries,
+        )
 
     def _backend(self) -> Iterator[Metric]:
         backend = self.metrics.store.backend

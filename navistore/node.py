@@ -43,6 +43,7 @@ from navistore.replication.gc import (
 )
 from navistore.replication.service import ReplicationService
 from navistore.store import Store
+from navistore.store.expiry import Expirer
 from navistore.tokens import load_tokens
 from navistore.watch_hub import DEFAULT_MAX_WATCHERS, WatchHub, watcher_limit
 from navistore.web import (
@@ -334,6 +335,8 @@ def build_node(
         store, clock=reactor, max_watchers=watcher_limit(config.max_watchers, connections)
     )
     services: list[IService] = [replication, collector]
+    if config.upstream is None:  # a cache node's records expire where they are written
+        services.append(Expirer(store, clock=reactor))
     cache: UpstreamCache | None = None
     miss_resolver: MissResolver | None = None
     write_forwarder: WriteForwarder | None = None

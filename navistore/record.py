@@ -15,6 +15,7 @@ from navistore.keys import InvalidKey, normalize_key
 __all__ = [
     "DEFAULT_CONTENT_TYPE",
     "DEFAULT_MAX_VALUE_SIZE",
+    "MAX_FLAGS",
     "MAX_SEQ",
     "Record",
     "check_content_type",
@@ -41,6 +42,11 @@ class Record:
     :ivar chain: the ids of the nodes the record passed through before it reached this one,
         starting with the node that wrote it; empty for a local write. Replication uses it to
         never send a record back where it came from, so backends store it with the record.
+    :ivar expires_ms: on a live record, the wall-clock time (ms since the epoch) from which the
+        key is absent (``PUT ?ttl=``); on a tombstone, the deadline of the record it expired
+        (set only on an expiry's tombstone, see :meth:`expiry`). None: no expiry.
+    :ivar flags: an opaque unsigned 64-bit number kept with the value (Consul's ``Flags``);
+        0 on a tombstone.
     """
 
     key: str
@@ -50,6 +56,8 @@ class Record:
     deleted: bool = False
     seq: int | None = None
     chain: tuple[str, ...] = ()
+    expires_ms: int | None = None
+    flags: int = 0
 
     @classmethod
     def tombstone(cls, key: str, stamp: Stamp) -> Record:
@@ -60,8 +68,42 @@ class Record:
         """Return this record as stored at ``seq`` (None: as not stored yet)."""
         # Not attrs.evolve: this runs once per stored record, and evolve costs several times more.
         return Record(
-            self.key, self.value, self.content_type, self.stamp, self.deleted, seq, self.chain
+            self.key,
+            self.value,
+            self.content_type,
+            self.stamp,
+            self.deleted,
+            seq,
+            self.chain,
+            self.expires_ms,
+            self.flags,
         )
+
+    def expired(self, now_ms: int) -> bool:
+        """Whether this is a live record whose expiry has come at wall time ``now_ms``."""
+        return self.expires_ms is not None and not self.deleted and self.expires_ms <= now_ms
+
+    def expiry(self) -> Record:
+        """The tombstone that expires this live record: the same on every node.
+
+        Its stamp is the successor of this record's (:meth:`Stamp.successor`), not one made
+        at the deadline: a tombstone stamped at the deadline would also beat a write made just
+        before it (a refresh of the TTL, say) on every node that had not received that write
+        yet, and the write would be lost. This one replaces only the record it expires.
+        """
+        assert self.expires_ms is not None and not self.deleted
+        return Record.expiry_of(self.key, self.stamp, self.expires_ms)
+
+    @classmethod
+    def expiry_of(cls, key: str, stamp: Stamp, expires_ms: int) -> Record:
+        """The expiry (see :meth:`expiry`) of the record of ``key`` at ``stamp`` that expires
+        at ``expires_ms``."""
+        return cls(key, b"", "", stamp.successor(), True, None, (), expires_ms, 0)
+
+    @property
+    def is_expiry(self) -> bool:
+        """Whether this is the tombstone of an expiry rather than of a delete."""
+        return self.deleted and self.expires_ms is not None
 
 
 _NODE_ID = re.compile(r"[0-9a-f]{16}\Z")
@@ -79,6 +121,9 @@ def check_content_type(content_type: object) -> None:
     if not isinstance(content_type, str) or not _printable(content_type):
         raise InvalidRecord("content_type must be text without control or surrogate characters")
 
+
+#: The largest flags a record carries: an unsigned 64-bit number, as Consul's.
+MAX_FLAGS = 2**64 - 1
 
 #: The largest seq (and the largest integer any parameter, header or peer's document may carry):
 #: what a 64-bit signed column (sqlite's, PostgreSQL's) holds, so that no number a client or a
@@ -130,6 +175,14 @@ def check_record(record: object) -> Record:
         isinstance(node, str) and _NODE_ID.match(node) for node in record.chain
     ):
         raise InvalidRecord("chain must be a tuple of node ids (16 lowercase hex digits)")
-    if record.deleted and (record.value or record.content_type):
-        raise InvalidRecord("a tombstone carries no value and no content type")
+    if record.deleted and (record.value or record.content_type or record.flags):
+        raise InvalidRecord("a tombstone carries no value, no content type and no flags")
+    expires = record.expires_ms
+    if expires is not None and (
+        not isinstance(expires, int) or isinstance(expires, bool) or not 0 <= expires <= MAX_SEQ
+    ):
+        raise InvalidRecord(f"expires_ms must be a whole number from 0 to {MAX_SEQ}, or None")
+    flags = record.flags
+    if not isinstance(flags, int) or isinstance(flags, bool) or not 0 <= flags <= MAX_FLAGS:
+        raise InvalidRecord(f"flags must be a whole number from 0 to {MAX_FLAGS}")
     return record

@@ -193,7 +193,8 @@ def test_chain_carries_a_write_to_the_end_and_nothing_back() -> None:
     record = cluster.write(0, "/app/db/host", b"db1.lan")
     cluster.run_until_quiet()
     held = cluster.state("node-2")
-    assert held == [("/app/db/host", b"db1.lan", record.content_type, record.stamp.encode(), False)]
+    state = ("/app/db/host", b"db1.lan", record.content_type, record.stamp.encode(), False, None)
+    assert held == [state]
     assert carrying(cluster) == [("node-0", "node-1"), ("node-1", "node-2")]
     sent = cluster.network.sent()
     assert not [event for event in sent if event.target == "node-0" or event.source == "node-2"]
@@ -294,3 +295,43 @@ def test_not_quiet_is_a_clear_failure() -> None:
     with pytest.raises(SimulationError, match="not quiet after") as raised:
         cluster.run_until_quiet(max_seconds=60)
     assert "node-1" in str(raised.value) and "down" in str(raised.value)
+
+
+# -- TTLs across a cluster ----------------------------------------------------------------------
+
+
+def test_a_lease_refreshed_across_a_partition_survives_its_old_expiry() -> None:
+    """A key written with a 5 s TTL is refreshed (20 s) on the other side of a partition before
+    its deadline. The cut-off node expires the old version on its own; after the heal every node
+    holds the refresh, which beat that expiry; past the new deadline every node holds the same
+    expiry, stamped from the refresh."""
+    cluster = Cluster(3, seed=4)
+    first = cluster.write(0, "/lease", b"holder", ttl_ms=5_000)
+    cluster.run_until_quiet()
+    cluster.partition([["node-0"], ["node-1", "node-2"]])
+    cluster.advance(3)
+    refresh = cluster.write(1, "/lease", b"holder", ttl_ms=20_000)
+    cluster.advance(4)
+    [alone] = cluster.state("node-0")
+    assert alone[4] is True and alone[3] == first.stamp.successor().encode()  # expired there
+    assert cluster.resolve(cluster.store(1).get("/lease")) == refresh
+    cluster.heal()
+    cluster.run_until_quiet()
+    cluster.check_converged()
+    assert [state[:5] for state in cluster.state("node-0")] == [
+        ("/lease", b"holder", refresh.content_type, refresh.stamp.encode(), False)
+    ]
+    cluster.advance(20)
+    cluster.run_until_quiet()
+    cluster.check_converged()
+    cluster.check_acknowledged()
+    [expired] = cluster.state("node-2")
+    assert expired[3:] == (refresh.stamp.successor().encode(), True, refresh.expires_ms)
+
+
+def test_random_schedules_write_leases_and_expire_them() -> None:
+    """The random schedules do exercise TTLs: leases are written, and expiries replicate."""
+    cluster = run_schedule(7, steps=150)
+    leases = [ack for ack in cluster.acks if ack.expires_ms is not None]
+    expired = [state for state in cluster.state("node-0") if state[4] and state[5] is not None]
+    assert leases and expired

@@ -17,7 +17,9 @@ from navistore.backend import BackendURL, BackendURLError
 from navistore.errors import BackendClosed, InvalidRecord
 from navistore.interfaces import (
     ANY,
+    Deadline,
     Expectation,
+    IExpiringRecords,
     IImmediateReads,
     IPrefixChanges,
     ISizedReads,
@@ -32,7 +34,7 @@ from navistore.record import Record, check_record
 __all__ = ["MemoryBackend", "open_memory"]
 
 
-@implementer(IStorageBackend, IImmediateReads, IPrefixChanges, ISizedReads)
+@implementer(IStorageBackend, IImmediateReads, IPrefixChanges, ISizedReads, IExpiringRecords)
 class MemoryBackend:
     """Records in a dict, keys in a sorted list, seqs in an append-only log.
 
@@ -48,6 +50,7 @@ class MemoryBackend:
         self._sorted_keys: list[str] = []
         self._seq_log: list[int] = []
         self._key_at_seq: dict[int, str] = {}
+        self._expiring: dict[str, int] = {}  # key -> expires_ms, of live records only
         self._meta: dict[str, str] = {}
         self._last_seq = 0
         self._closed = False
@@ -83,6 +86,10 @@ class MemoryBackend:
             assert stored.seq is not None
             del self._key_at_seq[stored.seq]
         self._records[record.key] = new
+        if new.expires_ms is not None and not new.deleted:
+            self._expiring[record.key] = new.expires_ms
+        elif self._expiring:
+            self._expiring.pop(record.key, None)
         self._key_at_seq[self._last_seq] = record.key
         self._seq_log.append(self._last_seq)
         if len(self._seq_log) > 64 and len(self._seq_log) > 2 * len(self._key_at_seq):
@@ -172,6 +179,12 @@ class MemoryBackend:
                 break
         return succeed(found)
 
+    def expiring(self, limit: int = 100) -> Deferred[list[Deadline]]:
+        if self._closed:
+            return self._closed_error("expiring")
+        soonest = heapq.nsmallest(limit, ((due, key) for key, due in self._expiring.items()))
+        return succeed([Deadline(key, self._records[key].stamp, due) for due, key in soonest])
+
     def last_seq(self) -> Deferred[int]:
         if self._closed:
             return self._closed_error("last_seq")
@@ -200,6 +213,7 @@ class MemoryBackend:
         if self._closed:
             return self._closed_error("reset")
         self._records.clear()
+        self._expiring.clear()
         self._sorted_keys.clear()
         self._seq_log.clear()
         self._key_at_seq.clear()

@@ -67,8 +67,9 @@ ENTRY_OVERHEAD = 300
 HOT_RECORDS = 16_384
 
 #: A cached live record without its key: value, content type, the stamp's wall time, counter and
-#: node id, seq, chain. Only atoms and a tuple of strings, so the collector does not track it.
-_Entry = tuple[bytes, str, int, int, str, "int | None", "tuple[str, ...]"]
+#: node id, seq, chain, expiry, flags. Only atoms and a tuple of strings, so the collector does
+#: not track it.
+_Entry = tuple[bytes, str, int, int, str, "int | None", "tuple[str, ...]", "int | None", int]
 
 
 def _entry(record: Record) -> _Entry:
@@ -81,15 +82,16 @@ def _entry(record: Record) -> _Entry:
         stamp.node_id,
         record.seq,
         record.chain,
+        record.expires_ms,
+        record.flags,
     )
 
 
 def _record(key: str, entry: _Entry) -> Record:
     # The fields came from a checked Record: nothing to check again.
-    value, content_type, wall_ms, counter, node_id, seq, chain = entry
-    return Record(
-        key, value, content_type, Stamp._checked(wall_ms, counter, node_id), False, seq, chain
-    )
+    value, content_type, wall_ms, counter, node_id, seq, chain, expires_ms, flags = entry
+    stamp = Stamp._checked(wall_ms, counter, node_id)
+    return Record(key, value, content_type, stamp, False, seq, chain, expires_ms, flags)
 
 
 def _entry_size(key: str, entry: _Entry) -> int:

@@ -77,8 +77,10 @@ from navistore.backend import sqlite_schema as schema
 from navistore.errors import BackendClosed, BackendError, InvalidRecord, StorageFailure
 from navistore.interfaces import (
     ANY,
+    Deadline,
     Expectation,
     IBackendStatistics,
+    IExpiringRecords,
     IImmediateReads,
     IPrefixChanges,
     ISizedReads,
@@ -116,7 +118,14 @@ WRITER_MODES = ("reactor", "thread")
 CHECKPOINT_INTERVAL = 0.5
 
 
-@implementer(IStorageBackend, IImmediateReads, IPrefixChanges, ISizedReads, IBackendStatistics)
+@implementer(
+    IStorageBackend,
+    IImmediateReads,
+    IPrefixChanges,
+    ISizedReads,
+    IBackendStatistics,
+    IExpiringRecords,
+)
 class SqliteBackend:
     """Records in one sqlite file in WAL mode, written by one connection with group commit and
     read by another on the reactor thread.
@@ -555,6 +564,12 @@ class SqliteBackend:
             max_bytes,
             here=schema.select_small_records,
         )
+
+    def expiring(self, limit: int = 100) -> Deferred[list[Deadline]]:
+        if limit <= 0 and not self._closed:
+            return succeed([])
+        bounded = min(limit, schema.MAX_LIMIT)
+        return self._read_after(self._issued, "expiring", schema.expiring, bounded)
 
     def last_seq(self) -> Deferred[int]:
         return self._read_after(

@@ -17,6 +17,7 @@ from navistore.errors import StorageFailure
 from navistore.interfaces import (
     ABSENT,
     ANY,
+    Deadline,
     Expectation,
     expectation_holds,
     stored_size,
@@ -41,6 +42,7 @@ __all__ = [
     "changes_under",
     "changes_under_sql",
     "checkpoint",
+    "expiring",
     "get_meta",
     "open_connection",
     "purge",
@@ -57,7 +59,7 @@ __all__ = [
 ]
 
 #: The schema version this code writes. Bump it together with a new :data:`MIGRATIONS` step.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: ``MIGRATIONS[n]`` upgrades a version ``n`` database to ``n + 1``; all steps needed run in one
 #: transaction when the connection opens, so an upgrade is never left half done.
@@ -71,6 +73,31 @@ def _add_chain_column(cursor: sqlite3.Cursor) -> None:
 
 MIGRATIONS[1] = _add_chain_column
 
+
+def _add_expiry_and_flags(cursor: sqlite3.Cursor) -> None:
+    """Version 3: records carry a TTL's deadline and Consul's flags (``Record.expires_ms``,
+    ``Record.flags``), and the live records that expire are indexed by their deadline.
+
+    Adding a column with a constant default rewrites no row, and the index covers only the
+    records that have a deadline (none, in a file from version 2), so the upgrade is instant
+    whatever the size of the file.
+    """
+    cursor.execute("ALTER TABLE records ADD COLUMN expires INTEGER")
+    cursor.execute("ALTER TABLE records ADD COLUMN flags INTEGER NOT NULL DEFAULT 0")
+    cursor.execute(_EXPIRY_INDEX_SQL)
+
+
+MIGRATIONS[2] = _add_expiry_and_flags
+
+_EXPIRY_INDEX_SQL = (
+    "CREATE INDEX records_by_expiry ON records (expires, key)"
+    " WHERE expires IS NOT NULL AND deleted = 0"
+)
+#: Flags are unsigned 64-bit numbers; sqlite's integers are signed: the upper half is stored
+#: below zero (two's complement), and read back above.
+_FLAGS_WRAP = 2**64
+_FLAGS_SIGNED = 2**63
+
 #: How long a connection waits for another's lock before failing.
 BUSY_TIMEOUT_MS = 5000
 #: The largest LIMIT a query passes (sqlite integers are 64-bit).
@@ -80,21 +107,25 @@ MAX_LIMIT = 2**62
 #: ``bench/bench_prefix_feed.py``: a window this long costs about a millisecond.
 PREFIX_SCAN_BUDGET = 10_000
 
-_COLUMNS = "key, seq, stamp, deleted, content_type, chain, value"
+_COLUMNS = "key, seq, stamp, deleted, content_type, chain, expires, flags, value"
 GET_SQL = f"SELECT {_COLUMNS} FROM records WHERE key = ?"
 #: The values too large to read on the reactor thread: a 16 MiB value is 4,000 overflow pages,
 #: tens of milliseconds to read (measured with bench/hostile.py, fifty clients reading one).
 LARGE_VALUE = 1024 * 1024
 _SMALL_COLUMNS = (
-    "key, seq, stamp, deleted, content_type, chain,"
+    "key, seq, stamp, deleted, content_type, chain, expires, flags,"
     f" CASE WHEN length(value) > {LARGE_VALUE} THEN NULL ELSE value END"
 )
 _GET_SMALL_SQL = f"SELECT {_SMALL_COLUMNS} FROM records WHERE key = ?"
 CHANGES_SQL = f"SELECT {_COLUMNS} FROM records WHERE seq > ? ORDER BY seq LIMIT ?"
-_INSERT_SQL = f"INSERT INTO records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+_INSERT_SQL = f"INSERT INTO records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _UPDATE_SQL = (
-    "UPDATE records SET seq = ?, stamp = ?, deleted = ?, content_type = ?, chain = ?, value = ?"
-    " WHERE key = ?"
+    "UPDATE records SET seq = ?, stamp = ?, deleted = ?, content_type = ?, chain = ?,"
+    " expires = ?, flags = ?, value = ? WHERE key = ?"
+)
+_EXPIRING_SQL = (
+    "SELECT key, stamp, expires FROM records WHERE expires IS NOT NULL AND deleted = 0"
+    " ORDER BY expires, key LIMIT ?"
 )
 #: Whether this sqlite has UPSERT (``INSERT ... ON CONFLICT DO UPDATE``, sqlite 3.24): then
 #: :func:`write_batch` decides and writes each apply in one statement; else it reads the stored
@@ -104,10 +135,11 @@ UPSERT = sqlite3.sqlite_version_info >= (3, 24, 0)
 # fixed-width form of lowercase hex digits, so that comparing the texts (sqlite's BINARY
 # collation, byte order) compares the stamps (wall, then counter, then node id).
 _UPSERT_SQL = (
-    f"INSERT INTO records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (key) DO UPDATE SET seq = excluded.seq, stamp = excluded.stamp,"
     " deleted = excluded.deleted, content_type = excluded.content_type, chain = excluded.chain,"
-    " value = excluded.value WHERE excluded.stamp > records.stamp"
+    " expires = excluded.expires, flags = excluded.flags, value = excluded.value"
+    " WHERE excluded.stamp > records.stamp"
 )
 _UPSERT_IF_ABSENT_SQL = f"{_UPSERT_SQL} AND records.deleted = 1"  # expect=ABSENT
 #: expect=<stamp>: only a live record with that stamp is replaced (the caller checked that the
@@ -179,11 +211,28 @@ def changes_under_sql(shape: str, bounded: bool) -> str:
 
 
 def _to_record(row: tuple[Any, ...]) -> Record:
-    key, seq, stamp, deleted, content_type, chain, value = row
+    key, seq, stamp, deleted, content_type, chain, expires, flags, value = row
     if value is None:  # values are NOT NULL: this one was left out for its size
         raise LargeValue(key)
     nodes = tuple(chain.split(",")) if chain else ()
-    return Record(key, bytes(value), content_type, Stamp.decode(stamp), bool(deleted), seq, nodes)
+    if flags < 0:
+        flags += _FLAGS_WRAP
+    return Record(
+        key,
+        bytes(value),
+        content_type,
+        Stamp.decode(stamp),
+        bool(deleted),
+        seq,
+        nodes,
+        expires,
+        flags,
+    )
+
+
+def _stored_flags(record: Record) -> int:
+    flags = record.flags
+    return flags - _FLAGS_WRAP if flags >= _FLAGS_SIGNED else flags
 
 
 def _migrate(cursor: sqlite3.Cursor) -> None:
@@ -321,6 +370,12 @@ def select_records(
     return found
 
 
+def expiring(txn: adbapi.Transaction, limit: int) -> list[Deadline]:
+    """The soonest deadlines, through the partial index of the live records that have one."""
+    txn.execute(_EXPIRING_SQL, (limit,))
+    return [Deadline(key, Stamp.decode(stamp), due) for key, stamp, due in txn.fetchall()]
+
+
 def read_state(txn: adbapi.Transaction, name: str) -> Any:
     txn.execute(_READ_STATE_SQL, (name,))
     return txn.fetchall()[0][0]
@@ -347,15 +402,16 @@ def write_batch(
         seq = last_seq + 1
         stamp = record.stamp.encode()
         chain = ",".join(record.chain) if record.chain else ""
+        flags = record.flags and _stored_flags(record)
+        row = (seq, stamp, record.deleted, record.content_type, chain, record.expires_ms, flags)
         if expect is ANY or expect is ABSENT:
             execute(
                 _UPSERT_SQL if expect is ANY else _UPSERT_IF_ABSENT_SQL,
-                (record.key, seq, stamp, record.deleted, record.content_type, chain, record.value),
+                (record.key, *row, record.value),
             )
         elif isinstance(expect, Stamp) and record.stamp > expect:
             # If-Match: only the live record with that stamp is replaced.
-            row = (seq, stamp, record.deleted, record.content_type, chain, record.value)
-            execute(_UPDATE_IF_STAMP_SQL, (*row, record.key, expect.encode()))
+            execute(_UPDATE_IF_STAMP_SQL, (*row, record.value, record.key, expect.encode()))
         else:  # the record stored with stamp ``expect``, if any, supersedes this one
             append(None)
             continue
@@ -389,7 +445,15 @@ def _read_then_write_batch(
             continue
         last_seq += 1
         chain = ",".join(record.chain)
-        row = (last_seq, record.stamp.encode(), int(record.deleted), record.content_type, chain)
+        row = (
+            last_seq,
+            record.stamp.encode(),
+            int(record.deleted),
+            record.content_type,
+            chain,
+            record.expires_ms,
+            _stored_flags(record),
+        )
         if stored is None:
             txn.execute(_INSERT_SQL, (record.key, *row, record.value))
         else:

@@ -16,7 +16,7 @@ from navistore.clock import InvalidStamp, Stamp
 from navistore.errors import InvalidRecord
 from navistore.interfaces import ABSENT, ANY, Expectation
 from navistore.protocol.records import MalformedRecord
-from navistore.record import Record
+from navistore.record import MAX_FLAGS, MAX_SEQ, Record
 
 __all__ = [
     "RPC_PATHS",
@@ -65,7 +65,7 @@ def decode_expectation(text: str) -> Expectation:
 
 def apply_params(record: Record, expect: Expectation) -> dict[str, str]:
     """The query parameters of an apply: every field of the record but its value (the body)."""
-    return {
+    params = {
         "key": record.key,
         "content_type": record.content_type,
         "stamp": record.stamp.encode(),
@@ -73,6 +73,20 @@ def apply_params(record: Record, expect: Expectation) -> dict[str, str]:
         "chain": ",".join(record.chain),
         "expect": encode_expectation(expect),
     }
+    if record.expires_ms is not None:
+        params["expires_ms"] = str(record.expires_ms)
+    if record.flags:
+        params["flags"] = str(record.flags)
+    return params
+
+
+def _number_param(params: Mapping[str, str], name: str, maximum: int) -> int | None:
+    text = params.get(name)
+    if text is None:
+        return None
+    if not text.isdigit() or not text.isascii() or len(text) > 20 or int(text) > maximum:
+        raise MalformedRecord(f"{name} must be a whole number from 0 to {maximum}")
+    return int(text)
 
 
 def record_from_params(params: Mapping[str, str], value: bytes) -> tuple[Record, Expectation]:
@@ -101,5 +115,7 @@ def record_from_params(params: Mapping[str, str], value: bytes) -> tuple[Record,
         deleted == "true",
         None,
         chain,
+        _number_param(params, "expires_ms", MAX_SEQ),
+        _number_param(params, "flags", MAX_FLAGS) or 0,
     )
     return record, decode_expectation(params["expect"])

@@ -164,7 +164,9 @@ def _decode_records(items: list[Any], source: str) -> list[Record]:
         try:
             record = record_from_json(item, keep_seq=False)
             chain = record.chain
-            if not chain or chain[0] != record.stamp.node_id:
+            # An expiry's tombstone is stamped from the record it expires (Record.expiry), by
+            # whichever node saw the deadline first: its stamp names no writer.
+            if not chain or (chain[0] != record.stamp.node_id and not record.is_expiry):
                 writer = record.stamp.node_id
                 raise MalformedRecord(f"the chain must start with the writer {writer}")
             if chain[-1] != source:

@@ -19,7 +19,8 @@ An export is UTF-8 text, one JSON object a line (``application/x-ndjson``)::
   type, its version (``stamp``) and whether it is a tombstone (``deleted``: the delete carries
   over). A line without ``stamp`` is a new write where it is imported (a Consul import, a file
   written by hand); ``encoding`` (default ``utf-8``) and ``content_type`` (default the node's)
-  are optional too, and a tombstone needs no value.
+  are optional too, and a tombstone needs no value. ``expires_ms`` (a TTL's deadline) and
+  ``flags`` are there only when the record has them, and need the stamp.
 - The **end** line counts the records and says the seq the export read up to: a file without it
   was cut short.
 
@@ -40,7 +41,7 @@ import attrs
 from navistore.clock import InvalidStamp, Stamp
 from navistore.json_documents import parse_json
 from navistore.protocol.records import InvalidValue, decode_value, encode_value
-from navistore.record import MAX_SEQ, Record
+from navistore.record import MAX_FLAGS, MAX_SEQ, Record
 
 __all__ = [
     "FORMAT",
@@ -69,7 +70,9 @@ MEDIA_TYPE = "application/x-ndjson"
 #: stamp and field names.
 LINE_OVERHEAD = 64 * 1024
 
-_RECORD_FIELDS = frozenset({"key", "value", "encoding", "content_type", "stamp", "deleted"})
+_RECORD_FIELDS = frozenset(
+    {"key", "value", "encoding", "content_type", "stamp", "deleted", "expires_ms", "flags"}
+)
 
 
 def line_limit(max_value_size: int) -> int:
@@ -109,6 +112,8 @@ class Entry:
     content_type: str | None
     stamp: Stamp | None
     deleted: bool
+    expires_ms: int | None = None
+    flags: int = 0
 
 
 @attrs.frozen
@@ -162,19 +167,19 @@ def _value_fields(value: bytes) -> tuple[str, str]:
 def record_line(record: Record) -> bytes:
     """One stored record (a tombstone too) as its line, with its newline."""
     text, encoding = _value_fields(record.value)
-    return (
-        _compact(
-            {
-                "key": record.key,
-                "value": text,
-                "encoding": encoding,
-                "content_type": record.content_type,
-                "stamp": record.stamp.encode(),
-                "deleted": record.deleted,
-            }
-        )
-        + b"\n"
-    )
+    document: dict[str, Any] = {
+        "key": record.key,
+        "value": text,
+        "encoding": encoding,
+        "content_type": record.content_type,
+        "stamp": record.stamp.encode(),
+        "deleted": record.deleted,
+    }
+    if record.expires_ms is not None:
+        document["expires_ms"] = record.expires_ms
+    if record.flags:
+        document["flags"] = record.flags
+    return _compact(document) + b"\n"
 
 
 def entry_line(key: str, value: bytes, content_type: str | None = None) -> bytes:
@@ -255,6 +260,13 @@ def _entry(document: dict[str, Any], number: int) -> Entry:
     if content_type is not None and not isinstance(content_type, str):
         raise InvalidLine(number, '"content_type" must be a string', key=key)
     text = document.get("value")
+    expires, flags = document.get("expires_ms"), document.get("flags", 0)
+    if (expires is not None and not _whole(expires)) or not (
+        isinstance(flags, int) and not isinstance(flags, bool) and 0 <= flags <= MAX_FLAGS
+    ):
+        raise InvalidLine(number, '"expires_ms" and "flags" must be whole numbers', key=key)
+    if (expires is not None or flags) and stamp is None:
+        raise InvalidLine(number, '"expires_ms" and "flags" need the record\'s stamp', key=key)
     if deleted:
         if stamp is None:
             raise InvalidLine(
@@ -262,16 +274,18 @@ def _entry(document: dict[str, Any], number: int) -> Entry:
                 "a tombstone (deleted: true) needs its stamp; to delete a key now, DELETE it",
                 key=key,
             )
-        if text not in (None, "") or content_type not in (None, ""):
-            raise InvalidLine(number, "a tombstone carries no value and no content type", key=key)
-        return Entry(key, b"", "", stamp, True)
+        if text not in (None, "") or content_type not in (None, "") or flags:
+            raise InvalidLine(
+                number, "a tombstone carries no value, no content type and no flags", key=key
+            )
+        return Entry(key, b"", "", stamp, True, expires)
     if text is None:
         raise InvalidLine(number, '"value" is missing', key=key, field="value")
     try:
         value = decode_value(text, document.get("encoding"))
     except InvalidValue as exc:
         raise InvalidLine(number, str(exc), key=key) from None
-    return Entry(key, value, content_type or None, stamp, False)
+    return Entry(key, value, content_type or None, stamp, False, expires, flags)
 
 
 def parse_line(raw: bytes, number: int) -> Line:

@@ -6,6 +6,9 @@ A record crosses the wire as an object with every field and its value in base64:
      "stamp": "019ab0c1f2e3-000000-3f2a9c0d1e4b5a69", "deleted": false,
      "chain": ["3f2a9c0d1e4b5a69"], "seq": 17}
 
+``expires_ms`` and ``flags`` are there only when the record has them (an expiry, flags other
+than 0), so a record without them reads as it did before they existed.
+
 A value shown to people and scripts (listings with ``?values=true``, ``/_bulk`` entries) is an
 *entry*: ``{"value": <text>, "encoding": "utf-8" | "base64"}``, as text when it is UTF-8 and in
 base64 otherwise, so that any value round-trips.
@@ -19,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from navistore.clock import InvalidStamp, Stamp, validate_node_id
-from navistore.record import MAX_SEQ, Record
+from navistore.record import MAX_FLAGS, MAX_SEQ, Record
 
 __all__ = [
     "VALUE_ENCODINGS",
@@ -27,6 +30,7 @@ __all__ = [
     "MalformedRecord",
     "decode_value",
     "encode_value",
+    "optional_number",
     "record_from_json",
     "record_to_json",
     "value_entry",
@@ -47,7 +51,7 @@ class InvalidValue(ValueError):
 def record_to_json(record: Record, *, chain: tuple[str, ...] | None = None) -> dict[str, Any]:
     """A record as JSON: every field, the value in base64, the chain as given (default: its
     own, exactly as stored)."""
-    return {
+    document = {
         "key": record.key,
         "value": base64.b64encode(record.value).decode("ascii"),
         "content_type": record.content_type,
@@ -56,6 +60,21 @@ def record_to_json(record: Record, *, chain: tuple[str, ...] | None = None) -> d
         "chain": list(record.chain if chain is None else chain),
         "seq": record.seq,
     }
+    if record.expires_ms is not None:
+        document["expires_ms"] = record.expires_ms
+    if record.flags:
+        document["flags"] = record.flags
+    return document
+
+
+def optional_number(document: Mapping[str, Any], name: str, maximum: int) -> int | None:
+    """An optional whole-number field from 0 to ``maximum`` (absent or null: None)."""
+    value = document.get(name)
+    if value is not None and (
+        not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= maximum
+    ):
+        raise MalformedRecord(f"{name!r} must be a whole number from 0 to {maximum}, or null")
+    return value
 
 
 def _field(document: Mapping[str, Any], name: str, kind: type) -> Any:
@@ -85,11 +104,7 @@ def record_from_json(document: Any, *, keep_seq: bool = True) -> Record:
         value = base64.b64decode(_field(document, "value", str).encode("ascii"), validate=True)
     except (InvalidStamp, binascii.Error, UnicodeEncodeError, TypeError) as exc:
         raise MalformedRecord(str(exc)) from None
-    seq = document.get("seq")
-    if seq is not None and (
-        not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_SEQ
-    ):
-        raise MalformedRecord(f"'seq' must be a whole number from 0 to {MAX_SEQ}, or null")
+    seq = optional_number(document, "seq", MAX_SEQ)
     return Record(
         _field(document, "key", str),
         value,
@@ -98,6 +113,8 @@ def record_from_json(document: Any, *, keep_seq: bool = True) -> Record:
         _field(document, "deleted", bool),
         seq if keep_seq else None,
         chain,
+        optional_number(document, "expires_ms", MAX_SEQ),
+        optional_number(document, "flags", MAX_FLAGS) or 0,
     )
 
 
@@ -132,10 +149,15 @@ def decode_value(text: object, encoding: object = None) -> bytes:
 def value_entry(record: Record) -> dict[str, Any]:
     """A live record as a listing shows it with ``?values=true``."""
     text, encoding = encode_value(record.value)
-    return {
+    entry: dict[str, Any] = {
         "key": record.key,
         "version": record.stamp.encode(),
         "content_type": record.content_type,
         "value": text,
         "encoding": encoding,
     }
+    if record.expires_ms is not None:
+        entry["expires_ms"] = record.expires_ms
+    if record.flags:
+        entry["flags"] = record.flags
+    return entry

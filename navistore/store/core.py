@@ -28,7 +28,9 @@ from navistore.clock import (
 from navistore.interfaces import (
     ABSENT,
     ANY,
+    Deadline,
     Expectation,
+    IExpiringRecords,
     IImmediateReads,
     IPrefixChanges,
     IStorageBackend,
@@ -46,6 +48,7 @@ from navistore.store.sized import DEFAULT_PAGE_BYTES, changes_page, scan_page
 __all__ = [
     "FALLBACK_SCAN_RECORDS",
     "MATCH_ANY",
+    "MAX_TTL_MS",
     "NODE_ID_META",
     "ChangeListener",
     "Store",
@@ -59,6 +62,9 @@ NODE_ID_META = "node_id"
 
 #: ``If-Match: *``: the key must exist, whatever its version.
 MATCH_ANY = "*"
+
+#: The longest TTL a write may ask for: ten years.
+MAX_TTL_MS = 10 * 365 * 86_400_000
 
 #: How often a write retries after losing a compare-and-set race before giving up.
 _MAX_WRITE_ATTEMPTS = 100
@@ -111,12 +117,14 @@ class StoreCounters:
     :ivar lww_losses: records from other nodes older than the stored one: last-writer-wins
         kept the stored record.
     :ivar duplicates: records from other nodes this node held already (the same stamp).
+    :ivar expiries: tombstones this node wrote for keys whose TTL ran out.
     """
 
     __slots__ = (
         "conflicts",
         "deletes",
         "duplicates",
+        "expiries",
         "lww_losses",
         "precondition_failures",
         "puts",
@@ -128,6 +136,7 @@ class StoreCounters:
         self.reads = self.puts = self.deletes = 0
         self.precondition_failures = self.conflicts = 0
         self.received = self.lww_losses = self.duplicates = 0
+        self.expiries = 0
 
 
 class Store:
@@ -161,6 +170,7 @@ class Store:
         self._peek: Callable[[str], Record | None] | None = None
         if IImmediateReads.providedBy(backend):
             self._peek = backend.peek
+        self._newest_seq = 0
         #: What this Store has done (see :class:`StoreCounters`).
         self.counters = StoreCounters()
 
@@ -194,7 +204,22 @@ class Store:
             newest = await backend.changes(last_seq - 1, 1)
             for record in newest:
                 cls._advance_clock(clock, record.stamp)
-        return cls(backend, clock, max_key_bytes=max_key_bytes, max_value_size=max_value_size)
+        store = cls(backend, clock, max_key_bytes=max_key_bytes, max_value_size=max_value_size)
+        store._newest_seq = last_seq
+        return store
+
+    @property
+    def newest_seq(self) -> int:
+        """The newest seq this node has stored (as of :meth:`open`, then of every record it
+        stored since), known at once: the index every answer carries, so that a client that
+        reads and then watches from it misses nothing."""
+        return self._newest_seq
+
+    @property
+    def expires_keys(self) -> bool:
+        """Whether the backend lists expiring records (:class:`IExpiringRecords`), so that the
+        node writes each expiry as a tombstone; writes with a TTL need it."""
+        return IExpiringRecords.providedBy(self.backend)
 
     @property
     def node_id(self) -> str:
@@ -218,9 +243,18 @@ class Store:
     # -- reads ------------------------------------------------------------------------------
 
     async def get(self, key: str) -> Record | None:
-        """Return the live record of a canonical key, or None if absent or deleted."""
+        """Return the live record of a canonical key, or None if absent, deleted or expired
+        (an expired key is absent at once, before its expiry's tombstone is written)."""
         self.counters.reads += 1
-        return _live(await self.backend.get(key))
+        return self._present(await self.backend.get(key))
+
+    def _present(self, record: Record | None) -> Record | None:
+        """``record`` if it is live and not expired, else None."""
+        if record is None or record.deleted:
+            return None
+        if record.expires_ms is not None and record.expires_ms <= self.clock.wall_ms():
+            return None
+        return record
 
     def peek(self, key: str) -> Record | None:
         """What :meth:`get` would answer, at once; WouldBlock when that needs waiting (or the
@@ -229,6 +263,8 @@ class Store:
             raise WouldBlock(key)
         record = self._peek(key)
         if record is None or record.deleted:
+            return None
+        if record.expires_ms is not None and record.expires_ms <= self.clock.wall_ms():
             return None
         self.counters.reads += 1
         return record
@@ -252,7 +288,11 @@ class Store:
         if len(records) > limit:
             records = records[:limit]
             full = True
-        return KeysPage(records, records[-1].key if full else None)
+        following = records[-1].key if full else None
+        now = self.clock.wall_ms()
+        if any(record.expires_ms is not None and record.expires_ms <= now for record in records):
+            records = [record for record in records if not record.expired(now)]
+        return KeysPage(records, following)
 
     async def changes(
         self,
@@ -378,6 +418,8 @@ class Store:
         if_match: str | None = None,
         if_none_match: bool = False,
         create_only: bool = False,
+        ttl_ms: int | None = None,
+        flags: int = 0,
     ) -> WriteResult:
         """Write a value, optionally conditionally, and return what was stored.
 
@@ -385,11 +427,22 @@ class Store:
         :param if_none_match: ``If-None-Match: *``: the key must not exist, else
             PreconditionFailed.
         :param create_only: POST semantics: the key must not exist, else Conflict.
+        :param ttl_ms: the key expires this many ms after the write (by this node's wall
+            clock), on every node; None: never.
+        :param flags: an opaque unsigned 64-bit number kept with the value.
+        :raises ValueError: a TTL out of range, or one the backend cannot expire.
         """
         content = content_type or DEFAULT_CONTENT_TYPE
+        expires: int | None = None
+        if ttl_ms is not None:
+            if not 0 < ttl_ms <= MAX_TTL_MS:
+                raise ValueError(f"a TTL is from 1 ms to {MAX_TTL_MS // 1000} s")
+            if not self.expires_keys:
+                raise ValueError(f"the {self.backend.kind} backend cannot expire keys")
+            expires = self.clock.wall_ms() + ttl_ms
 
         def make(stamp: Stamp) -> Record:
-            return Record(key, value, content, stamp)
+            return Record(key, value, content, stamp, False, None, (), expires, flags)
 
         return await self._write(key, make, if_match, if_none_match, create_only)
 
@@ -405,18 +458,19 @@ class Store:
         if self._peek is None:
             return None
         try:
-            current = _live(self._peek(key))
+            stored_now = _live(self._peek(key))
         except WouldBlock:
             return None
         record = Record(key, value, content_type or DEFAULT_CONTENT_TYPE, self.clock.now())
-        expect: Expectation = ABSENT if current is None else current.stamp
+        expect: Expectation = ABSENT if stored_now is None else stored_now.stamp
+        current = self._present(stored_now)
 
         def decided(stored: Record | None) -> WriteResult | Deferred[WriteResult]:
             if stored is None:
                 return Deferred.fromCoroutine(self.put(key, value, content_type))
             self.counters.puts += 1
             self._notify(stored)
-            return WriteResult(stored, created=current is None)
+            return WriteResult(stored, current is None, current)
 
         applied: Deferred[Record | None] = self.backend.apply(record, expect)
         return applied.addCallback(decided)
@@ -431,11 +485,31 @@ class Store:
         :raises NotFound: the key does not exist.
         """
 
+        result = await self.remove(key, if_match=if_match, if_none_match=if_none_match)
+        return result.record
+
+    async def remove(
+        self, key: str, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> WriteResult:
+        """:meth:`delete`, answering the tombstone with the live record it deleted
+        (``previous``)."""
+
         def make(stamp: Stamp) -> Record:
             return Record.tombstone(key, stamp)
 
-        result = await self._write(key, make, if_match, if_none_match, False, must_exist=True)
-        return result.record
+        return await self._write(key, make, if_match, if_none_match, False, must_exist=True)
+
+    async def expire(self, deadline: Deadline) -> Record | None:
+        """Write the expiry of the record ``deadline`` names, whose time has come
+        (:meth:`Record.expiry <navistore.record.Record.expiry>`): only if that record is
+        still the stored one. Return the tombstone stored, or None (it was replaced, or
+        expired already)."""
+        tombstone = Record.expiry_of(deadline.key, deadline.stamp, deadline.expires_ms)
+        stored: Record | None = await self.backend.apply(tombstone, deadline.stamp)
+        if stored is not None:
+            self.counters.expiries += 1
+            self._notify(stored)
+        return stored
 
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every live key under a canonical prefix; return how many were deleted.
@@ -497,14 +571,17 @@ class Store:
                     key, f"If-Match: {if_match}", _live(await self.backend.get(key))
                 ) from None
         for _attempt in range(_MAX_WRITE_ATTEMPTS):
-            current = _live(await self.backend.get(key))
+            stored_now = _live(await self.backend.get(key))
+            current = self._present(stored_now)
             # Preconditions are evaluated before the method's own rules (RFC 9110 13.2.2).
             if current is None:
                 if if_match is not None:
                     raise PreconditionFailed(key, f"If-Match: {if_match}", None)
                 if must_exist:
                     raise NotFound(key)
-                expect: Expectation = ABSENT
+                # An expired record is absent, but it is still stored until its expiry is
+                # written: the write replaces exactly it.
+                expect: Expectation = ABSENT if stored_now is None else stored_now.stamp
             else:
                 if if_none_match:
                     raise PreconditionFailed(key, "If-None-Match: *", current)
@@ -521,7 +598,7 @@ class Store:
                 else:
                     self.counters.puts += 1
                 self._notify(stored)
-                return WriteResult(stored, created=current is None)
+                return WriteResult(stored, current is None, current)
             # Lost a race, or the stored stamp (from a peer, or from before a clock step) is
             # ahead of this clock: catch the clock up and decide again on fresh state.
             latest = await self.backend.get(key)
@@ -660,6 +737,9 @@ class Store:
             self._listeners.remove(listener)
 
     def _notify(self, record: Record) -> None:
+        seq = record.seq
+        if seq is not None and seq > self._newest_seq:
+            self._newest_seq = seq
         for listener in list(self._listeners):
             try:
                 listener(record)

@@ -11,10 +11,12 @@ __all__ = ["ChangesPage", "KeysPage", "WriteResult"]
 
 @attrs.frozen
 class WriteResult:
-    """What a write did: the stored record, and whether the key was absent before."""
+    """What a write did: the stored record, whether the key was absent before, and the live
+    record it replaced (None when absent: etcd's ``prevNode``)."""
 
     record: Record
     created: bool
+    previous: Record | None = None
 
 
 @attrs.frozen

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -36,9 +36,9 @@ __all__ = ["EPOCH_MS", "Ack", "Cluster", "Node", "RecordState", "SimulationError
 #: The wall time (ms since 1970) at which every simulation starts, before each node's skew.
 EPOCH_MS = 1_700_000_000_000
 
-#: A record as compared across nodes: key, value, content type, stamp text, deleted.
+#: A record as compared across nodes: key, value, content type, stamp text, deleted, deadline.
 #: ``seq`` and ``chain`` are left out: they are local to each node.
-RecordState = tuple[str, bytes, str, str, bool]
+RecordState = tuple[str, bytes, str, str, bool, Optional[int]]
 
 _T = TypeVar("_T")
 
@@ -58,10 +58,16 @@ class Ack:
     value: bytes
     content_type: str
     deleted: bool
+    expires_ms: int | None = None
 
     def state(self) -> RecordState:
-        """The record this acknowledgement promises, as :meth:`Cluster.state` shows it."""
-        return (self.key, self.value, self.content_type, self.stamp.encode(), self.deleted)
+        """The record this acknowledgement promises, as :meth:`Cluster.state` shows it: once
+        its deadline passed, its expiry (the same tombstone on every node)."""
+        if self.expires_ms is not None and not self.deleted:
+            record = Record(self.key, self.value, self.content_type, self.stamp)
+            expiry = Record.expiry_of(record.key, record.stamp, self.expires_ms)
+            return (self.key, b"", "", expiry.stamp.encode(), True, self.expires_ms)
+        return (self.key, self.value, self.content_type, self.stamp.encode(), self.deleted, None)
 
 
 @attrs.define(eq=False)
@@ -349,6 +355,7 @@ class Cluster:
                 record.value,
                 record.content_type,
                 record.deleted,
+                record.expires_ms,
             )
         )
         return record
@@ -359,10 +366,13 @@ class Cluster:
         key: str,
         value: bytes,
         content_type: str | None = None,
+        *,
+        ttl_ms: int | None = None,
     ) -> Record:
-        """Write a key on a node; the write is acknowledged when this returns."""
-        self.note(f"write {self.node(node).name} {key} {value[:40]!r}")
-        result = self.resolve(self.store(node).put(key, value, content_type))
+        """Write a key on a node (with a TTL: it expires); acknowledged when this returns."""
+        lease = "" if ttl_ms is None else f" ttl={ttl_ms}ms"
+        self.note(f"write {self.node(node).name} {key} {value[:40]!r}{lease}")
+        result = self.resolve(self.store(node).put(key, value, content_type, ttl_ms=ttl_ms))
         return self._acknowledged(node, result.record)
 
     def delete(self, node: str | int, key: str) -> Record:
@@ -395,7 +405,8 @@ class Cluster:
         while True:
             page: list[Record] = self.resolve(backend.scan("/", after, 500, True))
             found.extend(
-                (r.key, r.value, r.content_type, r.stamp.encode(), r.deleted) for r in page
+                (r.key, r.value, r.content_type, r.stamp.encode(), r.deleted, r.expires_ms)
+                for r in page
             )
             if len(page) < 500:
                 return found
@@ -420,8 +431,9 @@ class Cluster:
 
     def check_acknowledged(self) -> None:
         """Raise SimulationError unless every node holds, for each key, the acknowledged write
-        or delete with the greatest stamp (so nothing acknowledged was lost), and no key that
-        nobody wrote."""
+        or delete with the greatest stamp (so nothing acknowledged was lost), or its expiry
+        when it had a TTL (call it once every deadline has passed), and no key that nobody
+        wrote."""
         newest: dict[str, Ack] = {}
         for ack in self.acks:
             if ack.key not in newest or ack.stamp > newest[ack.key].stamp:

@@ -2,9 +2,11 @@
 
 :func:`run_schedule` builds a :class:`Cluster` from a seed, runs a random mix of writes,
 deletes, conditional writes (some failing by design), partitions, heals, stops, starts and
-restarts, interleaved with clock advances over a network that drops, duplicates and delays, then
-heals everything, runs until quiet and checks that every node holds the same records and that
-every acknowledged write is either there or beaten by a newer acknowledged one.
+restarts, writes with a TTL, interleaved with clock advances over a network that drops,
+duplicates and delays, then heals everything, runs until quiet and checks that every node holds
+the same records; then lets every deadline pass and checks again, and that every acknowledged
+write is either there (or its expiry, the same tombstone on every node) or beaten by a newer
+acknowledged one.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ __all__ = [
 
 _OPERATIONS = (
     ("write", 40),
+    ("lease", 8),
     ("delete", 10),
     ("conditional", 15),
     ("burst", 4),
@@ -44,6 +47,8 @@ _OPERATIONS = (
     ("start", 4),
 )
 _CONTENT_TYPES = (None, "text/plain", "application/json")
+#: The longest TTL a schedule writes; the final check waits it out.
+_LEASE_MS = 60_000
 
 
 def replay_hint(seed: int, steps: int) -> str:
@@ -98,6 +103,11 @@ def run_schedule(
                 cluster.start(name)
         took = cluster.run_until_quiet()
         cluster.check_converged()
+        # Every deadline passes (with room for the nodes' skews), and every node expires
+        # the same keys the same way.
+        cluster.advance(_LEASE_MS / 1000 + 10)
+        took += cluster.run_until_quiet()
+        cluster.check_converged()
         cluster.check_acknowledged()
         cluster.note(f"converged {took:.1f} s after healing; {len(cluster.acks)} acknowledged")
     except SimulationError as exc:
@@ -115,6 +125,9 @@ def _run_step(cluster: Cluster, rng: random.Random, keys: list[str], step: int) 
     try:
         if operation == "write":
             cluster.write(node, key, value, rng.choice(_CONTENT_TYPES))
+        elif operation == "lease":
+            ttl_ms = rng.choice((300, 2_000, 15_000, _LEASE_MS))
+            cluster.write(node, key, value, ttl_ms=ttl_ms)
         elif operation == "delete":
             cluster.delete(node, key)
         elif operation == "conditional":

@@ -97,4 +97,5 @@ def make_site(
         reactor=reactor,
         limits=limits,
         send_budget=send_budget,
+        answer_index=lambda: store.newest_seq,
     )

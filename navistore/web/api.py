@@ -287,8 +287,10 @@ class ApiResource(Resource):
             record = self.store.peek(key)
         except (WouldBlock, BackendError):
             return None
-        if record is None:
-            return None  # 404 and its JSON body are the general path's
+        if record is None or record.expires_ms is not None or record.flags:
+            # 404 and its JSON body are the general path's, and so are the headers of a
+            # record's time left and flags (the heads kept per version cannot say them).
+            return None
         if len(record.value) > SMALL_ANSWER:
             budget = send_budget_of(request)
             if budget is not None and budget.spent:

@@ -345,7 +345,17 @@ class ExportEndpoints:
                 chain = () if origin == node_id else (origin,)
                 content_type = "" if line.deleted else (line.content_type or DEFAULT_CONTENT_TYPE)
                 stamped.append(
-                    Record(key, line.value, content_type, line.stamp, line.deleted, None, chain)
+                    Record(
+                        key,
+                        line.value,
+                        content_type,
+                        line.stamp,
+                        line.deleted,
+                        None,
+                        chain,
+                        line.expires_ms,
+                        line.flags,
+                    )
                 )
             if len(stamped) + len(fresh) >= APPLY_RECORDS:
                 done, lost = await self._apply_chunk(stamped, fresh)

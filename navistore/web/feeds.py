@@ -67,13 +67,16 @@ RecordAnswer = Callable[[Request, Record, "dict[bytes, bytes]"], Response]
 
 
 def change_entry(record: Record) -> dict[str, Any]:
-    """One change as every feed shows it."""
-    return {
+    """One change as every feed shows it (an expiry is a delete that says so)."""
+    entry: dict[str, Any] = {
         "seq": record.seq,
         "key": record.key,
         "stamp": record.stamp.encode(),
         "deleted": record.deleted,
     }
+    if record.deleted and record.expires_ms is not None:
+        entry["expired"] = True
+    return entry
 
 
 def changes_body(page: ChangesPage, purged_before: int | None = None) -> bytes:

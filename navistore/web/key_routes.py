@@ -18,11 +18,21 @@ from navistore.watch_hub import WatchHub
 from navistore.web.conditions import condition, etag_of, last_modified
 from navistore.web.errors import ApiError, MethodNotAllowed
 from navistore.web.feeds import wait_for_key
-from navistore.web.params import flag, int_arg, query_arg, request_body, wants_json
+from navistore.web.params import (
+    flag,
+    flags_arg,
+    int_arg,
+    query_arg,
+    request_body,
+    ttl_arg,
+    wants_json,
+)
 from navistore.web.responses import VALUE_POLICY, Response, json_response, text_response
 
 __all__ = [
     "DEFAULT_REPLICA_TIMEOUT",
+    "EXPIRES_HEADER",
+    "FLAGS_HEADER",
     "MAX_REPLICA_TIMEOUT",
     "SOURCE_HEADER",
     "STALE_HEADER",
@@ -34,6 +44,10 @@ __all__ = [
 SOURCE_HEADER = b"X-Navistore-Source"
 #: Seconds since a cache node last heard from its upstream: how stale its answer may be.
 STALE_HEADER = b"X-Navistore-Stale-Seconds"
+#: Whole seconds (rounded up) a key written with a TTL has left.
+EXPIRES_HEADER = b"X-Navistore-Expires"
+#: A key's flags, when they are not 0.
+FLAGS_HEADER = b"X-Navistore-Flags"
 
 #: Seconds a ``?replicas=`` write waits for its peers unless ``timeout`` says, and the most.
 DEFAULT_REPLICA_TIMEOUT = 5
@@ -108,10 +122,16 @@ class KeyRoutes:
             raise ApiError(404, "not_found", f"no key {key!r}", {"key": key}, headers)
         return self.answer_record(request, record, headers)
 
-    @staticmethod
-    def answer_record(request: Request, record: Record, headers: dict[bytes, bytes]) -> Response:
+    def answer_record(
+        self, request: Request, record: Record, headers: dict[bytes, bytes]
+    ) -> Response:
         """A GET's answer for a live record (200, or 304 for ``If-None-Match``)."""
         headers = {**headers, **record_headers(record)}
+        if record.expires_ms is not None:
+            left_ms = max(0, record.expires_ms - self.store.clock.wall_ms())
+            headers[EXPIRES_HEADER] = b"%d" % -(-left_ms // 1000)
+        if record.flags:
+            headers[FLAGS_HEADER] = b"%d" % record.flags
         unless = condition(request, b"If-None-Match")
         if unless is not None and unless.matches(record):
             return Response(304, headers=headers)
@@ -160,6 +180,14 @@ class KeyRoutes:
         raw_type = request.getHeader(b"Content-Type")
         content_type = raw_type.decode("latin-1") if raw_type else None
         replicas = self._replicas_wanted(request)
+        ttl_ms = ttl_arg(request)
+        if ttl_ms is not None and not self.store.expires_keys:
+            raise ApiError(
+                400,
+                "ttl_unsupported",
+                f"the {self.store.backend.kind} backend cannot expire keys: write without ?ttl=",
+            )
+        flags = flags_arg(request)
         if_match = await self._resolve_match(request, key)
         none_match = await self._check_none_match_tags(request, key)
         result = await self.store.put(
@@ -169,6 +197,8 @@ class KeyRoutes:
             if_match=if_match,
             if_none_match=none_match,
             create_only=create_only,
+            ttl_ms=ttl_ms,
+            flags=flags,
         )
         await self._wait_for_replicas(request, result.record, replicas)
         return self.put_answer(result, key, wants_json(request))

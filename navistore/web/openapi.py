@@ -23,7 +23,8 @@ from typing import Any
 from navistore import __version__
 from navistore.keys import DEFAULT_MAX_KEY_BYTES
 from navistore.protocol.records import VALUE_ENCODINGS
-from navistore.record import DEFAULT_MAX_VALUE_SIZE
+from navistore.record import DEFAULT_MAX_VALUE_SIZE, MAX_FLAGS
+from navistore.store.core import MAX_TTL_MS
 from navistore.watch_hub import DEFAULT_MAX_WATCHERS
 from navistore.web.backend_rpc import MAX_PAGE as RPC_MAX_PAGE
 from navistore.web.backend_rpc import PAGE_BYTES as RPC_PAGE_BYTES
@@ -407,10 +408,26 @@ _CACHE_HEADERS = {
         "schema": {"type": "string", "pattern": "^[0-9]+$"},
     },
 }
+_INDEX_HEADER = {
+    "X-Navistore-Index": {
+        "description": "Every answer's: the node's newest seq as the answer was made (watch "
+        "after it to miss nothing).",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    }
+}
 _READ_HEADERS = {
     **{name: {**header, "required": False} for name, header in _VERSION_HEADERS.items()},
     **_SEQ_HEADER,
     **_CACHE_HEADERS,
+    **_INDEX_HEADER,
+    "X-Navistore-Expires": {
+        "description": "A key written with a TTL: whole seconds left (rounded up).",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    },
+    "X-Navistore-Flags": {
+        "description": "A key's flags, when not 0.",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    },
 }
 
 
@@ -433,6 +450,8 @@ def _schemas(max_value_size: int) -> dict[str, Schema]:
             "deleted": {"type": "boolean"},
             "chain": {"type": "array", "items": _ref("NodeId")},
             "seq": {"anyOf": [seq, {"type": "null"}]},
+            "expires_ms": {**seq, "description": "A TTL's deadline (ms since the epoch)."},
+            "flags": {"type": "integer", "minimum": 0, "maximum": MAX_FLAGS},
         },
     }
     entry = {
@@ -445,6 +464,8 @@ def _schemas(max_value_size: int) -> dict[str, Schema]:
             "content_type": {"type": "string"},
             "value": {"type": "string"},
             "encoding": {"type": "string", "enum": list(VALUE_ENCODINGS)},
+            "expires_ms": {**seq, "description": "A TTL's deadline (ms since the epoch)."},
+            "flags": {"type": "integer", "minimum": 1, "maximum": MAX_FLAGS},
         },
         "additionalProperties": False,
     }
@@ -456,6 +477,7 @@ def _schemas(max_value_size: int) -> dict[str, Schema]:
             "key": {"type": "string"},
             "stamp": _ref("Stamp"),
             "deleted": {"type": "boolean"},
+            "expired": {"type": "boolean", "enum": [True], "description": "A TTL's expiry."},
         },
         "additionalProperties": False,
     }
@@ -686,7 +708,7 @@ def _key_paths(max_value_size: int, max_key_bytes: int) -> dict[str, Schema]:
         *key_errors,
         _FORWARDED,
         {
-            400: ("invalid_record",),
+            400: ("invalid_record", "ttl_unsupported"),
             405: ("method_not_allowed",),
             412: ("precondition_failed",),
             504: ("replicas_timeout", "replicas_unavailable"),
@@ -741,6 +763,15 @@ def _key_paths(max_value_size: int, max_key_bytes: int) -> dict[str, Schema]:
         201: _written("Created"),
     }
     write_params = [*_replicas()]
+    value_params = [
+        _query(
+            "ttl",
+            _whole(MAX_TTL_MS // 1000, 1),
+            "Whole seconds until the key expires, on every node (``X-Navistore-Expires`` "
+            "says what is left); an expired key reads as absent and its expiry is a delete.",
+        ),
+        _query("flags", _whole(MAX_FLAGS), "An opaque 64-bit number kept with the value."),
+    ]
     key_get = operation(
         "get_key",
         "Read a key's value",
@@ -766,7 +797,7 @@ def _key_paths(max_value_size: int, max_key_bytes: int) -> dict[str, Schema]:
                 "put_key",
                 "Write a key's value",
                 tag="keys",
-                parameters=[*write_params, _IF_MATCH, _IF_NONE_MATCH_WRITE],
+                parameters=[*write_params, *value_params, _IF_MATCH, _IF_NONE_MATCH_WRITE],
                 body=value_body,
                 answers=put_answer,
                 errors=write_errors,
@@ -775,7 +806,7 @@ def _key_paths(max_value_size: int, max_key_bytes: int) -> dict[str, Schema]:
                 "create_key",
                 "Create a key (409 if it exists)",
                 tag="keys",
-                parameters=[*write_params, _IF_MATCH, _IF_NONE_MATCH_WRITE],
+                parameters=[*write_params, *value_params, _IF_MATCH, _IF_NONE_MATCH_WRITE],
                 body=value_body,
                 answers={201: _written("Created")},
                 errors=(*write_errors, {409: ("conflict",)}),

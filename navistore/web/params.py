@@ -9,7 +9,8 @@ from urllib.parse import parse_qs
 from twisted.web.server import Request
 
 from navistore.hooks import ForwardedWrite
-from navistore.record import MAX_SEQ
+from navistore.record import MAX_FLAGS, MAX_SEQ
+from navistore.store.core import MAX_TTL_MS
 from navistore.web.errors import BadRequest, TooLarge
 
 __all__ = [
@@ -17,12 +18,14 @@ __all__ = [
     "MAX_INTEGER",
     "MAX_PAGE",
     "flag",
+    "flags_arg",
     "forwarded_write",
     "int_arg",
     "page_limit",
     "query",
     "query_arg",
     "request_body",
+    "ttl_arg",
     "wants_json",
     "whole_number",
 ]
@@ -101,6 +104,26 @@ def int_arg(
             f"parameter {name!r} must be a whole number from {minimum} to {top}, not {text[:40]!r}",
         )
     return value
+
+
+def flags_arg(request: Request) -> int:
+    """``?flags=`` as an unsigned 64-bit number (Consul's flags; 0 when absent)."""
+    text = query_arg(request, "flags")
+    if text is None or text == "":
+        return 0
+    if not _DIGITS.match(text) or len(text) > 20 or int(text) > MAX_FLAGS:
+        raise BadRequest(
+            "invalid_parameter",
+            f"parameter 'flags' must be a whole number from 0 to {MAX_FLAGS}, not {text[:40]!r}",
+        )
+    return int(text)
+
+
+def ttl_arg(request: Request) -> int | None:
+    """``?ttl=SECONDS`` as milliseconds (None when absent): from 1 s to the Store's limit."""
+    if not query_arg(request, "ttl"):
+        return None
+    return 1000 * int_arg(request, "ttl", 0, MAX_TTL_MS // 1000, minimum=1)
 
 
 def forwarded_write(request: Request, body: bytes) -> ForwardedWrite:

@@ -242,6 +242,7 @@ class NavistoreRequest(LimitedRequest):
 
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, **kwargs)
+        self._answer_index = getattr(channel.site, "answer_index", None)
         watcher = getattr(channel.site, "request_watcher", None)
         if watcher is not None:
             self._watcher = watcher
@@ -343,6 +344,9 @@ class NavistoreRequest(LimitedRequest):
             for value in values:
                 parts.append(b"%s: %s\r\n" % (name, value))
         parts.append(self.head)
+        if self._answer_index is not None:
+            # Taken as the head goes out: at least the seq of anything the answer says.
+            parts.append(b"X-Navistore-Index: %d\r\n" % self._answer_index())
         parts.append(b"\r\n")
         if self.method == b"HEAD" or code in NO_BODY_CODES:
             self._no_body = True

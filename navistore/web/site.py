@@ -11,7 +11,7 @@ bodies arrive, and the lighter answer path.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web import http
@@ -37,6 +37,8 @@ class NavistoreSite(Site):
     :param reactor: what connections time their deadlines with.
     :param limits: the deadlines of every connection.
     :param send_budget: what slow readers may hold together (default: its own).
+    :param answer_index: the node's newest seq, read as each answer's head goes out
+        (``X-Navistore-Index``); None: no such header.
     """
 
     # The channel itself, not Twisted's wrapper that would pick HTTP/2 by ALPN: a node speaks
@@ -55,6 +57,7 @@ class NavistoreSite(Site):
         reactor: IReactorTime | None = None,
         limits: ConnectionLimits = DEFAULT_LIMITS,
         send_budget: SendBudget | None = None,
+        answer_index: Callable[[], int] | None = None,
     ) -> None:
         super().__init__(
             resource, requestFactory=NavistoreRequest, timeout=limits.idle_timeout, reactor=reactor
@@ -64,6 +67,7 @@ class NavistoreSite(Site):
         self.limits = limits
         self.deadlines = Deadlines(self.reactor)
         self.send_budget = SendBudget() if send_budget is None else send_budget
+        self.answer_index = answer_index
         #: Told of every request's start and end (the daemon's tracker), or None.
         self.request_watcher: RequestWatcher | None = None
 

@@ -33,7 +33,10 @@ them all, and is the only class a backend author needs:
 * :mod:`~navistore.testing.compliance.prefix_changes`: ``changes_under``, for backends
   providing IPrefixChanges (skipped as not applicable for the others);
 * :mod:`~navistore.testing.compliance.sized_reads`: pages cut by bytes, for backends providing
-  ISizedReads (skipped as not applicable for the others).
+  ISizedReads (skipped as not applicable for the others);
+* :mod:`~navistore.testing.compliance.expiring`: deadlines and flags round-trip, and
+  ``expiring`` for backends providing IExpiringRecords (skipped as not applicable for the
+  others).
 
 The helpers :func:`make_stamp`, :func:`make_record` and :func:`make_tombstone` build deterministic
 test data; backend authors may use them in their own backend-specific tests.
@@ -47,6 +50,7 @@ from navistore.testing.compliance.apply import ApplyContract
 from navistore.testing.compliance.changes import ChangesContract
 from navistore.testing.compliance.concurrency import ConcurrencyContract
 from navistore.testing.compliance.expectations import ExpectationContract
+from navistore.testing.compliance.expiring import ExpiringContract
 from navistore.testing.compliance.immediate_reads import ImmediateReadsContract
 from navistore.testing.compliance.interface import InterfaceContract
 from navistore.testing.compliance.lifecycle import LifecycleContract
@@ -97,6 +101,7 @@ class BackendComplianceTests(
     ImmediateReadsContract,
     PrefixChangesContract,
     SizedReadsContract,
+    ExpiringContract,
     BackendFixtures,
 ):
     """The :class:`~navistore.interfaces.IStorageBackend` contract, as pytest-twisted tests.

@@ -51,6 +51,13 @@ _MALFORMED = [
     pytest.param({"key": "/k", "value": b"v"}, id="not-a-record"),
     pytest.param(_malformed(chain=["00000000000000aa"]), id="chain-not-a-tuple"),
     pytest.param(_malformed(chain=("not-a-node-id",)), id="chain-with-bad-node-id"),
+    pytest.param(_malformed(expires_ms=-1), id="negative-deadline"),
+    pytest.param(_malformed(expires_ms="soon"), id="deadline-as-text"),
+    pytest.param(_malformed(flags=-1), id="negative-flags"),
+    pytest.param(_malformed(flags=2**64), id="flags-over-64-bits"),
+    pytest.param(
+        _malformed(deleted=True, value=b"", content_type="", flags=1), id="tombstone-flags"
+    ),
 ]
 
 
