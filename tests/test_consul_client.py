@@ -21,8 +21,6 @@ from typing import Any
 import pytest
 from support.processes import Server, running, twistd, wait_until
 
-from navistore.compat.consul_kv import FLAGS_STORED
-
 try:
     import consul
 except ImportError:  # pragma: no cover - the test extra installs it
@@ -181,7 +179,6 @@ def test_values_over_the_limit_are_refused(node: Server) -> None:
     assert client(node).kv.put("big/fits", b"x" * 60_000) is True
 
 
-@pytest.mark.skipif(not FLAGS_STORED, reason="waiting for the core's Store.put(flags=)")
 def test_flags_are_stored_per_key(node: Server) -> None:
     """``?flags=`` is kept with the key (up to 2**64-1) and comes back as ``Flags``; a write
     without flags sets them back to 0, as in Consul."""
@@ -363,7 +360,7 @@ def test_a_transaction_that_succeeds(node: Server) -> None:
     payload = [
         {"KV": {"Verb": "check-index", "Key": "ty/old", "Index": old["ModifyIndex"]}},
         {"KV": {"Verb": "check-not-exists", "Key": "ty/new"}},
-        {"KV": {"Verb": "set", "Key": "ty/new", "Value": b64("N"), "Flags": 0}},
+        {"KV": {"Verb": "set", "Key": "ty/new", "Value": b64("N"), "Flags": 7}},
         {"KV": {"Verb": "cas", "Key": "ty/old", "Value": b64("O2"), "Index": old["ModifyIndex"]}},
         {"KV": {"Verb": "get", "Key": "ty/new"}},
         {"KV": {"Verb": "get-tree", "Key": "ty/tree/"}},
@@ -383,7 +380,9 @@ def test_a_transaction_that_succeeds(node: Server) -> None:
     assert results[0]["KV"]["Value"] is None and results[1]["KV"]["Value"] is None
     assert results[2]["KV"]["Value"] == b64("N") and results[3]["KV"]["Value"] == b64("X")
     assert results[2]["KV"]["ModifyIndex"] == results[0]["KV"]["ModifyIndex"] > 0
+    assert results[0]["KV"]["Flags"] == results[2]["KV"]["Flags"] == 7
     assert agent.kv.get("ty/new")[1]["Value"] == b"N"
+    assert agent.kv.get("ty/new")[1]["Flags"] == 7
     assert agent.kv.get("ty/old")[1]["Value"] == b"O2"
     assert agent.kv.get("ty/tree/", recurse=True)[1] is None
 

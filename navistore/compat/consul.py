@@ -16,7 +16,6 @@ the rest of Consul are not here: ``/v1/session/*`` answers a 400 that says so.
 from __future__ import annotations
 
 from twisted.internet.defer import CancelledError
-from twisted.logger import Logger
 from twisted.web.server import Request
 
 from navistore import __version__
@@ -39,8 +38,6 @@ from navistore.web.responses import Response
 
 __all__ = ["CONSUL_VERSION", "ConsulMount", "consul_mounts"]
 
-log = Logger()
-
 #: The Consul version ``/v1/agent/self`` reports: the API this node speaks (clients check it).
 CONSUL_VERSION = "1.16.0"
 #: The address ``/v1/status/leader`` names when the node knows none of its own.
@@ -61,8 +58,6 @@ class ConsulMount:
         self.context = context
         self.kv = ConsulKV(context)
         self.txn = ConsulTxn(context)
-        #: The last index answered: what an error answers when the backend cannot be read.
-        self._last_index = 1
 
     def secret(self, request: Request) -> str | None:
         """Consul's ``X-Consul-Token`` header, else ``?token=`` (``Authorization: Bearer`` is
@@ -92,20 +87,9 @@ class ConsulMount:
             error = as_api_error(exc)  # logs what nobody foresaw
             response = ConsulError(error.status, error.message, error.headers).response()
         if INDEX_HEADER not in response.headers:
-            response.headers[INDEX_HEADER] = b"%d" % await self._index()
-        else:
-            self._last_index = max(self._last_index, int(response.headers[INDEX_HEADER]))
+            response.headers[INDEX_HEADER] = b"%d" % store_index(self.context.store)
         response.headers.update(_ALWAYS)
         return response
-
-    async def _index(self) -> int:
-        try:
-            self._last_index = max(self._last_index, await store_index(self.context.store))
-        except CancelledError:
-            raise
-        except Exception:
-            log.info("X-Consul-Index: the backend could not be read; answering the last known")
-        return self._last_index
 
     @staticmethod
     def _refusal(error: ApiError) -> Response:

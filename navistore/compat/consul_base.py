@@ -27,7 +27,6 @@ __all__ = [
     "consul_json",
     "consul_name",
     "entry_of",
-    "flags_of",
     "native_key",
     "native_prefix",
     "store_index",
@@ -57,11 +56,11 @@ class ConsulError(Exception):
         return Response(self.status, self.text.encode("utf-8"), headers)
 
 
-async def store_index(store: Store) -> int:
+def store_index(store: Store) -> int:
     """``X-Consul-Index``: this node's newest seq, at least 1 (Consul's clients treat 0 as
     "no index" and must never be sent one). It is read *before* the data an answer shows, so
     a client blocking after it misses no change made while the answer was read."""
-    return max(1, await store.last_seq())
+    return max(1, store.newest_seq)
 
 
 def bare_flag(request: Request, name: str) -> bool:
@@ -110,12 +109,6 @@ def consul_name(key: str) -> str:
     return key[1:]
 
 
-def flags_of(record: Record) -> int:
-    """A record's Consul ``Flags`` (0 until the core stores flags with records)."""
-    flags: int = getattr(record, "flags", 0)
-    return flags
-
-
 def entry_of(record: Record, *, with_value: bool = True) -> dict[str, Any]:
     """A record as Consul's KV entry. ``CreateIndex`` is the record's seq too: Navistore keeps
     no creation index. ``Value`` is base64, or null when empty (or left out of a txn answer)."""
@@ -124,7 +117,7 @@ def entry_of(record: Record, *, with_value: bool = True) -> dict[str, Any]:
     return {
         "LockIndex": 0,
         "Key": consul_name(record.key),
-        "Flags": flags_of(record),
+        "Flags": record.flags,
         "Value": value,
         "CreateIndex": seq,
         "ModifyIndex": seq,

@@ -111,7 +111,7 @@ async def wait_for_change(
     ``target`` that the caller sees (``seen``), changed after ``blocking.index``; or at once in
     the cases the module names; or when the wait runs out or the node shuts down."""
     index = blocking.index
-    if index > await store.last_seq():
+    if index > store.newest_seq:
         return  # the client is ahead of this node: the answer's index will tell it to reset
     if needs_resync(index, await store.purged_before(), full_read=False):
         return

@@ -9,7 +9,6 @@ holds the whole tree in memory), never an unbounded answer.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from twisted.web.server import Request
@@ -56,9 +55,6 @@ _PAGE = 500
 #: Sorts after every character a key may hold: listing after ``dir/`` + this skips ``dir/``.
 _PAST = "\U0010ffff"
 
-#: Whether the Store stores Consul's flags with records (the core's ``put(flags=)``).
-FLAGS_STORED = "flags" in inspect.signature(Store.put).parameters
-
 
 def _refusing_sessions(request: Request) -> None:
     for name in ("acquire", "release"):
@@ -79,19 +75,16 @@ async def put_value(
     The check and the write are one conditional write of the Store (``if_match`` on the
     version that was checked), so a write racing in between makes this one fail, as in Consul.
     """
-    options: dict[str, Any] = {"flags": flags} if flags else {}
-    if flags and not FLAGS_STORED:
-        raise ConsulError(400, "?flags= needs a Navistore node that stores flags (not this one)")
     try:
         if cas is None:
-            await store.put(key, value, **options)
+            await store.put(key, value, flags=flags)
         elif cas == 0:
-            await store.put(key, value, create_only=True, **options)
+            await store.put(key, value, create_only=True, flags=flags)
         else:
             current = await store.get(key)
             if current is None or current.seq != cas:
                 return False
-            await store.put(key, value, if_match=current.stamp.encode(), **options)
+            await store.put(key, value, if_match=current.stamp.encode(), flags=flags)
     except (Conflict, PreconditionFailed):
         return False
     return True
@@ -102,14 +95,14 @@ async def delete_value(store: Store, key: str, *, cas: int | None = None) -> boo
     deletes a key that exists). An absent key counts as deleted (Consul answers ``true``)."""
     try:
         if cas is None:
-            await store.delete(key)
+            await store.remove(key)
             return True
         current = await store.get(key)
         if current is None:
             return True
         if cas == 0 or current.seq != cas:
             return False
-        await store.delete(key, if_match=current.stamp.encode())
+        await store.remove(key, if_match=current.stamp.encode())
     except NotFound:
         return True
     except PreconditionFailed:
@@ -202,7 +195,7 @@ class ConsulKV:
             if blocking is not None:
                 hub = self.context.watch_hub
                 await wait_for_change(self.store, hub, prefix, blocking, exact=False, seen=seen)
-            index = await store_index(self.store)
+            index = store_index(self.store)
             found: list[Any]
             if bare_flag(request, "keys"):
                 separator = query_arg(request, "separator") or None
@@ -222,7 +215,7 @@ class ConsulKV:
         if blocking is not None:
             hub = self.context.watch_hub
             await wait_for_change(self.store, hub, key, blocking, exact=True, seen=key)
-        index = await store_index(self.store)
+        index = store_index(self.store)
         record = await self.store.get(key)
         if record is None:
             raise ConsulError(404, "", {INDEX_HEADER: b"%d" % index})

@@ -37,7 +37,6 @@ from navistore.compat.consul_base import (
     native_prefix,
 )
 from navistore.compat.consul_kv import (
-    FLAGS_STORED,
     MAX_RECURSE_BYTES,
     MAX_RECURSE_KEYS,
     records_under,
@@ -150,8 +149,6 @@ class ConsulTxn:
         ops = self._parse(request)
         for op in ops:  # every permission before anything is read
             self.context.access.check(request, caller, op.need())
-        if any(op.flags for op in ops) and not FLAGS_STORED:
-            raise ConsulError(400, "Flags need a Navistore node that stores flags (not this one)")
         keys: dict[str, _Key] = {}
         results: list[_Result] = []
         errors: list[dict[str, Any]] = []
@@ -318,12 +315,12 @@ class ConsulTxn:
         read, now = state.read, state.now
         if now is None:
             assert read is not None
-            await self.store.delete(key, if_match=read.stamp.encode())
+            await self.store.remove(key, if_match=read.stamp.encode())
             return None
         assert isinstance(now, _Value)
-        options: dict[str, Any] = {"flags": now.flags} if now.flags else {}
         if read is None:
-            written = await self.store.put(key, now.value, create_only=True, **options)
+            written = await self.store.put(key, now.value, create_only=True, flags=now.flags)
         else:
-            written = await self.store.put(key, now.value, if_match=read.stamp.encode(), **options)
+            version = read.stamp.encode()
+            written = await self.store.put(key, now.value, if_match=version, flags=now.flags)
         return written.record
