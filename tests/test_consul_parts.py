@@ -11,7 +11,7 @@ import pytest_twisted
 from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
 
-from navistore.compat import CompatContext, consul_kv
+from navistore.compat import CompatContext, consul_kv, consul_txn
 from navistore.compat.consul import consul_mounts
 from navistore.compat.consul_base import INDEX_HEADER, ConsulError
 from navistore.compat.consul_blocking import (
@@ -138,3 +138,31 @@ async def test_the_mount_answers_errors_in_consuls_way(store: Store) -> None:
     hub.close()  # shutting down: no new blocking query starts
     status, body = await answer("/v1/kv/m/k?index=1&wait=1s")
     assert status == 503 and b"shutting down" in body
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_transaction_reads_a_bounded_amount_in_all(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trees one transaction reads share one bound (that of a ``?recurse`` answer): 64
+    ``get-tree`` operations cannot hold 64 times it. Past it, a 400 and nothing written."""
+    context = CompatContext(
+        store, WatchHub(store, clock=Clock()), AccessPolicy.open(), Clock(), max_value_size=1000
+    )
+    mount = consul_mounts(context)["v1"]
+    for number in range(6):
+        await store.put(f"/t/{number}", b"v")
+    monkeypatch.setattr(consul_txn, "MAX_RECURSE_KEYS", 10)
+
+    async def txn(ops: list[dict[str, object]]) -> tuple[int, bytes]:
+        request = request_for("/v1/txn", b"PUT", json.dumps(ops).encode())
+        response = await mount.answer(request, "/v1/txn", caller_of(request))
+        return response.status, response.body
+
+    tree = {"KV": {"Verb": "get-tree", "Key": "t/"}}
+    status, body = await txn([tree])
+    assert status == 200 and len(json.loads(body)["Results"]) == 6
+    write = {"KV": {"Verb": "set", "Key": "t/new", "Value": "eA=="}}
+    status, body = await txn([write, tree, tree])
+    assert status == 400 and b"other reads" in body
+    assert await store.get("/t/new") is None

@@ -259,12 +259,15 @@ class ConsulTxn:
         return None
 
     async def _tree(self, op: _Op, keys: dict[str, _Key], results: list[_Result]) -> None:
+        """``get-tree`` / ``delete-tree``: every key under the prefix. What one transaction
+        holds in all is bounded as one ``?recurse`` answer is (not 64 times that)."""
+        held = [state.read for state in keys.values() if state.read is not None]
         found = await records_under(
             self.store,
             (op.key,),
-            max_keys=MAX_RECURSE_KEYS,
-            max_bytes=MAX_RECURSE_BYTES,
-            what=f"the tree under {consul_name(op.key)!r}",
+            max_keys=MAX_RECURSE_KEYS - len(held),
+            max_bytes=MAX_RECURSE_BYTES - sum(len(record.value) for record in held),
+            what=f"the tree under {consul_name(op.key)!r} (with the transaction's other reads)",
         )
         for record in found:
             keys.setdefault(record.key, _Key(record, record))
