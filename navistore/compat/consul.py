@@ -7,10 +7,12 @@ with ``--compat consul`` unchanged, given its address (``CONSUL_HTTP_ADDR``) and
 (``CONSUL_HTTP_TOKEN``, sent as ``X-Consul-Token``, ``?token=`` or ``Authorization: Bearer``).
 
 Every answer carries ``X-Consul-Index`` (errors and 404s too: clients fail without it),
-``X-Consul-KnownLeader: true`` and ``X-Consul-LastContact: 0`` (every node answers on its own; there
-is no leader to lose). The index is this node's newest seq (:func:`~navistore.compat.consul_base.
-store_index`). Errors are plain text with Consul's statuses. Sessions, locks, the catalog and
-the rest of Consul are not here: ``/v1/session/*`` answers a 400 that says so.
+``X-Consul-KnownLeader: true`` and ``X-Consul-LastContact: 0`` (every node answers on its own:
+there is no leader to lose). The index is this node's newest seq
+(:func:`~navistore.compat.consul_base.store_index`), so a client moving to another node must
+reset it, as Consul's clients do when an answer's index is lower than theirs. Errors are plain
+text with Consul's statuses. Sessions, locks, the catalog and the rest of Consul are not here:
+``/v1/session/*`` answers a 400 that says so.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ from twisted.internet.defer import CancelledError
 from twisted.web.server import Request
 
 from navistore import __version__
-from navistore.compat import CompatContext
 from navistore.compat.consul_base import (
     DATACENTER,
     INDEX_HEADER,
+    ConsulContext,
     ConsulError,
     consul_json,
     store_index,
@@ -46,7 +48,7 @@ _DEFAULT_ADDRESS = "127.0.0.1:8300"
 _ALWAYS = {b"X-Consul-KnownLeader": b"true", b"X-Consul-LastContact": b"0"}
 
 
-def consul_mounts(context: CompatContext) -> dict[str, Mount]:
+def consul_mounts(context: ConsulContext) -> dict[str, Mount]:
     """Consul's API, mounted on ``/v1/``."""
     return {"v1": ConsulMount(context)}
 
@@ -54,7 +56,7 @@ def consul_mounts(context: CompatContext) -> dict[str, Mount]:
 class ConsulMount:
     """Every path under ``/v1/``: the KV store, transactions, and the status endpoints."""
 
-    def __init__(self, context: CompatContext) -> None:
+    def __init__(self, context: ConsulContext) -> None:
         self.context = context
         self.kv = ConsulKV(context)
         self.txn = ConsulTxn(context)

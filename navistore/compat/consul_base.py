@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.web.server import Request
 
 from navistore.record import Record
 from navistore.store import Store
+from navistore.watch_hub import WatchHub
+from navistore.web.access import AccessPolicy
 from navistore.web.params import MAX_INTEGER, query, query_arg
 from navistore.web.responses import JSON_HEADERS, TEXT_TYPE, Response, json_bytes
 
@@ -22,6 +24,7 @@ __all__ = [
     "DATACENTER",
     "INDEX_HEADER",
     "MAX_FLAGS",
+    "ConsulContext",
     "ConsulError",
     "bare_flag",
     "consul_json",
@@ -39,6 +42,27 @@ INDEX_HEADER = b"X-Consul-Index"
 DATACENTER = "dc1"
 #: Flags are an unsigned 64-bit number in Consul.
 MAX_FLAGS = 2**64 - 1
+
+
+class ConsulContext(Protocol):
+    """What the Consul API is built over: what it reads of
+    :class:`~navistore.compat.CompatContext` (named here, not imported, since
+    ``navistore.compat`` imports this API)."""
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def watch_hub(self) -> WatchHub: ...
+
+    @property
+    def access(self) -> AccessPolicy: ...
+
+    @property
+    def max_value_size(self) -> int: ...
+
+    @property
+    def self_urls(self) -> tuple[str, ...]: ...
 
 
 class ConsulError(Exception):

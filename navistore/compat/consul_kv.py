@@ -13,10 +13,10 @@ from typing import Any
 
 from twisted.web.server import Request
 
-from navistore.compat import CompatContext
 from navistore.compat.consul_base import (
     INDEX_HEADER,
     MAX_FLAGS,
+    ConsulContext,
     ConsulError,
     bare_flag,
     consul_json,
@@ -180,7 +180,7 @@ async def key_names(
 class ConsulKV:
     """The handlers of ``/v1/kv/<name>`` (``name`` is Consul's key, without a leading ``/``)."""
 
-    def __init__(self, context: CompatContext) -> None:
+    def __init__(self, context: ConsulContext) -> None:
         self.context = context
         self.store = context.store
 

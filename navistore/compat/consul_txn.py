@@ -26,9 +26,9 @@ from typing import Any, Union
 import attrs
 from twisted.web.server import Request
 
-from navistore.compat import CompatContext
 from navistore.compat.consul_base import (
     MAX_FLAGS,
+    ConsulContext,
     ConsulError,
     consul_json,
     consul_name,
@@ -138,7 +138,7 @@ def _conflict(errors: list[dict[str, Any]]) -> Response:
 class ConsulTxn:
     """The handler of ``PUT /v1/txn``."""
 
-    def __init__(self, context: CompatContext) -> None:
+    def __init__(self, context: ConsulContext) -> None:
         self.context = context
         self.store = context.store
 
