@@ -460,3 +460,31 @@ def test_a_wrong_token_and_a_read_only_token_cannot_write(guarded: Server) -> No
     assert "app/w2" in names and all(name.startswith("app/") for name in names), names
     assert admin.get("app/w")[1]["Value"] == b"kept"
     assert admin.get("ops/w")[1]["Value"] == b"kept"
+
+
+def test_a_restricted_token_blocks_only_on_what_it_sees(guarded: Server) -> None:
+    """A token for /app/ blocking on every key (``recurse`` of ``""``) lists only /app/, and
+    is not woken by a write outside its prefixes, only by one inside them."""
+    admin = client(guarded, SECRETS["admin"]).kv
+    admin.put("app/seen", "1")
+    admin.put("ops/hidden", "1")
+    writer = client(guarded, SECRETS["writer"]).kv
+    index, entries = writer.get("", recurse=True)
+    assert all(entry["Key"].startswith("app/") for entry in entries)
+
+    def blocked_get() -> Any:
+        return client(guarded, SECRETS["writer"]).kv.get("", recurse=True, index=index, wait="20s")
+
+    result: list[Any] = []
+    thread = threading.Thread(target=lambda: result.append(blocked_get()))
+    thread.start()
+    time.sleep(0.5)
+    admin.put("ops/hidden", "2")
+    time.sleep(1.0)
+    assert thread.is_alive(), "a write the token cannot see woke its blocking query"
+    admin.put("app/seen", "2")
+    thread.join(15)
+    assert not thread.is_alive()
+    _, entries = result[0]
+    assert {entry["Key"]: entry["Value"] for entry in entries}["app/seen"] == b"2"
+    assert not any(entry["Key"].startswith("ops/") for entry in entries)
