@@ -43,6 +43,7 @@ setup(
             "mypy-zope>=1.0.3",
             # tests/test_e2e_fuzz.py and bench/fuzz.py fuzz a node against its OpenAPI document.
             "schemathesis>=4.32; platform_python_implementation == 'CPython'",
+            "py-consul>=1.6",  # tests/test_consul_*.py: Consul's client against --compat consul
         ],
     },
     entry_points={
