@@ -180,7 +180,7 @@ class NodeConfig:
     max_send_buffer: int = DEFAULT_SEND_BUFFER
     access_log: str | None = None
     log_format: str = "text"
-    compat: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
+    compat: tuple[str, ...] = attrs.field(default=COMPAT_APIS, converter=_tuple)
 
     def __attrs_post_init__(self) -> None:
         if self.log_format not in ACCESS_LOG_FORMATS:

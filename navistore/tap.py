@@ -231,7 +231,7 @@ class Options(usage.Options):
         [
             "compat",
             None,
-            (),
+            COMPAT_APIS,
             "Other stores' APIs to serve beside the native one, separated by commas: etcd "
             "(the v2 keys API at /v2/, /version, /health), consul (the KV API at /v1/), or none.",
             _api_names,
