@@ -166,3 +166,41 @@ async def test_a_transaction_reads_a_bounded_amount_in_all(
     status, body = await txn([write, tree, tree])
     assert status == 400 and b"other reads" in body
     assert await store.get("/t/new") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_transaction_raced_between_its_checks_and_its_writes_writes_nothing(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key the transaction checked is written by someone else after the checks passed and
+    before the writes: the answer is 409 and not one of the transaction's writes is stored
+    (they go to the backend together, conditioned on every key as the checks read it)."""
+    context = CompatContext(
+        store, WatchHub(store, clock=Clock()), AccessPolicy.open(), Clock(), max_value_size=1000
+    )
+    mount = consul_mounts(context)["v1"]
+    checked = (await store.put("/t/a", b"one")).record
+    together = store.write_together
+
+    async def raced(*args: object, **kwargs: object) -> object:
+        await store.put("/t/a", b"raced in")
+        return await together(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "write_together", raced)
+    ops = [
+        {"KV": {"Verb": "check-index", "Key": "t/a", "Index": checked.seq}},
+        {"KV": {"Verb": "set", "Key": "t/b", "Value": "Yg=="}},
+        {"KV": {"Verb": "set", "Key": "t/c", "Value": "Yw=="}},
+    ]
+    request = request_for("/v1/txn", b"PUT", json.dumps(ops).encode())
+    response = await mount.answer(request, "/v1/txn", caller_of(request))
+    assert response.status == 409, response.body
+    assert b"nothing was written" in response.body
+    assert await store.get("/t/b") is None and await store.get("/t/c") is None
+    monkeypatch.setattr(store, "write_together", together)
+    ops[0]["KV"]["Index"] = (await store.get("/t/a")).seq  # type: ignore[index, union-attr]
+    request = request_for("/v1/txn", b"PUT", json.dumps(ops).encode())
+    response = await mount.answer(request, "/v1/txn", caller_of(request))
+    assert response.status == 200, response.body
+    stored = [await store.get(key) for key in ("/t/b", "/t/c")]
+    assert [record.seq for record in stored if record] == [3, 4]  # one transaction, in order

@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 from navistore.backend.memory import MemoryBackend
 from navistore.clock import Stamp
 from navistore.record import Record
-from navistore.store import NotFound, Store
+from navistore.store import Change, NotFound, Store
 from navistore.store.core import MAX_TTL_MS
 from navistore.store.expiry import MAX_SLEEP, Expirer
 
@@ -212,3 +212,21 @@ async def test_deadlines_passed_while_down_expire_at_start(wall: Wall, reactor: 
         assert 54 <= delayed.getTime() - reactor.seconds() <= 55
     finally:
         await expirer.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_keys_written_together_treat_an_expired_key_as_absent(
+    store: Store, wall: Wall
+) -> None:
+    """``write_together`` over a key read as absent because it expired replaces exactly the
+    expired record; a key read as absent that someone created meanwhile refuses it whole."""
+    await store.put("/lease", b"old", ttl_ms=1000)
+    wall.advance(2)
+    written = await store.write_together(
+        [Change("/lease", None, b"new"), Change("/other", None, b"o")]
+    )
+    assert written is not None and [record.key for record in written] == ["/lease", "/other"]
+    assert (await store.get("/lease")) == written[0]
+    await store.put("/late", b"created meanwhile")
+    assert await store.write_together([Change("/x", None, b"x")], [("/late", None)]) is None
+    assert await store.get("/x") is None

@@ -1,16 +1,18 @@
 """Consul's ``PUT /v1/txn``: up to :data:`MAX_OPERATIONS` KV operations, checked together.
 
-Navistore has no multi-key transaction, so a transaction runs in two phases:
+A transaction runs in two phases:
 
 1. Every operation is evaluated in order against the keys as read now, each seeing the effect
    of the operations before it (a ``get`` after a ``set`` of the same key sees the new value).
    Any failed check (``check-index``, ``check-not-exists``, ``cas``, ``get`` of an absent
    key...) answers 409 with every failure, and nothing is written.
-2. The writes are then made one key at a time, each conditioned (``if_match``, or "must not
-   exist") on exactly the version phase 1 read. A write racing in between is caught: that key
-   is not written, and the answer is a 409. Writes made before it stay (there is no rollback):
-   the answer's error says how many. A transaction whose checks pass and whose keys nobody else
-   writes meanwhile has Consul's outcome; it is not isolated from concurrent writers.
+2. The writes are then made in one backend transaction (:meth:`Store.write_together
+   <navistore.store.Store.write_together>`), on the condition that every key the transaction
+   read or changed is still exactly as phase 1 read it: a write racing in between makes it a
+   409 with nothing written, and no reader on the node sees half of it. Over a backend that
+   cannot write keys together (``http://``), each key is written on its own, conditioned on
+   what phase 1 read: a race then leaves the writes before it applied (the error says how
+   many).
 
 Sessions do not exist here: ``lock``, ``unlock`` and ``check-session`` are refused (400) before
 anything is read. Operations other than ``KV`` (``Node``, ``Service``, ``Check``) too.
@@ -42,7 +44,7 @@ from navistore.compat.consul_kv import (
     records_under,
 )
 from navistore.record import Record
-from navistore.store import Conflict, NotFound, PreconditionFailed
+from navistore.store import Change, Conflict, NotFound, PreconditionFailed
 from navistore.tokens import ADMIN, READ, WRITE, Caller
 from navistore.web.access import Need
 from navistore.web.errors import TooLarge
@@ -129,6 +131,16 @@ def _field(entry: dict[str, Any], name: str, kind: type, default: Any, where: st
     if not isinstance(value, kind):
         raise ConsulError(400, f"Failed to parse body: {where}: {name} must be a {kind.__name__}")
     return value
+
+
+def _change(key: str, state: _Key) -> Change:
+    """What the transaction makes of a key it changes, for :meth:`Store.write_together`."""
+    now = state.now
+    if now is None:
+        return Change(key, state.read, None)
+    assert isinstance(now, _Value)
+    kept = state.read.content_type if state.read is not None else None
+    return Change(key, state.read, now.value, kept, now.flags)
 
 
 def _conflict(errors: list[dict[str, Any]]) -> Response:
@@ -285,23 +297,27 @@ class ConsulTxn:
     async def _write(
         self, ops: list[_Op], keys: dict[str, _Key], results: list[_Result]
     ) -> Response:
-        """Each key the transaction changes, conditioned on the version phase 1 read."""
-        done = 0
-        stored: dict[str, Record] = {}
-        for key, state in keys.items():
-            if state.now is state.read or (state.now is None and state.read is None):
-                continue  # read only, or deleted what was absent
-            try:
-                stored_record = await self._write_key(key, state)
-            except (Conflict, NotFound, PreconditionFailed):
-                number = next(op.number for op in ops if op.key == key or _in_tree(op, key))
-                what = f"key {consul_name(key)!r} changed while the transaction ran"
-                if done:
-                    what += f"; {done} earlier write(s) of this transaction stay applied"
-                return _conflict([{"OpIndex": number, "What": what}])
-            done += 1
-            if stored_record is not None:
-                stored[key] = stored_record
+        """Every key the transaction changes, in one backend transaction, if every key it read
+        is still as read (else 409 and nothing written); key by key, each conditioned on what
+        phase 1 read, over a backend that cannot write keys together."""
+        changed = {
+            key: state
+            for key, state in keys.items()
+            if not (state.now is state.read or (state.now is None and state.read is None))
+        }
+        if self.store.writes_together:
+            outcome = await self.store.write_together(
+                [_change(key, state) for key, state in changed.items()],
+                [(key, state.read) for key, state in keys.items() if key not in changed],
+            )
+            if outcome is None:
+                what = "a key it read changed while the transaction ran; nothing was written"
+                return _conflict([{"OpIndex": ops[0].number, "What": what}])
+            stored = {record.key: record for record in outcome if not record.deleted}
+        else:
+            refused, stored = await self._write_each(ops, changed)
+            if refused is not None:
+                return refused
         for op in ops:
             if op.verb in ("set", "cas") and op.key in stored:
                 results.append((op.number, stored[op.key], False))
@@ -313,6 +329,24 @@ class ConsulTxn:
                 shown = attrs.evolve(stored[shown.key], value=shown.value)
             answered.append({"KV": None if shown is None else _entry(shown, with_value=with_value)})
         return consul_json({"Results": answered, "Errors": None})
+
+    async def _write_each(
+        self, ops: list[_Op], changed: dict[str, _Key]
+    ) -> tuple[Response | None, dict[str, Record]]:
+        """The writes one key at a time (no rollback: the error says what stays applied)."""
+        stored: dict[str, Record] = {}
+        for done, (key, state) in enumerate(changed.items()):
+            try:
+                stored_record = await self._write_key(key, state)
+            except (Conflict, NotFound, PreconditionFailed):
+                number = next(op.number for op in ops if op.key == key or _in_tree(op, key))
+                what = f"key {consul_name(key)!r} changed while the transaction ran"
+                if done:
+                    what += f"; {done} earlier write(s) of this transaction stay applied"
+                return _conflict([{"OpIndex": number, "What": what}]), stored
+            if stored_record is not None:
+                stored[key] = stored_record
+        return None, stored
 
     async def _write_key(self, key: str, state: _Key) -> Record | None:
         read, now = state.read, state.now

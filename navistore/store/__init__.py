@@ -19,12 +19,13 @@ from navistore.store.errors import (
     StoreError,
 )
 from navistore.store.horizon import PURGED_BEFORE_META
-from navistore.store.pages import ChangesPage, KeysPage, WriteResult
+from navistore.store.pages import Change, ChangesPage, KeysPage, WriteResult
 
 __all__ = [
     "MATCH_ANY",
     "NODE_ID_META",
     "PURGED_BEFORE_META",
+    "Change",
     "ChangeListener",
     "ChangesPage",
     "Conflict",

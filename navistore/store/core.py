@@ -28,8 +28,10 @@ from navistore.clock import (
 from navistore.interfaces import (
     ABSENT,
     ANY,
+    AtomicItem,
     Deadline,
     Expectation,
+    IAtomicApply,
     IExpiringRecords,
     IImmediateReads,
     IPrefixChanges,
@@ -42,7 +44,7 @@ from navistore.keys import DEFAULT_MAX_KEY_BYTES, InvalidKey, normalize_key, nor
 from navistore.record import DEFAULT_CONTENT_TYPE, DEFAULT_MAX_VALUE_SIZE, Record
 from navistore.store.errors import Conflict, NotFound, PreconditionFailed, RefusedRecord
 from navistore.store.horizon import PurgeHorizon
-from navistore.store.pages import ChangesPage, KeysPage, WriteResult
+from navistore.store.pages import Change, ChangesPage, KeysPage, WriteResult
 from navistore.store.sized import DEFAULT_PAGE_BYTES, changes_page, scan_page
 
 __all__ = [
@@ -510,6 +512,66 @@ class Store:
             self.counters.expiries += 1
             self._notify(stored)
         return stored
+
+    @property
+    def writes_together(self) -> bool:
+        """Whether the backend stores several records all or nothing (:class:`IAtomicApply`),
+        which :meth:`write_together` needs."""
+        return IAtomicApply.providedBy(self.backend)
+
+    async def write_together(
+        self, changes: Sequence[Change], unchanged: Sequence[tuple[str, Record | None]] = ()
+    ) -> tuple[Record, ...] | None:
+        """Write every change, all or nothing, if every key (``unchanged`` ones too) is still as
+        the caller read it; return the stored records in order (a delete's tombstone; a delete
+        of an absent key stores nothing), or None when a key changed meanwhile (nothing
+        written). One backend transaction: nobody reads half of it on this node.
+
+        :raises ValueError: the backend cannot (see :attr:`writes_together`).
+        """
+        if not self.writes_together:
+            raise ValueError(f"the {self.backend.kind} backend cannot write keys together")
+        items: list[AtomicItem] = []
+        for change in changes:
+            expect = await self._as_read(change.key, change.read)
+            if change.read is not None:
+                self.clock.observe(change.read.stamp, trusted=True)
+            if change.value is None and change.read is None:
+                items.append((change.key, expect))
+        for key, read in unchanged:
+            items.append((key, await self._as_read(key, read)))
+        for change in changes:
+            if change.value is None and change.read is None:
+                continue
+            stamp = self.clock.now()
+            if change.value is None:
+                record = Record.tombstone(change.key, stamp)
+            else:
+                content = change.content_type or DEFAULT_CONTENT_TYPE
+                record = Record(change.key, change.value, content, stamp, flags=change.flags)
+            items.append((record, await self._as_read(change.key, change.read)))
+        atomic: IAtomicApply = self.backend  # type: ignore[assignment]
+        outcome = await atomic.apply_all(items)
+        if outcome.refused is not None:
+            self.counters.precondition_failures += 1
+            return None
+        for stored in outcome.stored:
+            if stored.deleted:
+                self.counters.deletes += 1
+            else:
+                self.counters.puts += 1
+            self._notify(stored)
+        return outcome.stored
+
+    async def _as_read(self, key: str, read: Record | None) -> Expectation:
+        """The expectation that ``key`` is still as read: its stamp, or absent (an expired
+        record still stored counts as absent: expect exactly it)."""
+        if read is not None:
+            return read.stamp
+        stored = _live(await self.backend.get(key))
+        if stored is not None and stored.expired(self.clock.wall_ms()):
+            return stored.stamp
+        return ABSENT
 
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every live key under a canonical prefix; return how many were deleted.

@@ -6,7 +6,20 @@ import attrs
 
 from navistore.record import Record
 
-__all__ = ["ChangesPage", "KeysPage", "WriteResult"]
+__all__ = ["Change", "ChangesPage", "KeysPage", "WriteResult"]
+
+
+@attrs.frozen
+class Change:
+    """One key of :meth:`Store.write_together <navistore.store.Store.write_together>`: what the
+    caller read of it (``read``, the live record, None when absent) and what it becomes (a
+    value, or ``value`` None: deleted)."""
+
+    key: str
+    read: Record | None
+    value: bytes | None
+    content_type: str | None = None
+    flags: int = 0
 
 
 @attrs.frozen
