@@ -441,6 +441,11 @@ def test_a_wrong_token_and_a_read_only_token_cannot_write(guarded: Server) -> No
     admin.put("ops/w", "kept")
     with pytest.raises(consul.ConsulException):
         client(guarded, "not-a-token-of-this-node").kv.get("app/w")
+    status, body, answer = raw(
+        guarded, "GET", "/v1/kv/app/w", **{"X-Consul-Token": "not-a-token-of-this-node"}
+    )
+    assert status == 403 and b"ACL not found" in body, body  # as Consul says it
+    assert int(answer.getheader("X-Consul-Index") or 0) >= 1
     reader = client(guarded, SECRETS["reader"])
     with pytest.raises(consul.ACLPermissionDenied):
         reader.kv.put("app/w", "changed")

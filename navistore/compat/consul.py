@@ -61,6 +61,14 @@ class ConsulMount:
         self.kv = ConsulKV(context)
         self.txn = ConsulTxn(context)
 
+    def refused(self, request: Request, error: ApiError) -> ApiError:
+        """An unknown token: Consul's ``403 ACL not found``, with ``X-Consul-Index``."""
+        status = 403 if error.status == 401 else error.status
+        message = "ACL not found" if error.status == 401 else error.message
+        index = b"%d" % store_index(self.context.store)
+        headers = {**error.headers, **_ALWAYS, INDEX_HEADER: index}
+        return ApiError(status, error.code, message, error.detail, headers)
+
     def secret(self, request: Request) -> str | None:
         """Consul's ``X-Consul-Token`` header, else ``?token=`` (``Authorization: Bearer`` is
         read by the node itself)."""

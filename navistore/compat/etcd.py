@@ -127,6 +127,11 @@ class EtcdMount:
         done = Deferred.fromCoroutine(self.store.delete_prefix(key + "/"))
         done.addErrback(lambda failure: log.failure("expiring {key}/", failure, key=key))
 
+    def refused(self, request: Request, error: ApiError) -> ApiError:
+        """An unknown token, refused natively, with etcd's headers."""
+        headers = {**error.headers, **self._event_headers(self.context.store.newest_seq)}
+        return ApiError(error.status, error.code, error.message, error.detail, headers)
+
     def secret(self, request: Request) -> str | None:
         """No token of etcd's own: only ``Authorization: Bearer``. etcd's basic auth is refused
         with a clear answer when the node has tokens (without, the header is ignored, as the

@@ -184,8 +184,12 @@ class ApiResource(Resource):
         if mounted is not None:
             # Who asks is decided here, in the mount's ways too (Consul's X-Consul-Token); what
             # each request needs, only the mount knows (it checks per key).
-            secret = self._mounts[mounted].secret(request)
-            self.access.remember(request, self.access.caller(request, secret=secret))
+            mount = self._mounts[mounted]
+            try:
+                caller = self.access.caller(request, secret=mount.secret(request))
+            except ApiError as error:
+                raise mount.refused(request, error) from None
+            self.access.remember(request, caller)
             return Route("mount", mounted)
         caller = self.access.caller(request)
         route = self._route(request)

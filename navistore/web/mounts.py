@@ -14,6 +14,7 @@ from typing import Protocol
 from twisted.web.server import Request
 
 from navistore.tokens import Caller
+from navistore.web.errors import ApiError
 from navistore.web.responses import Response
 
 __all__ = ["Mount"]
@@ -25,6 +26,10 @@ class Mount(Protocol):
     def secret(self, request: Request) -> str | None:
         """The token secret ``request`` carries in this API's own ways (Consul's
         ``X-Consul-Token`` and ``?token=``), or None: ``Authorization: Bearer`` only."""
+
+    def refused(self, request: Request, error: ApiError) -> ApiError:
+        """The refusal the node made before the mount saw ``request`` (an unknown token), as
+        this API answers it: at least with the headers its clients need on every answer."""
 
     async def answer(self, request: Request, path: str, caller: Caller) -> Response:
         """Answer ``request`` for its decoded ``path`` (leading ``/``, query excluded), made by
