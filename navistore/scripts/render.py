@@ -126,10 +126,12 @@ def cmd_render(node: Node, args: argparse.Namespace, io: Streams) -> None:
         specs = _specs(args)
     except ConfigError as exc:
         raise Failed(USAGE, f"render: {exc}") from None
-    urls = [url.strip() for text in args.render_urls for url in text.split(",") if url.strip()]
-    nodes = NodeSet(
-        [Node(url, args.timeout, args.token, args.cacert) for url in urls] if urls else [node]
-    )
+    # --url may be repeated, or hold several URLs separated by commas (so may $NAVISTORE_URL).
+    given = args.render_urls or [args.url]
+    urls = [url.strip() for text in given for url in text.split(",") if url.strip()]
+    if not urls:
+        raise Failed(USAGE, "render: no --url")
+    nodes = NodeSet([Node(url, args.timeout, args.token, args.cacert) for url in urls])
     renderer = Renderer(specs, log)
     failures = renderer.load()
     loaded = [index for index in range(len(specs)) if index not in failures]
