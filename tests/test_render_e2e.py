@@ -328,3 +328,57 @@ def test_render_reads_with_the_token(tmp_path: Path) -> None:
             put(server, "/app/v", "2")
             wait_until(lambda: read(destination) == "2\n", "the change, read with the token")
             assert watching.process.poll() is None
+
+
+def test_a_template_that_reads_a_new_key_watches_it(tmp_path: Path) -> None:
+    """A template whose keys depend on data (a pointer to another key) watches what it read
+    last: after the pointer moves to ``/other/...``, outside what was watched, a write there
+    made right after the move is rendered (the poll is widened from the position before the
+    read, so nothing in between is missed), and the old target no longer matters."""
+    template = tmp_path / "t.j2"
+    template.write_text('{{ key(key("/app/pointer")) }}\n')
+    destination = tmp_path / "out.conf"
+    with node(tmp_path / "node") as server:
+        put(server, "/app/pointer", "/app/first")
+        put(server, "/app/first", "first")
+        put(server, "/other/second", "second")
+        arguments = ["--url", url_of(server), "render", "-t", f"{template}:{destination}"]
+        with renderer(tmp_path / "r", *arguments) as render:
+            wait_until(lambda: read(destination) == "first\n", "the first render")
+            put(server, "/app/pointer", "/other/second")
+            put(server, "/other/second", "second, changed")
+            wait_until(lambda: read(destination) == "second, changed\n", "the new target")
+            put(server, "/app/first", "ignored")
+            put(server, "/other/second", "second, again")
+            wait_until(lambda: read(destination) == "second, again\n", "the new target again")
+            assert stop_process(render.process) == 0  # SIGTERM: a clean stop
+        assert read(destination) == "second, again\n"
+        assert render.output().count("rendered") == 3, render.output()
+
+
+def test_a_node_back_empty_is_read_again(tmp_path: Path) -> None:
+    """A ``memory:`` node restarted on its port comes back empty with a new node id: the
+    renderer does not resume from its old seq but reads the templates again (the key is
+    missing: the file is kept), and renders the key once it is written again."""
+    template = tmp_path / "t.j2"
+    template.write_text('{{ key("/app/v") }}\n')
+    destination = tmp_path / "out.conf"
+    port = f"tcp:{quiet_port()}:interface=127.0.0.1"
+    with ExitStack() as stack:
+        first = stack.enter_context(running(twistd("memory:", port=port), tmp_path))
+        first.wait_listening()
+        for number in range(20):
+            put(first, "/app/v", f"v{number}")
+        arguments = ["--url", url_of(first), "render", "-t", f"{template}:{destination}"]
+        render = stack.enter_context(renderer(tmp_path / "r", *arguments))
+        wait_until(lambda: read(destination) == "v19\n", "the first render")
+        stop_process(first.process)
+        second = stack.enter_context(running(twistd("memory:", port=port), tmp_path))
+        second.wait_listening()
+        wait_until(
+            lambda: "reading every template again" in render.output(), "the renderer's resync"
+        )
+        wait_until(lambda: "/app/v does not exist" in render.output(), "the missing key logged")
+        assert read(destination) == "v19\n"
+        put(second, "/app/v", "after")
+        wait_until(lambda: read(destination) == "after\n", "the key written again")
