@@ -172,10 +172,15 @@ def test_a_burst_of_100_writes_reloads_once_or_twice(tmp_path: Path) -> None:
 
 def test_a_node_killed_and_restarted_loses_no_change(tmp_path: Path) -> None:
     """The renderer's node is killed (SIGKILL) right after a write and restarted on the same
-    port and database; a write made while the renderer is still reconnecting is in the file,
-    and so is the one before the kill: it resumed from its seq (the same node), not a resync."""
+    port and database. While the renderer is reconnecting, the database takes a write (through
+    the node started on another port for the moment, so that the renderer cannot have
+    reconnected first); once the node is back on its port, another write. All three are in the
+    file: the renderer resumed from its seq (the same node), it did not resync."""
     template = tmp_path / "t.j2"
-    template.write_text('v={{ key("/app/v") }} w={{ key("/app/w", default="none") }}\n')
+    template.write_text(
+        'v={{ key("/app/v") }} w={{ key("/app/w", default="-") }} '
+        'x={{ key("/app/x", default="-") }}\n'
+    )
     destination = tmp_path / "out.conf"
     port = f"tcp:{quiet_port()}:interface=127.0.0.1"
     with ExitStack() as stack:
@@ -186,17 +191,20 @@ def test_a_node_killed_and_restarted_loses_no_change(tmp_path: Path) -> None:
         render = stack.enter_context(
             renderer(tmp_path / "r", "--url", url, "render", "-t", f"{template}:{destination}")
         )
-        wait_until(lambda: read(destination) == "v=1 w=none\n", "the first render")
+        wait_until(lambda: read(destination) == "v=1 w=- x=-\n", "the first render")
         put(first, "/app/v", "2")
         first.process.send_signal(signal.SIGKILL)
         assert first.process.wait(DEADLINE) == -signal.SIGKILL
         wait_until(lambda: "lost" in render.output(), "the renderer to notice")
+        with running(twistd("sqlite:node.db"), tmp_path) as elsewhere:
+            elsewhere.wait_listening()
+            put(elsewhere, "/app/w", "3")
+        assert "reached" not in render.output()
         second = stack.enter_context(running(twistd("sqlite:node.db", port=port), tmp_path))
         second.wait_listening()
         assert url_of(second) == url
-        put(second, "/app/w", "3")
-        assert "reached" not in render.output(), "the renderer reconnected before the write"
-        wait_until(lambda: read(destination) == "v=2 w=3\n", "both writes in the file")
+        put(second, "/app/x", "4")
+        wait_until(lambda: read(destination) == "v=2 w=3 x=4\n", "every write in the file")
         output = render.output()
     assert "resuming after seq" in output, output
     assert "reading every template again" not in output, output
