@@ -76,6 +76,7 @@ class Poller(threading.Thread):
         self._connection: http.client.HTTPConnection | None = None
         self._interrupted = False
         self._wake = threading.Event()
+        self._stopping = threading.Event()
 
     def cursor(self) -> Position:
         """The position changes are asked from (take it before reading the templates)."""
@@ -92,24 +93,40 @@ class Poller(threading.Thread):
             held = self._position
             if read_from.node_id == held.node_id and read_from.seq < held.seq:
                 self._position = attrs.evolve(held, seq=read_from.seq)
-            self._interrupted = True
-            connection = self._connection
-            if connection is not None and connection.sock is not None:
-                with contextlib.suppress(OSError):
-                    connection.sock.shutdown(socket.SHUT_RDWR)
+            self._interrupt()
         self._wake.set()
 
+    def stop(self) -> None:
+        """End the thread soon: the poll in progress is cut short (the renderer itself ends
+        with the process; tests stop their pollers)."""
+        self._stopping.set()
+        with self._lock:
+            self._interrupt()
+        self._wake.set()
+
+    def _interrupt(self) -> None:
+        """Cut the poll in progress short (with the lock held)."""
+        self._interrupted = True
+        connection = self._connection
+        if connection is not None and connection.sock is not None:
+            with contextlib.suppress(OSError):
+                connection.sock.shutdown(socket.SHUT_RDWR)
+
+    def _pause(self, seconds: float) -> None:
+        """Wait, unless a new prefix or a stop comes first."""
+        self._wake.wait(seconds)
+        self._wake.clear()
+
     def run(self) -> None:
-        """Poll forever (a daemon thread: it ends with the renderer)."""
+        """Poll until stopped (a daemon thread: it ends with the renderer)."""
         failures = 0
-        while True:
+        while not self._stopping.is_set():
             with self._lock:
                 self._interrupted = False
                 prefix, position = self._prefix, self._position
             node = self.nodes.current
             if prefix is None:
-                self._wake.wait(self.poll_timeout)
-                self._wake.clear()
+                self._pause(self.poll_timeout)
                 continue
             try:
                 if self._verified is not node:
@@ -127,20 +144,19 @@ class Poller(threading.Thread):
                 failures += 1
                 if exc.status != UNAVAILABLE:
                     self.log(f"watch: {exc}; retrying in {_backoff(failures):.0f}s")
-                    time.sleep(_backoff(failures))
+                    self._pause(_backoff(failures))
                     continue
                 if failures == 1:
                     self.log(f"watch: lost {node.url}: {exc}")
                 if failures % len(self.nodes.nodes) == 0:
-                    time.sleep(_backoff(failures // len(self.nodes.nodes)))
+                    self._pause(_backoff(failures // len(self.nodes.nodes)))
                 self.nodes.advance(node)
                 continue
             failures = 0
             self._take(node, position, status, document)
             waited = time.monotonic() - started
             if status == 200 and not document["results"] and waited < _MIN_POLL_SECONDS:
-                self._wake.wait(_MIN_POLL_SECONDS - waited)
-                self._wake.clear()
+                self._pause(_MIN_POLL_SECONDS - waited)
 
     def _verify(self, node: Node, failures: int) -> None:
         """Reached ``node`` (again): resume from our position if it is that node's, else resync
