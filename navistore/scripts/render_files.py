@@ -25,7 +25,9 @@ import tempfile
 import time
 from typing import Callable
 
-__all__ = ["MAX_LOGGED_OUTPUT", "CommandResult", "run_command", "write_if_changed"]
+from navistore.scripts.transfer import _fsync_directory
+
+__all__ = ["MAX_LOGGED_OUTPUT", "CommandResult", "log_command", "run_command", "write_if_changed"]
 
 #: The most bytes of a command's output logged (the rest is counted, not shown).
 MAX_LOGGED_OUTPUT = 64 * 1024
@@ -33,18 +35,6 @@ MAX_LOGGED_OUTPUT = 64 * 1024
 _KILL_GRACE = 2.0
 #: The mode of a new file when the template gives none (less the umask).
 _DEFAULT_MODE = 0o644
-
-
-def _fsync_directory(directory: str) -> None:
-    try:
-        handle = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover (a system without directory handles)
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(handle)
-    finally:
-        os.close(handle)
 
 
 def _current(path: str, size: int) -> tuple[bytes | None, os.stat_result | None]:
