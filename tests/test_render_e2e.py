@@ -427,3 +427,26 @@ def test_render_over_tls_with_cacert(tmp_path: Path) -> None:
             wait_until(lambda: read(destination) == "1\n", "the render over TLS")
             put(server, "/app/v", "2")
             wait_until(lambda: read(destination) == "2\n", "the change over TLS")
+
+
+def test_sighup_reads_the_templates_again(tmp_path: Path) -> None:
+    """SIGHUP makes a watching renderer read its template files again and render them: an
+    edited template is rendered; an edit that does not parse is logged and the last good
+    template stays in use (the file keeps following the keys)."""
+    template = tmp_path / "t.j2"
+    template.write_text('old: {{ key("/app/v") }}\n')
+    destination = tmp_path / "out.conf"
+    with node(tmp_path / "node") as server:
+        put(server, "/app/v", "1")
+        arguments = ["--url", url_of(server), "render", "-t", f"{template}:{destination}"]
+        with renderer(tmp_path / "r", *arguments) as render:
+            wait_until(lambda: read(destination) == "old: 1\n", "the first render")
+            template.write_text('new: {{ key("/app/v") }}\n')
+            render.process.send_signal(signal.SIGHUP)
+            wait_until(lambda: read(destination) == "new: 1\n", "the edited template")
+            template.write_text("{% if %}\n")
+            render.process.send_signal(signal.SIGHUP)
+            wait_until(lambda: "the last good template stays" in render.output(), "the log")
+            put(server, "/app/v", "2")
+            wait_until(lambda: read(destination) == "new: 2\n", "the last good template")
+            assert render.process.poll() is None

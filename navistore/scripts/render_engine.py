@@ -51,13 +51,19 @@ class Renderer:
         self.dependencies = [Dependencies() for _ in specs]
 
     def load(self) -> dict[int, int]:
-        """Compile every template; the failures' exit statuses by template index."""
+        """Compile every template; the failures' exit statuses by template index. A template
+        that compiled before and fails now (a reload of an edited file) keeps its old
+        compiled form, so a bad edit never reaches the file."""
         failures: dict[int, int] = {}
         for index, spec in enumerate(self.specs):
             try:
                 self.templates[index] = Template(self.environment, spec.source)
             except TemplateError as exc:
-                self.log(f"{spec.destination}: not rendered (the file is left as it was): {exc}")
+                if self.templates[index] is None:
+                    kept = "not rendered (the file is left as it was)"
+                    self.log(f"{spec.destination}: {kept}: {exc}")
+                else:
+                    self.log(f"{spec.destination}: {exc}; the last good template stays in use")
                 failures[index] = USAGE
         return failures
 

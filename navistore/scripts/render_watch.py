@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import queue
+import signal
 import socket
 import threading
 import time
@@ -263,7 +264,12 @@ def watch(
     poll_timeout: int,
     log: Callable[[str], None],
 ) -> None:
-    """Render every template, then re-render each when what it read changes; never returns."""
+    """Render every template, then re-render each when what it read changes; never returns.
+    SIGHUP (when this runs in the main thread) reads the template files again and renders
+    them all."""
+    events: queue.Queue[Event] = queue.Queue()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, lambda signum, frame: _post(events, ("reload", None)))
     failures = 0
     while True:
         try:
@@ -276,7 +282,6 @@ def watch(
                 log(f"no node answers ({exc}); waiting for one")
             failures += 1
             time.sleep(_backoff(failures))
-    events: queue.Queue[Event] = queue.Queue()
     now = time.monotonic()
     pending = {
         index: _Burst(now, now)
@@ -332,6 +337,12 @@ def _wait(renderer: Renderer, index: int) -> tuple[float, float]:
     return wait.quiet, wait.most
 
 
+def _post(events: queue.Queue[Event], event: Event) -> None:
+    """Queue an event from a signal handler: through a thread, since the handler may run
+    while the main thread holds the queue's lock (which is not re-entrant)."""
+    threading.Thread(target=events.put, args=(event,), daemon=True).start()
+
+
 def _mark(
     renderer: Renderer,
     event: Event,
@@ -339,9 +350,12 @@ def _mark(
     immediate: set[int],
     now: float,
 ) -> None:
-    """Note which templates an event concerns (a resync: all of them, at once)."""
+    """Note which templates an event concerns (a resync or a reload: all of them, at once)."""
     kind, payload = event
-    if kind == "resync":
+    if kind == "reload":
+        renderer.log("SIGHUP: reading the templates again")
+        renderer.load()
+    if kind in ("resync", "reload"):
         indices = [i for i in range(len(renderer.specs)) if renderer.templates[i] is not None]
         immediate.update(indices)
     else:
