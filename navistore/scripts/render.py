@@ -17,7 +17,8 @@ leaves the destination as it was and is logged (stderr, one line each). With ``-
 renderer renders every template and exits: 0 when all were rendered, else the status of the
 first that failed: 1 a key is missing, 2 a template error, a bad configuration or a file that
 cannot be written, 4 no node answered, 5 the token may not read a key. Without ``--once`` it
-carries on and waits for the node or the key; it stops on SIGTERM (exit status 0) or Ctrl-C.
+carries on and waits for the node or the key; it stops on SIGTERM (exit status 0) or Ctrl-C,
+and SIGHUP reads the template files again.
 """
 
 from __future__ import annotations
