@@ -25,6 +25,8 @@ setup(
         "tomli>=1.1.0; python_version < '3.11'",
         # /_metrics: the Prometheus text format, and the process collector (pure Python).
         "prometheus_client>=0.17.0",
+        # navistore render: the templates (3.0 installs on PyPy 3.9 too).
+        "Jinja2>=3.0",
         # cryptography (through treq -> twisted[tls]) has no PyPy 3.9 wheel after 43, and newer
         # ones need Rust to build: pin PyPy 3.9 to wheels. pip then picks Twisted 25.5 there.
         "cryptography<44; platform_python_implementation == 'PyPy' and python_version < '3.10'",

@@ -12,8 +12,10 @@
     navistore export [PREFIX] [-o FILE]           every record, as JSON lines (backup)
     navistore import [--consul] [--dry-run] FILE  apply an export (or a consul kv export)
     navistore backup FILE                         a copy of a sqlite node's database
+    navistore render [--config FILE] [--template SRC:DEST[:CMD]] [--once]   config files
 
-``export``, ``import`` and ``backup`` are :mod:`navistore.scripts.transfer`.
+``export``, ``import`` and ``backup`` are :mod:`navistore.scripts.transfer`; ``render`` is
+:mod:`navistore.scripts.render`.
 
 The node is ``--url``, else ``$NAVISTORE_URL``, else ``http://127.0.0.1:8888``; the token sent
 (``Authorization: Bearer``) is ``--token``, else ``$NAVISTORE_TOKEN`` (prefer the variable: a
@@ -55,7 +57,7 @@ from typing import Any, Callable
 
 from navistore import version_line
 from navistore.keys import normalize_prefix
-from navistore.scripts import transfer
+from navistore.scripts import render, transfer
 from navistore.scripts.node_client import (
     DEFAULT_URL,
     ENV_TOKEN,
@@ -313,12 +315,17 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
     health = commands.add_parser("health", help="show the node's health")
     health.add_argument("--json", action="store_true", help="print the JSON")
     transfer.add_parsers(commands)
+    render.add_parsers(commands)
     return parser
 
 
 def run(args: argparse.Namespace, io: Streams) -> None:
     """Run the parsed command (raises :class:`Failed` when it does not succeed)."""
-    command = COMMANDS.get(args.command) or transfer.COMMANDS[args.command]
+    command = (
+        COMMANDS.get(args.command)
+        or transfer.COMMANDS.get(args.command)
+        or render.COMMANDS[args.command]
+    )
     command(Node(args.url, args.timeout, args.token, args.cacert), args, io)
     io.out.flush()
 
