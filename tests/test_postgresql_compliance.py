@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any, Callable
 import pytest
 import pytest_twisted
 from hypothesis.stateful import run_state_machine_as_test
+from test_model import BackendModel, model_settings, on_reactor
 from twisted.internet.threads import deferToThread
 
 from navistore.backend import open_backend
 from navistore.backend.postgresql import PostgresBackend
 from navistore.testing import BackendComplianceTests
-from test_model import BackendModel, model_settings, on_reactor
 
 if TYPE_CHECKING:
     from support.postgres import PostgresServer

@@ -87,7 +87,7 @@ def parse_target(url: BackendURL) -> Target:
 
     :raises BackendURLError: unknown option, bad value, no database name.
     """
-    url.refuse_unknown_options(LIBPQ_OPTIONS)
+    attrs.evolve(url, text=_redacted(url)).refuse_unknown_options(LIBPQ_OPTIONS)
     text = url.text.split("?", 1)[0]
     try:
         parts = urlsplit(text)

@@ -41,6 +41,8 @@ from typing import Any
 
 import pytest
 
+from support.processes import pid_alive
+
 __all__ = [
     "PASSWORD",
     "ROLE",
@@ -97,6 +99,8 @@ class PostgresServer:
         self.log = self.root / "server.log"
         self.port = 0
         self.pid = 0
+        #: The ``navistore`` role's password.
+        self.password = PASSWORD
         self._as_postgres: list[str] = []
         self._databases = itertools.count(1)
         if os.geteuid() == 0:
@@ -134,7 +138,7 @@ class PostgresServer:
         for attempt in range(5):
             self.port = _free_port()
             try:
-                self._start_server()
+                self.start_server()
                 break
             except RuntimeError:
                 if attempt == 4:
@@ -160,11 +164,13 @@ class PostgresServer:
             connect_timeout=10,
         )
 
-    def url(self, database: str, scheme: str = "postgresql") -> str:
-        """The backend URL of ``database`` as the ``navistore`` role, password encoded."""
+    def url(self, database: str, scheme: str = "postgresql", *, password: bool = True) -> str:
+        """The backend URL of ``database`` as the ``navistore`` role, its password encoded
+        (or left out, for a client that takes it from ``PGPASSWORD``)."""
         from urllib.parse import quote
 
-        return f"{scheme}://{ROLE}:{quote(PASSWORD, safe='')}@127.0.0.1:{self.port}/{database}"
+        secret = f":{quote(PASSWORD, safe='')}" if password else ""
+        return f"{scheme}://{ROLE}{secret}@127.0.0.1:{self.port}/{database}"
 
     def create_database(self) -> str:
         """A new, empty UTF-8 database owned by ``navistore``; its name."""
@@ -178,34 +184,29 @@ class PostgresServer:
             connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
     def alive(self) -> bool:
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
+        """Whether the server process exists (and is no zombie: it is not our child)."""
+        return pid_alive(self.pid)
 
     def stop(self) -> None:
-        """Stop the server by its PID (fast shutdown, then SIGKILL), remove its directory."""
+        """Stop the server by its PID and remove its directory."""
         try:
-            if self.pid and self.alive():
-                os.kill(self.pid, signal.SIGINT)
-                end = time.monotonic() + DEADLINE
-                while self.alive() and time.monotonic() < end:
-                    time.sleep(0.05)
-                if self.alive():
-                    os.kill(self.pid, signal.SIGKILL)
+            self.stop_server()
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def restart(self) -> None:
-        """Stop the server and start it again on the same port and data (connections break)."""
+    def stop_server(self) -> None:
+        """Stop the server by its PID (fast shutdown, then SIGKILL); the data stays."""
+        if not self.pid or not self.alive():
+            return
         os.kill(self.pid, signal.SIGINT)
         end = time.monotonic() + DEADLINE
         while self.alive() and time.monotonic() < end:
             time.sleep(0.05)
-        self._start_server()
+        if self.alive():
+            os.kill(self.pid, signal.SIGKILL)
 
-    def _start_server(self) -> None:
+    def start_server(self) -> None:
+        """Start the server on its data directory and port (again, after stop_server)."""
         settings = (
             f"-p {self.port} -c listen_addresses=127.0.0.1"
             f" -c unix_socket_directories={self.root} -c fsync=off -c max_connections=200"
@@ -226,7 +227,12 @@ def postgres_server() -> Iterator[PostgresServer]:
     if binaries is None:
         unavailable("no PostgreSQL binaries (initdb, pg_ctl): apt-get install postgresql")
     assert binaries is not None
-    server = PostgresServer(binaries)
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        unavailable("running as root without runuser, which initdb and pg_ctl need")
+    try:
+        server = PostgresServer(binaries)
+    except LookupError:
+        unavailable("running as root but there is no postgres user to run the server as")
     try:
         server.start()
         yield server
