@@ -18,7 +18,7 @@ from zope.interface.verify import verifyObject
 from navistore.backend import open_backend
 from navistore.backend import postgresql_schema as schema
 from navistore.backend.postgresql import PostgresBackend
-from navistore.backend.postgresql_feed import changes_under
+from navistore.backend.postgresql_feed import changes_under, changes_under_sql
 from navistore.clock import Stamp
 from navistore.errors import StorageFailure
 from navistore.interfaces import (
@@ -165,6 +165,40 @@ async def test_queries_can_run_on_their_index(
     plan = await in_thread(explain)
     assert index in plan, plan
     assert "Sort" not in plan and "Seq Scan" not in plan, plan
+
+
+FEED_SHAPES = {
+    "count": ("/a/", "/a0", 10, "records_pkey"),
+    "keys": ("/a/", "/a0", 5, 10, "records_pkey"),
+    "tail": (5, "/a/", "/a0", 10, "records_by_seq"),
+    "window": (5, 50, "/a/", "/a0", 10, "records_by_seq"),
+    "window_end": (5, 9, "records_by_seq"),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(FEED_SHAPES))
+@pytest_twisted.ensureDeferred
+async def test_prefix_feed_queries_run_on_the_index_they_are_for(
+    backend: PostgresBackend, postgres_url: str, postgres_server: PostgresServer, shape: str
+) -> None:
+    """Each query of changes_under reads the index it was written for, whatever the planner
+    would estimate: the key index for counting and reading a prefix's keys (the seq condition
+    cannot be pushed into that read), the seq index for the walks (no index covers
+    ``key || ''``); none reads the whole table."""
+    await backend.apply(record("/a/b", 1))
+    *params, index = FEED_SHAPES[shape]
+    sql = changes_under_sql(shape, bounded=shape != "window_end")
+
+    def explain() -> str:
+        with postgres_server.connect(database_of(postgres_url)) as connection:
+            connection.execute("SET enable_seqscan = off")
+            rows = connection.execute(f"EXPLAIN {sql}", params).fetchall()
+        return "\n".join(row[0] for row in rows)
+
+    plan = await in_thread(explain)
+    assert index in plan and "Seq Scan" not in plan, plan
+    other = {"records_pkey", "records_by_seq"} - {index}
+    assert not any(name in plan for name in other), plan
 
 
 @pytest_twisted.ensureDeferred

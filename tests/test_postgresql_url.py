@@ -9,7 +9,11 @@ import sys
 import pytest
 
 from navistore.backend import BackendURLError, check_backend, known_schemes, parse_backend_url
-from navistore.backend.postgresql_url import DEFAULT_CONNECT_TIMEOUT, parse_target
+from navistore.backend.postgresql_url import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_KEEPALIVES,
+    parse_target,
+)
 
 
 def test_both_schemes_are_known() -> None:
@@ -27,8 +31,14 @@ def test_both_schemes_are_known() -> None:
             id="encoded-password",
         ),
         pytest.param(
-            "postgres://nav@[::1]/store?sslmode=verify-full&connect_timeout=3",
-            {"user": "nav", "host": "::1", "sslmode": "verify-full", "connect_timeout": "3"},
+            "postgres://nav@[::1]/store?sslmode=verify-full&connect_timeout=3&keepalives=0",
+            {
+                "user": "nav",
+                "host": "::1",
+                "sslmode": "verify-full",
+                "connect_timeout": "3",
+                "keepalives": "0",
+            },
             "postgresql://nav@::1/store",
             id="ipv6-options",
         ),
@@ -48,9 +58,11 @@ def test_both_schemes_are_known() -> None:
 )
 def test_urls_become_connection_parameters(url: str, connect: dict[str, str], display: str) -> None:
     """A URL becomes psycopg's keyword arguments, percent-decoded, with a bounded connect
-    timeout unless the URL sets one; its display form never holds the password."""
+    timeout and TCP keepalives unless the URL sets them; its display form never holds the
+    password."""
     target = parse_target(parse_backend_url(url))
     expected = {"application_name": "navistore", "connect_timeout": DEFAULT_CONNECT_TIMEOUT}
+    expected.update(DEFAULT_KEEPALIVES)
     expected.update(connect, dbname=target.connect["dbname"])
     assert target.connect == expected
     assert target.display == display
