@@ -113,3 +113,27 @@ def test_without_psycopg_the_module_imports_and_the_url_is_refused() -> None:
         [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
     )
     assert "pip install 'navistore[postgresql]'" in done.stdout, done.stdout + done.stderr
+
+
+def test_an_interpreter_whose_ctypes_psycopg_cannot_use_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where psycopg's pure-Python build cannot connect (PyPy 3.9's ctypes refuses the weak
+    reference it holds each connection by), a postgresql URL is refused at once, saying to use
+    CPython, rather than every call failing with a TypeError from inside psycopg."""
+    import psycopg
+
+    from navistore.backend import postgresql_url
+
+    monkeypatch.setattr(psycopg.pq, "__impl__", "python")
+    monkeypatch.setattr(postgresql_url, "_ctypes_holds_weak_references", lambda: False)
+    with pytest.raises(BackendURLError, match="run a node with the postgresql backend on CPython"):
+        check_backend("postgresql://nav@localhost/store")
+
+
+def test_the_weak_reference_probe_matches_this_interpreter() -> None:
+    """The probe says yes on CPython, whose ctypes takes a weak reference, and no on PyPy 3.9."""
+    from navistore.backend.postgresql_url import _ctypes_holds_weak_references
+
+    expected = not (sys.implementation.name == "pypy" and sys.version_info < (3, 10))
+    assert _ctypes_holds_weak_references() is expected

@@ -157,15 +157,40 @@ def _redacted(url: BackendURL) -> str:
 
 
 def import_psycopg() -> Any:
-    """Import psycopg 3, or say how to install it (:class:`BackendURLError`)."""
+    """Import psycopg 3, or say why it cannot be used here (:class:`BackendURLError`): not
+    installed, no libpq for its pure-Python build, or an interpreter that build cannot run on."""
     try:
         import psycopg
-    except ImportError as exc:  # not installed, or no libpq for its pure-Python build (PyPy)
+    except ImportError as exc:  # not installed, or no libpq for its pure-Python build
         raise BackendURLError(
             "the postgresql backend needs psycopg 3 and libpq: pip install 'navistore[postgresql]'"
-            f" (on PyPy, also the system's libpq, e.g. Debian's libpq5): {exc}"
+            f" ({exc})"
         ) from None
+    if psycopg.pq.__impl__ == "python" and not _ctypes_holds_weak_references():
+        raise BackendURLError(
+            "the postgresql backend cannot run on this interpreter: psycopg's pure-Python build"
+            " (the only one for PyPy) hands ctypes a weak reference, which this interpreter's"
+            " ctypes refuses (PyPy 3.9: 'cannot create weak reference to weakref object');"
+            " run a node with the postgresql backend on CPython"
+        )
     return psycopg
+
+
+def _ctypes_holds_weak_references() -> bool:
+    """Whether ``ctypes.py_object`` takes a weak reference, as psycopg's ctypes wrapper of libpq
+    does for every connection (PyPy 3.9's ctypes refuses it, so every connect would fail)."""
+    import ctypes
+    import weakref
+
+    class Probe:
+        pass
+
+    probe = Probe()
+    try:
+        ctypes.py_object(weakref.ref(probe))
+    except TypeError:
+        return False
+    return True
 
 
 def open_connection(connection: psycopg.Connection[Any]) -> None:
