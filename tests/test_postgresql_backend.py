@@ -390,6 +390,18 @@ async def test_measure_sizes(backend: PostgresBackend) -> None:
     assert backend.statistics.sizes == sizes
 
 
+@pytest_twisted.ensureDeferred
+async def test_limits_beyond_a_bigint_are_bounded(backend: PostgresBackend) -> None:
+    """A limit larger than a BIGINT holds is read as "everything" rather than failing in the
+    database, in every call that takes one."""
+    await backend.apply(record("/a/b", 1, expires_ms=5))
+    huge = 10**30
+    assert len(await backend.scan("/", limit=huge)) == 1
+    assert len(await backend.changes(0, limit=huge)) == 1
+    assert len(await backend.changes_under("/a/", 0, limit=huge)) == 1
+    assert len(await backend.expiring(limit=huge)) == 1
+
+
 # -- the prefix feed -----------------------------------------------------------------------------
 
 

@@ -65,3 +65,25 @@ def test_acknowledged_writes_survive_sigkill_over_postgresql(
         for number in range(100):
             assert server.request("GET", f"/k{number}")[:2] == (200, f"value {number}".encode())
     assert time.monotonic() - started < DEADLINE
+
+
+def test_the_node_answers_503_while_the_database_is_down_and_recovers(
+    tmp_path: Path, postgres_url: str, postgres_server: PostgresServer
+) -> None:
+    """While PostgreSQL is down, the node answers reads and writes with 503 (a storage
+    failure, nothing acknowledged); once it is back, the node reconnects by itself and serves
+    what was committed before, and new writes."""
+    with running(twistd(postgres_url), tmp_path) as server:
+        server.wait_listening()
+        assert server.request("PUT", "/before", b"kept")[0] == 201
+        postgres_server.stop_server()
+        try:
+            assert server.request("GET", "/before")[0] == 503
+            status, body, _ = server.request("PUT", "/during", b"lost")
+            assert status == 503 and "error" in json.loads(body)
+        finally:
+            postgres_server.start_server()
+        wait_until(lambda: server.request("GET", "/before")[0] == 200, "the node to reconnect", 20)
+        assert server.request("GET", "/before")[:2] == (200, b"kept")
+        assert server.request("GET", "/during")[0] == 404
+        assert server.request("PUT", "/after", b"new")[0] == 201
