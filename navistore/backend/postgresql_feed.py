@@ -17,6 +17,7 @@ feed as of one moment even while other sessions write.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 from navistore.backend.postgresql_schema import read_state, select_records
@@ -87,7 +88,8 @@ def changes_under(
     try:
         found = _changes_under(txn, prefix, bound, since, limit, max_bytes, budget)
     except BaseException:
-        txn.execute("ROLLBACK")
+        with contextlib.suppress(Exception):  # a broken connection: adbapi drops it anyway
+            txn.execute("ROLLBACK")
         raise
     txn.execute("COMMIT")
     return found

@@ -179,6 +179,18 @@ class PostgresServer:
             connection.execute(f"CREATE DATABASE {name} OWNER {ROLE} TEMPLATE template0")
         return name
 
+    @staticmethod
+    def database_of(url: str) -> str:
+        """The database name at the end of a backend URL this server made."""
+        return url.rsplit("/", 1)[1]
+
+    def rows(self, database: str, sql: str, *params: Any) -> list[Any]:
+        """The rows of ``sql`` run as the superuser in ``database`` on a connection of its own
+        (blocking: tests call it through ``deferToThread``)."""
+        with self.connect(database) as connection:
+            cursor = connection.execute(sql, params or None)
+            return list(cursor.fetchall()) if cursor.description else []
+
     def drop_database(self, name: str) -> None:
         with self.connect() as connection:
             connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
