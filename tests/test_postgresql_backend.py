@@ -6,7 +6,6 @@ contract tests/test_postgresql_compliance.py.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -44,13 +43,9 @@ def record(key: str, wall: int, value: bytes = b"value", **fields: Any) -> Recor
     return Record(key, value, "text/plain", Stamp(wall, 0, NODE), **fields)
 
 
-@pytest_twisted.async_yield_fixture
-async def backend(postgres_url: str) -> AsyncIterator[PostgresBackend]:
-    """A backend over a fresh database, closed afterwards."""
-    opened = open_backend(postgres_url)
-    assert isinstance(opened, PostgresBackend)
-    yield opened
-    await opened.close()
+@pytest.fixture
+def backend(postgres_backend: PostgresBackend) -> PostgresBackend:
+    return postgres_backend
 
 
 # -- what it provides ----------------------------------------------------------------------------

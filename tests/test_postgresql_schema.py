@@ -4,7 +4,6 @@ refuses."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -32,13 +31,9 @@ def record(key: str, wall: int, value: bytes = b"value", **fields: Any) -> Recor
     return Record(key, value, "text/plain", Stamp(wall, 0, NODE), **fields)
 
 
-@pytest_twisted.async_yield_fixture
-async def backend(postgres_url: str) -> AsyncIterator[PostgresBackend]:
-    """A backend over a fresh database, closed afterwards."""
-    opened = open_backend(postgres_url)
-    assert isinstance(opened, PostgresBackend)
-    yield opened
-    await opened.close()
+@pytest.fixture
+def backend(postgres_backend: PostgresBackend) -> PostgresBackend:
+    return postgres_backend
 
 
 @pytest_twisted.ensureDeferred

@@ -35,11 +35,12 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_twisted
 
 from support.processes import pid_alive
 
@@ -48,6 +49,7 @@ __all__ = [
     "ROLE",
     "PostgresServer",
     "find_binaries",
+    "postgres_backend",
     "postgres_server",
     "postgres_url",
     "unavailable",
@@ -265,3 +267,13 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
     name = postgres_server.create_database()
     yield postgres_server.url(name)
     postgres_server.drop_database(name)
+
+
+@pytest_twisted.async_yield_fixture
+async def postgres_backend(postgres_url: str) -> AsyncIterator[Any]:
+    """A PostgresBackend over a fresh database, closed after the test."""
+    from navistore.backend import open_backend
+
+    opened = open_backend(postgres_url)
+    yield opened
+    await opened.close()
