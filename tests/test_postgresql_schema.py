@@ -188,8 +188,9 @@ async def test_migrations_run_once_and_record_the_version(
         ran.append(1)
         txn.execute("ALTER TABLE records ADD COLUMN note text")
 
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(schema.MIGRATIONS, 1, add_column)
+    newer = schema.SCHEMA_VERSION + 1
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", newer)
+    monkeypatch.setitem(schema.MIGRATIONS, newer - 1, add_column)
     first, second = open_backend(postgres_url), open_backend(postgres_url)
     try:
         assert await defer.gatherResults([first.last_seq(), second.last_seq()]) == [0, 0]
@@ -208,7 +209,7 @@ async def test_migrations_run_once_and_record_the_version(
         database,
         "SELECT value FROM backend_state WHERE name = 'schema_version'",
     )
-    assert version == 2
+    assert version == newer
     assert await deferToThread(
         postgres_server.rows, database, "SELECT note FROM records WHERE key = '/k'"
     ) == [(None,)]

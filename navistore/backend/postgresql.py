@@ -43,6 +43,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from navistore.backend import BackendURL
+from navistore.backend import postgresql_atomic as atomic
 from navistore.backend import postgresql_schema as schema
 from navistore.backend.postgresql_feed import changes_under
 from navistore.backend.postgresql_url import (
@@ -182,6 +183,18 @@ class PostgresBackend:
             for acknowledged, stored in zip(waiting, result):
                 acknowledged.callback(stored)
         self._schedule_flush()
+
+    def apply_all(self, items: atomic.AtomicItems) -> Deferred[tuple[list[Record], int | None]]:
+        """Store several records all or nothing, decided after every apply issued before
+        (:mod:`~navistore.backend.postgresql_atomic`): fire with the stored records and None,
+        or with no record and the index of the first item that did not hold."""
+        if self._closed:
+            return fail(BackendClosed("apply_all"))
+        try:
+            atomic.check_items(items)
+        except InvalidRecord as exc:
+            return fail(exc)
+        return self._run("apply_all", atomic.apply_all, list(items))
 
     # -- running interactions ---------------------------------------------------------------
 

@@ -58,16 +58,27 @@ __all__ = [
     "select_records",
     "set_meta",
     "sized",
+    "stored_flags",
     "write_batch",
 ]
 
 #: The schema version this code writes. Bump it together with a new :data:`MIGRATIONS` step.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: ``MIGRATIONS[n]`` upgrades a version ``n`` database to ``n + 1``. All the steps needed run in
 #: the one transaction that opens the schema, under :data:`SCHEMA_LOCK`, so that an upgrade is
 #: never left half done and two nodes opening one database at once do not both run it.
 MIGRATIONS: dict[int, Callable[[Any], None]] = {}
+
+
+def _add_apply_all(txn: Any) -> None:
+    """Version 2: the function that stores several records all or nothing
+    (:mod:`navistore.backend.postgresql_atomic`). A new database is made at version 1 and
+    migrated like an old one, so that every test opens through a migration."""
+    txn.execute(_APPLY_ALL_FUNCTION)
+
+
+MIGRATIONS[1] = _add_apply_all
 
 #: The advisory lock (a constant of our own) held while the schema is created or migrated.
 SCHEMA_LOCK = 0x6E61_7669_7374_6F72 >> 1  # "navistor", kept within a signed BIGINT
@@ -143,6 +154,68 @@ VERSION_1 = (
     $body$""",
 )
 
+# Items in order; p_writes[i]: a record to store, else a check of the key alone. Every key's row
+# is locked, then every item decided (expect as in navistore_write_batch); the first that does
+# not hold answers {-i}, nothing written; else every record is written (unconditionally: it was
+# decided) with the next seqs in order, and the seqs are returned (NULL for a check).
+_APPLY_ALL_FUNCTION = """CREATE FUNCTION navistore_apply_all(
+    p_keys text[], p_writes boolean[], p_stamps text[], p_deleted boolean[],
+    p_content_types text[], p_chains text[], p_expires bigint[], p_flags bigint[],
+    p_values bytea[], p_expect smallint[], p_expect_stamps text[]
+) RETURNS bigint[] LANGUAGE plpgsql AS $body$
+DECLARE
+    v_first bigint;
+    v_last bigint;
+    v_seqs bigint[] := '{}';
+    v_stamp text;
+    v_deleted boolean;
+    v_found boolean;
+    v_holds boolean;
+    v_count integer := coalesce(array_length(p_keys, 1), 0);
+BEGIN
+    SELECT value INTO v_first FROM backend_state WHERE name = 'last_seq' FOR UPDATE;
+    FOR i IN 1 .. v_count LOOP
+        SELECT stamp, deleted INTO v_stamp, v_deleted FROM records WHERE key = p_keys[i]
+            FOR UPDATE;
+        v_found := FOUND;
+        IF p_expect[i] = 1 THEN
+            v_holds := NOT v_found OR v_deleted;
+        ELSIF p_expect[i] = 2 THEN
+            v_holds := v_found AND NOT v_deleted AND v_stamp = p_expect_stamps[i];
+        ELSE
+            v_holds := true;
+        END IF;
+        IF v_holds AND p_writes[i] AND v_found THEN
+            v_holds := p_stamps[i] COLLATE "C" > v_stamp COLLATE "C";
+        END IF;
+        IF NOT v_holds THEN
+            RETURN ARRAY[-i]::bigint[];
+        END IF;
+    END LOOP;
+    v_last := v_first;
+    FOR i IN 1 .. v_count LOOP
+        IF p_writes[i] THEN
+            v_last := v_last + 1;
+            INSERT INTO records AS stored
+                (key, seq, stamp, deleted, content_type, chain, expires, flags, value)
+            VALUES (p_keys[i], v_last, p_stamps[i], p_deleted[i], p_content_types[i],
+                p_chains[i], p_expires[i], p_flags[i], p_values[i])
+            ON CONFLICT (key) DO UPDATE SET seq = excluded.seq, stamp = excluded.stamp,
+                deleted = excluded.deleted, content_type = excluded.content_type,
+                chain = excluded.chain, expires = excluded.expires, flags = excluded.flags,
+                value = excluded.value;
+            v_seqs[i] := v_last;
+        ELSE
+            v_seqs[i] := NULL;
+        END IF;
+    END LOOP;
+    IF v_last <> v_first THEN
+        UPDATE backend_state SET value = v_last WHERE name = 'last_seq';
+    END IF;
+    RETURN v_seqs;
+END
+$body$"""
+
 _WRITE_BATCH_SQL = (
     "SELECT navistore_write_batch(%s::text[], %s::text[], %s::boolean[], %s::text[],"
     " %s::text[], %s::bigint[], %s::bigint[], %s::bytea[], %s::smallint[], %s::text[])"
@@ -200,7 +273,8 @@ def _to_record(row: tuple[Any, ...]) -> Record:
     )
 
 
-def _stored_flags(flags: int) -> int:
+def stored_flags(flags: int) -> int:
+    """The BIGINT that holds unsigned 64-bit ``flags`` (the upper half below zero)."""
     return flags - _FLAGS_WRAP if flags >= _FLAGS_SIGNED else flags
 
 
@@ -289,7 +363,7 @@ def write_batch(
         types.append(record.content_type)
         chains.append(",".join(record.chain))
         expires.append(record.expires_ms)
-        flags.append(_stored_flags(record.flags))
+        flags.append(stored_flags(record.flags))
         values.append(record.value)
     results: list[Record | None] = [None] * len(batch)
     if not sent:
