@@ -46,6 +46,15 @@ setup(
             # tests/test_e2e_fuzz.py and bench/fuzz.py fuzz a node against its OpenAPI document.
             "schemathesis>=4.32; platform_python_implementation == 'CPython'",
             "py-consul>=1.6",  # tests/test_consul_*.py: Consul's client against --compat consul
+            # tests/test_postgresql_*.py run the postgresql backend against a real server.
+            "psycopg[binary]>=3.1; platform_python_implementation == 'CPython'",
+            "psycopg>=3.1; platform_python_implementation != 'CPython'",
+        ],
+        # --backend postgresql://...: psycopg 3 with its own libpq (binary wheels) on CPython;
+        # PyPy has no binary wheel, and its pure-Python psycopg loads the system's libpq.
+        "postgresql": [
+            "psycopg[binary]>=3.1; platform_python_implementation == 'CPython'",
+            "psycopg>=3.1; platform_python_implementation != 'CPython'",
         ],
     },
     entry_points={

@@ -41,6 +41,8 @@ _BUILTIN: dict[str, str] = {
     "sqlite": "navistore.backend.sqlite:open_sqlite",
     "http": "navistore.backend.http:open_http",
     "https": "navistore.backend.http:open_http",
+    "postgresql": "navistore.backend.postgresql:open_postgresql",
+    "postgres": "navistore.backend.postgresql:open_postgresql",
 }
 
 #: What checks a built-in backend's URL without opening it (see :func:`check_backend`).
@@ -49,6 +51,8 @@ _BUILTIN_CHECKS: dict[str, str] = {
     "sqlite": "navistore.backend.sqlite:check_sqlite",
     "http": "navistore.backend.http:check_http",
     "https": "navistore.backend.http:check_http",
+    "postgresql": "navistore.backend.postgresql:check_postgresql",
+    "postgres": "navistore.backend.postgresql:check_postgresql",
 }
 
 BackendFactory = Callable[["BackendURL"], Any]
