@@ -40,7 +40,7 @@ from twisted.python.failure import Failure
 
 from navistore import __version__
 from navistore.allocator import MemoryReleaser, tune_allocator
-from navistore.backend import BackendURLError, open_backend
+from navistore.backend import BackendURLError, display_url, open_backend
 from navistore.errors import BackendError
 from navistore.gc_tuning import freeze_start_up
 from navistore.interfaces import IStorageBackend
@@ -228,7 +228,7 @@ class NavistoreService(MultiService):
             "Navistore {version} node {node_id} ready (backend {backend})",
             version=__version__,
             node_id=self.store.node_id,
-            backend=self.config.backend_url,
+            backend=display_url(self.config.backend_url),
         )
         collector = node.collector
         log.info(

@@ -19,6 +19,7 @@ from navistore.backend import (
     BackendURLError,
     UnknownBackend,
     check_backend,
+    display_url,
     known_schemes,
     open_backend,
     parse_backend_url,
@@ -255,3 +256,18 @@ def test_a_third_party_factory_may_bring_its_check(third_party: ModuleType) -> N
     ]
     assert third_party.received_urls == []
     check_backend("broken:anything")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://app:s3cr:et@db.lan:5432/nav?sslmode=require",
+         "postgresql://app:***@db.lan:5432/nav?sslmode=require"),
+        ("postgres://app@db.lan/nav", "postgres://app@db.lan/nav"),
+        ("sqlite:///var/lib/navistore/store.db", "sqlite:///var/lib/navistore/store.db"),
+        ("memory:", "memory:"),
+    ],
+)  # fmt: skip
+def test_a_password_in_a_backend_url_is_never_displayed(url: str, shown: str) -> None:
+    """What the node logs of its backend URL keeps everything but the password."""
+    assert display_url(url) == shown

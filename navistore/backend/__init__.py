@@ -28,6 +28,7 @@ __all__ = [
     "BackendURLError",
     "UnknownBackend",
     "check_backend",
+    "display_url",
     "known_schemes",
     "open_backend",
     "parse_backend_url",
@@ -148,6 +149,20 @@ def _factory(parsed: BackendURL) -> BackendFactory:
         )
     factory: BackendFactory = entry.load()
     return factory
+
+
+def display_url(url: str) -> str:
+    """``url`` as logs may show it: a password in it (``postgresql://user:secret@host/db``)
+    replaced by ``***``."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return url
+    authority, slash, path = rest.partition("/")
+    credentials, at, host = authority.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}{slash}{path}"
 
 
 def check_backend(url: str) -> None:

@@ -55,13 +55,16 @@ from navistore.backend.postgresql_url import (
 from navistore.errors import BackendClosed, BackendError, InvalidRecord, StorageFailure
 from navistore.interfaces import (
     ANY,
+    AllOrNothing,
     Deadline,
     Expectation,
+    IAtomicApply,
     IBackendStatistics,
     IExpiringRecords,
     IPrefixChanges,
     ISizedReads,
     IStorageBackend,
+    check_atomic_items,
 )
 from navistore.keys import prefix_upper_bound
 from navistore.record import Record, check_record
@@ -75,7 +78,14 @@ __all__ = ["PostgresBackend", "check_postgresql", "open_postgresql"]
 _perf_counter = time.perf_counter
 
 
-@implementer(IStorageBackend, IPrefixChanges, ISizedReads, IBackendStatistics, IExpiringRecords)
+@implementer(
+    IStorageBackend,
+    IPrefixChanges,
+    ISizedReads,
+    IBackendStatistics,
+    IExpiringRecords,
+    IAtomicApply,
+)
 class PostgresBackend:
     """Records in a PostgreSQL database, written with group commit by one pooled connection.
 
@@ -184,17 +194,20 @@ class PostgresBackend:
                 acknowledged.callback(stored)
         self._schedule_flush()
 
-    def apply_all(self, items: atomic.AtomicItems) -> Deferred[tuple[list[Record], int | None]]:
+    def apply_all(self, items: atomic.AtomicItems) -> Deferred[AllOrNothing]:
         """Store several records all or nothing, decided after every apply issued before
         (:mod:`~navistore.backend.postgresql_atomic`): fire with the stored records and None,
         or with no record and the index of the first item that did not hold."""
         if self._closed:
             return fail(BackendClosed("apply_all"))
         try:
-            atomic.check_items(items)
+            check_atomic_items(items)
         except InvalidRecord as exc:
             return fail(exc)
-        return self._run("apply_all", atomic.apply_all, list(items))
+        done: Deferred[tuple[list[Record], int | None]] = self._run(
+            "apply_all", atomic.apply_all, list(items)
+        )
+        return done.addCallback(lambda found: AllOrNothing(tuple(found[0]), found[1]))
 
     # -- running interactions ---------------------------------------------------------------
 

@@ -16,12 +16,12 @@ from navistore.backend.postgresql_schema import stored_flags
 from navistore.clock import Stamp
 from navistore.errors import InvalidRecord
 from navistore.interfaces import ABSENT, ANY, Expectation
-from navistore.record import Record, check_record
+from navistore.record import Record
 
 if TYPE_CHECKING:
     from twisted.enterprise import adbapi
 
-__all__ = ["AtomicItems", "apply_all", "check_items"]
+__all__ = ["AtomicItems", "apply_all"]
 
 #: ``(record, expect)`` to store a record, ``(key, expect)`` to check a key only.
 AtomicItems = Sequence[tuple[Union[Record, str], Expectation]]
@@ -31,18 +31,6 @@ _APPLY_ALL_SQL = (
     " %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bytea[], %s::smallint[],"
     " %s::text[])"
 )
-
-
-def check_items(items: AtomicItems) -> None:
-    """Raise InvalidRecord for a malformed record or a key named twice (nothing is sent)."""
-    keys: set[str] = set()
-    for item, _expect in items:
-        key = check_record(item).key if isinstance(item, Record) else item
-        if not isinstance(key, str):
-            raise InvalidRecord(f"an item names a record or a key, not {type(key).__name__}")
-        if key in keys:
-            raise InvalidRecord(f"the key {key!r} is named twice")
-        keys.add(key)
 
 
 def apply_all(txn: adbapi.Transaction, items: AtomicItems) -> tuple[list[Record], int | None]:
