@@ -65,6 +65,7 @@ from navistore.web.replication import replication_endpoints
 from navistore.web.request import replication_body_limit
 from navistore.web.send_budget import DEFAULT_SEND_BUFFER
 from navistore.web.site import NavistoreSite
+from navistore.web.txn import txn_endpoints
 
 __all__ = [
     "DEFAULT_BACKEND",
@@ -385,6 +386,9 @@ def build_node(
             write_forwarder=write_forwarder,
             clock=reactor,
         )
+    )
+    endpoints.update(
+        txn_endpoints(store, max_value_size=config.max_value_size, write_forwarder=write_forwarder)
     )
     endpoints.update(backup_endpoints(store, take=take_backup, cache_node=cache is not None))
     if config.serve_backend:

@@ -435,18 +435,23 @@ class Store:
         :raises ValueError: a TTL out of range, or one the backend cannot expire.
         """
         content = content_type or DEFAULT_CONTENT_TYPE
-        expires: int | None = None
-        if ttl_ms is not None:
-            if not 0 < ttl_ms <= MAX_TTL_MS:
-                raise ValueError(f"a TTL is from 1 ms to {MAX_TTL_MS // 1000} s")
-            if not self.expires_keys:
-                raise ValueError(f"the {self.backend.kind} backend cannot expire keys")
-            expires = self.clock.wall_ms() + ttl_ms
+        expires = self._deadline(ttl_ms)
 
         def make(stamp: Stamp) -> Record:
             return Record(key, value, content, stamp, False, None, (), expires, flags)
 
         return await self._write(key, make, if_match, if_none_match, create_only)
+
+    def _deadline(self, ttl_ms: int | None) -> int | None:
+        """The deadline of a write made now with ``ttl_ms`` (None: none); ValueError for a TTL
+        out of range, or one the backend cannot expire."""
+        if ttl_ms is None:
+            return None
+        if not 0 < ttl_ms <= MAX_TTL_MS:
+            raise ValueError(f"a TTL is from 1 ms to {MAX_TTL_MS // 1000} s")
+        if not self.expires_keys:
+            raise ValueError(f"the {self.backend.kind} backend cannot expire keys")
+        return self.clock.wall_ms() + ttl_ms
 
     def put_now(
         self, key: str, value: bytes, content_type: str | None = None
@@ -548,7 +553,15 @@ class Store:
                 record = Record.tombstone(change.key, stamp)
             else:
                 content = change.content_type or DEFAULT_CONTENT_TYPE
-                record = Record(change.key, change.value, content, stamp, flags=change.flags)
+                expires = self._deadline(change.ttl_ms)
+                record = Record(
+                    change.key,
+                    change.value,
+                    content,
+                    stamp,
+                    expires_ms=expires,
+                    flags=change.flags,
+                )
             items.append((record, await self._as_read(change.key, change.read)))
         atomic: IAtomicApply = self.backend  # type: ignore[assignment]
         outcome = await atomic.apply_all(items)

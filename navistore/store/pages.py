@@ -20,6 +20,7 @@ class Change:
     value: bytes | None
     content_type: str | None = None
     flags: int = 0
+    ttl_ms: int | None = None
 
 
 @attrs.frozen

@@ -69,6 +69,7 @@ ENDPOINT_PERMISSIONS: dict[str, str | None] = {
     "_changes": READ,
     "listkeys": READ,
     "_bulk": WRITE,
+    "_txn": WRITE,
     "_export": READ,
     "_import": WRITE,
     "_backup": ADMIN,

@@ -35,6 +35,7 @@ from navistore.web.key_routes import DEFAULT_REPLICA_TIMEOUT, MAX_REPLICA_TIMEOU
 from navistore.web.params import DEFAULT_PAGE, MAX_INTEGER, MAX_PAGE
 from navistore.web.request import bulk_body_limit, replication_body_limit
 from navistore.web.responses import Endpoints, Response, json_bytes
+from navistore.web.txn import MAX_OPERATIONS as TXN_OPERATIONS
 
 __all__ = [
     "OPENAPI_PATH",
@@ -1115,6 +1116,70 @@ def _bulk_paths(max_value_size: int) -> dict[str, Schema]:
     }
 
 
+def _txn_paths(max_value_size: int) -> dict[str, Schema]:
+    operation_schema = {
+        "type": "object",
+        "required": ["op", "key"],
+        "properties": {
+            "op": {"type": "string", "enum": ["check", "put", "delete"]},
+            "key": {"type": "string"},
+            "version": _ref("Stamp"),
+            "absent": {"type": "boolean"},
+            "exists": {"type": "boolean"},
+            "value": {"type": "string"},
+            "encoding": {"type": "string", "enum": list(VALUE_ENCODINGS)},
+            "content_type": {"type": "string"},
+            "ttl": _whole(MAX_TTL_MS // 1000, 1),
+            "flags": _whole(MAX_FLAGS),
+            "recursive": {"type": "boolean"},
+        },
+        "additionalProperties": False,
+    }
+    answer = {
+        "type": "object",
+        "required": ["results", "written"],
+        "properties": {
+            "results": {"type": "array", "items": {"type": "object"}},
+            "written": {"type": "integer", "minimum": 0},
+        },
+    }
+    return {
+        "/_txn": {
+            "post": operation(
+                "txn",
+                "Check and write several keys, all or nothing",
+                tag="keys",
+                description=f"At most {TXN_OPERATIONS} operations (and keys) and "
+                f"{max_value_size} bytes of body. Every condition is decided first; then every "
+                "write is stored in one backend transaction if every key read is unchanged.",
+                body={
+                    "required": True,
+                    "content": {
+                        _JSON: {
+                            "schema": {
+                                "type": "array",
+                                "minItems": 1,
+                                "maxItems": TXN_OPERATIONS,
+                                "items": operation_schema,
+                            }
+                        }
+                    },
+                },
+                answers={200: _json(answer, "Every operation held and every write was stored.")},
+                errors=(
+                    _STORE,
+                    _QUERY,
+                    _FORWARDED,
+                    {
+                        400: ("invalid_txn", "txn_unsupported"),
+                        409: ("txn_failed",),
+                    },
+                ),
+            )
+        }
+    }
+
+
 def _transfer_paths(max_value_size: int) -> dict[str, Schema]:
     """Backup and restore: ``/_export``, ``/_import``, ``/_backup``."""
     ndjson = "application/x-ndjson"
@@ -1499,6 +1564,7 @@ def openapi_document(
     paths: dict[str, Schema] = {
         **_node_paths(),
         **_bulk_paths(max_value_size),
+        **_txn_paths(max_value_size),
         **_transfer_paths(max_value_size),
         **_replication_paths(max_value_size),
     }
