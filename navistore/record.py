@@ -16,10 +16,12 @@ __all__ = [
     "DEFAULT_CONTENT_TYPE",
     "DEFAULT_MAX_VALUE_SIZE",
     "MAX_FLAGS",
+    "MAX_REPLACES",
     "MAX_SEQ",
     "Record",
     "check_content_type",
     "check_record",
+    "merge_seen",
 ]
 
 #: The content type of a value whose writer did not say.
@@ -47,6 +49,12 @@ class Record:
         (set only on an expiry's tombstone, see :meth:`expiry`). None: no expiry.
     :ivar flags: an opaque unsigned 64-bit number kept with the value (Consul's ``Flags``);
         0 on a tombstone.
+    :ivar replaces: what the writer had seen of the key when it wrote: for each other node
+        that wrote it, the newest of its stamps the writer had (a version vector, sorted by
+        node id, at most :data:`MAX_REPLACES` entries). It tells a later write from a
+        concurrent one (:mod:`navistore.conflicts`), so that a node can keep the loser of
+        last-writer-wins where a person can see it; the writer's own earlier stamps are
+        implied by its stamp and never listed.
     """
 
     key: str
@@ -58,11 +66,12 @@ class Record:
     chain: tuple[str, ...] = ()
     expires_ms: int | None = None
     flags: int = 0
+    replaces: tuple[Stamp, ...] = ()
 
     @classmethod
-    def tombstone(cls, key: str, stamp: Stamp) -> Record:
+    def tombstone(cls, key: str, stamp: Stamp, replaces: tuple[Stamp, ...] = ()) -> Record:
         """Make the record that deletes ``key`` as of ``stamp``."""
-        return cls(key, b"", "", stamp, deleted=True)
+        return cls(key, b"", "", stamp, True, None, (), None, 0, replaces)
 
     def with_seq(self, seq: int | None) -> Record:
         """Return this record as stored at ``seq`` (None: as not stored yet)."""
@@ -77,6 +86,7 @@ class Record:
             self.chain,
             self.expires_ms,
             self.flags,
+            self.replaces,
         )
 
     def expired(self, now_ms: int) -> bool:
@@ -92,13 +102,17 @@ class Record:
         yet, and the write would be lost. This one replaces only the record it expires.
         """
         assert self.expires_ms is not None and not self.deleted
-        return Record.expiry_of(self.key, self.stamp, self.expires_ms)
+        return Record.expiry_of(self.key, self.stamp, self.expires_ms, self.replaces)
 
     @classmethod
-    def expiry_of(cls, key: str, stamp: Stamp, expires_ms: int) -> Record:
+    def expiry_of(
+        cls, key: str, stamp: Stamp, expires_ms: int, replaces: tuple[Stamp, ...] = ()
+    ) -> Record:
         """The expiry (see :meth:`expiry`) of the record of ``key`` at ``stamp`` that expires
-        at ``expires_ms``."""
-        return cls(key, b"", "", stamp.successor(), True, None, (), expires_ms, 0)
+        at ``expires_ms``, whose own ``replaces`` were ``replaces``: the expiry has seen that
+        record and all it had seen, so a write over the expiry descends from them too."""
+        seen = merge_seen(replaces, stamp, stamp.successor().node_id)
+        return cls(key, b"", "", stamp.successor(), True, None, (), expires_ms, 0, seen)
 
     @property
     def is_expiry(self) -> bool:
@@ -129,6 +143,26 @@ MAX_FLAGS = 2**64 - 1
 #: what a 64-bit signed column (sqlite's, PostgreSQL's) holds, so that no number a client or a
 #: peer sends can overflow storage.
 MAX_SEQ = 2**63 - 1
+
+
+#: The most entries a record's ``replaces`` holds: past it, the oldest are dropped, so a key
+#: written by more than this many nodes may see a later write called a conflict.
+MAX_REPLACES = 16
+
+
+def merge_seen(replaces: tuple[Stamp, ...], stamp: Stamp, writer: str) -> tuple[Stamp, ...]:
+    """The ``replaces`` of a write by node ``writer`` over a record at ``stamp`` whose own were
+    ``replaces``: the newest stamp of every node among them, the writer's own left out (its
+    stamp implies them), sorted by node id, at most :data:`MAX_REPLACES` (the newest kept)."""
+    if not replaces:  # the common case: one writer after another, or after a single one
+        return () if stamp.node_id == writer else (stamp,)
+    newest: dict[str, Stamp] = {}
+    for seen in (*replaces, stamp):
+        node = seen.node_id
+        if node != writer and (node not in newest or newest[node] < seen):
+            newest[node] = seen
+    kept = sorted(newest.values(), reverse=True)[:MAX_REPLACES]
+    return tuple(sorted(kept, key=lambda seen: seen.node_id))
 
 
 @functools.lru_cache(maxsize=16384)
@@ -185,4 +219,14 @@ def check_record(record: object) -> Record:
     flags = record.flags
     if not isinstance(flags, int) or isinstance(flags, bool) or not 0 <= flags <= MAX_FLAGS:
         raise InvalidRecord(f"flags must be a whole number from 0 to {MAX_FLAGS}")
+    replaces = record.replaces
+    if replaces and (
+        not isinstance(replaces, tuple)
+        or len(replaces) > MAX_REPLACES
+        or not all(isinstance(seen, Stamp) for seen in replaces)
+        or len({seen.node_id for seen in replaces}) != len(replaces)
+    ):
+        raise InvalidRecord(
+            f"replaces must be a tuple of at most {MAX_REPLACES} stamps of distinct nodes"
+        )
     return record
