@@ -465,11 +465,17 @@ class ShardedBackend:
         self._last = max(self._last, outer.seq)
         return outer
 
-    def _save_counter(self) -> Deferred[None]:
-        """Save the counter where opening finds it, before a purge or reset may remove the
-        record that holds the greatest seq."""
-        saved: Deferred[None] = self.members[0].set_meta(SEQ_META, str(self._reserved))
+    def _save_counter(self, value: int | None = None) -> Deferred[None]:
+        """Save the counter where opening finds it: before a purge or reset may remove the
+        record that holds the greatest seq, every seq handed out (some applies under way may
+        lose); once it is done, the greatest stored, so that ``last_seq`` reads the same after
+        a restart."""
+        seq = self._reserved if value is None else value
+        saved: Deferred[None] = self.members[0].set_meta(SEQ_META, str(seq))
         return saved
+
+    def _save_stored(self, result: Any) -> Deferred[Any]:
+        return self._save_counter(self._last).addCallback(lambda _: result)
 
     def purge_tombstones(self, before_seq: int) -> Deferred[int]:
         early = self._guard("purge_tombstones", self.purge_tombstones, before_seq)
@@ -479,12 +485,14 @@ class ShardedBackend:
         return Deferred.fromCoroutine(self._purge(min(before_seq, self._reserved + 1)))
 
     async def _purge(self, before_seq: int) -> int:
-        await self._save_counter()
         if before_seq <= 1:
             return 0
+        await self._save_counter()
         starts = [await self._position(index, before_seq - 1) for index in range(len(self.members))]
         purges = [member.purge_tombstones(start + 1) for member, start in zip(self.members, starts)]
-        return sum(await _all(purges))
+        purged = sum(await _all(purges))
+        await self._save_counter(self._last)
+        return purged
 
     def reset(self) -> Deferred[None]:
         early = self._guard("reset", self.reset)
@@ -494,7 +502,7 @@ class ShardedBackend:
         resets = [saved] + [member.reset() for member in self.members]
         done: Deferred[list[Any]] = gatherResults(resets, consumeErrors=True)
         done.addErrback(_first_error)
-        return done.addCallback(lambda _: None)
+        return done.addCallback(self._save_stored).addCallback(lambda _: None)
 
     def get_meta(self, name: str) -> Deferred[str | None]:
         early = self._guard("get_meta", self.get_meta, name)
