@@ -67,6 +67,7 @@ ENDPOINT_PERMISSIONS: dict[str, str | None] = {
     "_openapi.json": None,
     "_keys": READ,
     "_changes": READ,
+    "_conflicts": READ,
     "listkeys": READ,
     "_bulk": WRITE,
     "_txn": WRITE,

@@ -25,6 +25,7 @@ from navistore.store import Store, WriteResult
 from navistore.tally import ROUTE_FAMILY
 from navistore.watch_hub import WatchHub
 from navistore.web.access import AccessPolicy, caller_of, need_of
+from navistore.web.conflict_routes import ConflictRoutes
 from navistore.web.errors import ApiError, MethodNotAllowed, TooLarge, as_api_error
 from navistore.web.feeds import changes_answer
 from navistore.web.key_routes import KeyRoutes
@@ -125,6 +126,7 @@ class ApiResource(Resource):
             replica_waiter=replica_waiter,
         )
         self.listings = Listings(store, watch_hub=watch_hub)
+        self.conflicts = ConflictRoutes(store)
         self._mounts = dict(mounts or {})
         self._mount_segments = {name.encode("utf-8"): name for name in self._mounts}
         self._heads = RecordHeads()
@@ -135,6 +137,7 @@ class ApiResource(Resource):
             "_health": {b"GET": self._health, b"HEAD": self._health},
             "_keys": {b"GET": self.listings.keys, b"HEAD": self.listings.keys},
             "_changes": {b"GET": self._changes, b"HEAD": self._changes},
+            "_conflicts": {b"GET": self.conflicts.keys, b"HEAD": self.conflicts.keys},
             "listkeys": {b"GET": self.listings.listkeys, b"HEAD": self.listings.listkeys},
             "reset": {b"GET": self._reset},
             **(extra_endpoints or {}),
@@ -271,6 +274,8 @@ class ApiResource(Resource):
             return forwarded_response(await self.write_forwarder.forward(write))
         if route.kind == "prefix":
             return await self.listings.route(request, route.name, lookup)
+        if lookup == b"GET" and flag(request, "conflicts"):
+            return await self.conflicts.of_key(request, route.name)
         return await self.keys.route(request, route.name, lookup)
 
     @staticmethod
