@@ -193,6 +193,17 @@ def test_losers_stay_out_of_listings_feeds_and_watches_of_the_keys() -> None:
     everything = cluster.resolve(store.changes(0, everything=True))
     assert any(is_hidden(record.key) for record in everything.records)
     assert len(cluster.resolve(store.list("/_conflicts/")).records) == 1
+    cluster.write(0, "/a", b"before the losers")
+    cluster.write(0, "/z", b"after them")
+    pages, after = [], None
+    while True:
+        page = cluster.resolve(store.list("/", after=after, limit=1))
+        pages.append([record.key for record in page.records])
+        if page.next is None:
+            break
+        after = page.next
+    assert [key for keys in pages for key in keys] == ["/a", "/k", "/z"]
+    assert all(pages[:-1]), pages  # no page is left empty by the losers it skipped
 
 
 @pytest.mark.parametrize("seed", range(20, 26))

@@ -315,7 +315,12 @@ class Store:
         if not prefix.startswith(CONFLICTS_PREFIX) and any(is_hidden(r.key) for r in records):
             records = [record for record in records if not is_hidden(record.key)]
             if following is not None and is_hidden(following):
-                following = HIDDEN_END  # the next page starts past the losers, not among them
+                # Go on past the losers (no key after them is one), to fill the page.
+                rest = await self.list(
+                    prefix, after=HIDDEN_END, limit=limit - len(records), max_bytes=size
+                )
+                records.extend(rest.records)
+                following = rest.next
         now = self.clock.wall_ms()
         if any(record.expires_ms is not None and record.expires_ms <= now for record in records):
             records = [record for record in records if not record.expired(now)]
