@@ -155,7 +155,7 @@ def test_a_node_that_only_saw_the_end_of_a_chain_of_overwrites_calls_none_a_conf
     cluster.partition([[0, 1], [2]])
     for round_ in range(4):
         cluster.write(round_ % 2, "/k", b"v%d" % round_)
-        cluster.run_until_quiet(max_seconds=30)
+        cluster.advance(3)
     cluster.heal()
     cluster.run_until_quiet()
     cluster.check_converged()
@@ -164,7 +164,7 @@ def test_a_node_that_only_saw_the_end_of_a_chain_of_overwrites_calls_none_a_conf
 
 
 def test_a_delete_made_apart_from_a_write_is_kept_as_a_loser_when_it_loses() -> None:
-    cluster = Cluster(2, seed=14)
+    cluster = Cluster(2, seed=14, max_skew_ms=0)
     cluster.write(0, "/k", b"base")
     cluster.run_until_quiet()
     cluster.partition([[0], [1]])
