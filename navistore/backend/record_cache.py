@@ -217,6 +217,13 @@ class RecordCache:
         if old is not None:
             self.bytes -= _entry_size(key, old)
 
+    def forget(self, keys: Sequence[str]) -> None:
+        """Drop ``keys``: another node over the same database wrote them
+        (:mod:`navistore.store.follow`). A read in flight fills nothing, as after an apply."""
+        self._applies += 1
+        for key in keys:
+            self._drop(key)
+
     def clear(self) -> None:
         """Forget every record (the next reads go to the backend)."""
         self._records.clear()

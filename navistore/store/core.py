@@ -53,6 +53,7 @@ from navistore.interfaces import (
 from navistore.keys import DEFAULT_MAX_KEY_BYTES, InvalidKey, normalize_key, normalize_prefix
 from navistore.record import DEFAULT_CONTENT_TYPE, DEFAULT_MAX_VALUE_SIZE, Record, merge_seen
 from navistore.store.errors import Conflict, NotFound, PreconditionFailed, RefusedRecord
+from navistore.store.follow import Follower, follow
 from navistore.store.horizon import PurgeHorizon
 from navistore.store.pages import Change, ChangesPage, KeysPage, WriteResult
 from navistore.store.sized import DEFAULT_PAGE_BYTES, changes_page, scan_page
@@ -193,6 +194,7 @@ class Store:
         if IImmediateReads.providedBy(backend):
             self._peek = backend.peek
         self._newest_seq = 0
+        self._follower: Follower | None = None
         #: What this Store has done (see :class:`StoreCounters`).
         self.counters = StoreCounters()
 
@@ -228,6 +230,7 @@ class Store:
                 cls._advance_clock(clock, record.stamp)
         store = cls(backend, clock, max_key_bytes=max_key_bytes, max_value_size=max_value_size)
         store._newest_seq = last_seq
+        store._follower = follow(store)
         return store
 
     @property
@@ -963,6 +966,8 @@ class Store:
 
     def close(self) -> Deferred[None]:
         """Close the backend (after its pending writes)."""
+        if self._follower is not None:
+            self._follower.stop()
         result: Deferred[None] = self.backend.close()
         return result
 
