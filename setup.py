@@ -13,7 +13,7 @@ setup(
     license="GPL-2.0-or-later",
     python_requires=">=3.9",
     packages=[*find_packages(include=["navistore", "navistore.*"]), "twisted.plugins"],
-    package_data={"navistore": ["py.typed"]},
+    package_data={"navistore": ["py.typed"], "navistore.web": ["ui/*.html", "ui/*.js", "ui/*.css"]},
     scripts=["bin/nhttpserver"],
     install_requires=[
         # Floors that install on CPython 3.11 and on PyPy 3.9 (whose newest Twisted is 26.4).
