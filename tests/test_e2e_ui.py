@@ -11,11 +11,13 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support.processes import LOOPBACK, Server, request, running, twistd
+from test_e2e_replication import Nodes, peer_url
 
 pytestmark = pytest.mark.e2e
 
@@ -240,3 +242,38 @@ def test_a_value_with_markup_is_shown_as_text(node: Server, browser: Any) -> Non
     assert browser.find_elements(By.CSS_SELECTOR, "#view *") == []
     assert browser.find_elements(By.TAG_NAME, "img") == []
     assert browser.execute_script("return window.pwned === undefined")
+
+
+def test_conflicts_and_peers_of_two_nodes_are_shown(tmp_path: Path, browser: Any) -> None:
+    """Writes of one key made on two nodes before they are peered: the page on either node shows
+    the loser of the conflict, and the peer with its state."""
+    with ExitStack() as stack:
+        nodes = Nodes(tmp_path, stack)
+        nodes.start_all(["a", "b"])
+        a, b = nodes.servers["a"], nodes.servers["b"]
+        assert a.request("PUT", "/app/db", b"written-on-a")[0] == 201
+        assert b.request("PUT", "/app/db", b"written-on-b")[0] == 201
+        for one, other in ((a, b), (b, a)):
+            assert one.request("PUT", "/_replication_slaves", peer_url(other).encode())[0] == 200
+
+        def listed() -> bool:
+            status, body, _ = a.request("GET", "/app/db?conflicts=true")
+            return status == 200 and len(json.loads(body)["conflicts"]) == 1
+
+        WebDriverWait(None, 30).until(lambda _: listed())
+        [loser] = json.loads(a.request("GET", "/app/db?conflicts=true")[1])["conflicts"]
+        open_page(browser, a, token=None)
+        open_key(browser, "/app/db")
+        WebDriverWait(browser, 10).until(
+            lambda d: d.find_element(By.ID, "conflicts").is_displayed()
+        )
+        assert text_of(browser, "conflict-list") == (
+            f"{loser['version']} from {loser['node']}: {loser['value']}"
+        )
+        browser.find_element(By.ID, "peers-load").click()
+        wait_for(browser, "peers", peer_url(b))
+        [row] = browser.find_elements(By.CSS_SELECTOR, "#peers tr")
+        url, state, lag = (cell.text for cell in row.find_elements(By.TAG_NAME, "td"))
+        [peer] = json.loads(a.request("GET", "/_peers")[1])
+        assert (url, state) == (peer_url(b), str(peer["state"]))
+        assert state and lag.split(" ")[0].isdigit() and "change(s)" in lag

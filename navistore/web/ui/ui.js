@@ -169,7 +169,9 @@ async function peers() {
   $("peers").replaceChildren();
   for (const peer of await answer.json()) {
     const row = document.createElement("tr");
-    for (const cell of [peer.url, peer.state, peer.lag]) {
+    let lag = peer.lag_changes === undefined ? "" : peer.lag_changes + " change(s)";
+    if (typeof peer.lag_seconds === "number") lag += ", " + peer.lag_seconds.toFixed(1) + " s";
+    for (const cell of [peer.url, peer.state, lag]) {
       const td = document.createElement("td");
       td.textContent = cell === undefined || cell === null ? "" : String(cell);
       row.appendChild(td);
