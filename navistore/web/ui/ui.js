@@ -140,15 +140,10 @@ async function watch(event) {
   const run = {};
   state.watching = run;
   $("events").replaceChildren();
-  // Start from now: page through what is already there, to the newest seq.
-  let since = 0;
-  for (;;) {
-    const page = await api("/_changes?limit=1000&since=" + since + "&prefix=" + encodeURIComponent(prefix));
-    if (!page.ok) { state.watching = null; return; }
-    const doc = await page.json();
-    since = doc.last_seq || since;
-    if (doc.results.length < 1000) break;
-  }
+  // Start from now: every answer carries the node's newest seq (X-Navistore-Index).
+  const first = await api("/_changes?limit=1&prefix=" + encodeURIComponent(prefix));
+  if (!first.ok) { state.watching = null; return; }
+  let since = Number(first.headers.get("X-Navistore-Index") || (await first.json()).last_seq || 0);
   say("Watching " + prefix);
   while (state.watching === run) {
     const answer = await api("/_changes?feed=longpoll&timeout=20&since=" + since + "&prefix=" + encodeURIComponent(prefix));
