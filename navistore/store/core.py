@@ -341,7 +341,7 @@ class Store:
         """Return what changed after seq ``since``, in seq order, tombstones included.
 
         The whole feed (prefix ``/``) leaves conflict losers out, as listings do, unless
-        ``everything`` (replication, export and the collector need every record).
+        ``everything`` (replication and the tombstone collector need every record).
 
         With a prefix (or a tuple of them: a change under any counts, once even where they
         nest), changes elsewhere are skipped; ``last_seq`` still advances past them so

@@ -53,6 +53,7 @@ from navistore.web.responses import (
     text_response,
 )
 from navistore.web.send_budget import SMALL_ANSWER, send_budget_of
+from navistore.web.ui import ui_page
 
 __all__ = ["ApiResource", "Route"]
 
@@ -140,6 +141,7 @@ class ApiResource(Resource):
             "_conflicts": {b"GET": self.conflicts.keys, b"HEAD": self.conflicts.keys},
             "listkeys": {b"GET": self.listings.listkeys, b"HEAD": self.listings.listkeys},
             "reset": {b"GET": self._reset},
+            "_ui": {b"GET": ui_page, b"HEAD": ui_page},
             **(extra_endpoints or {}),
         }
 
@@ -232,6 +234,8 @@ class ApiResource(Resource):
         if "/" not in name and name in self._endpoints:
             return Route("endpoint", name)
         first = name.split("/", 1)[0]
+        if first == "_ui":  # the page's files are under it
+            return Route("endpoint", "_ui")
         if first.startswith("_") and first != "_replication_slaves" and path != "/":
             return Route("unknown", path)
         if path.endswith("/"):

@@ -1062,6 +1062,19 @@ def _node_paths() -> dict[str, Schema]:
         }
     }
     return {
+        "/_ui": _read_pair(
+            "ui",
+            "The web page for a person (its files are under /_ui/: ui.js, ui.css)",
+            tag="node",
+            public=True,
+            answers={
+                200: {
+                    "description": "The page, with Content-Security-Policy default-src 'self'; "
+                    "every API call it makes carries the token typed into it.",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                },
+            },
+        ),
         "/_health": _read_pair(
             "health",
             "Whether the node and its backend answer",
