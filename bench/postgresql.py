@@ -108,8 +108,9 @@ def main() -> None:
             servers.Spec("postgresql A", "navistore", "cpython", url),
             servers.Spec("postgresql B", "navistore", "cpython", url),
         ]
+        environment = {**servers.child_environment(), "PYTHONPATH": str(HERE.parent)}
         for spec in specs:
-            started.append(servers.start(spec, Path(sys.executable), workdir))
+            started.append(servers.start(spec, Path(sys.executable), workdir, 60, environment))
         script = wrk.write_script(workdir)
         target = {s.spec.name: wrk.Target(f"http://127.0.0.1:{s.port}", "/bench") for s in started}
         for name in ("sqlite", "postgresql A"):
