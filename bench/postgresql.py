@@ -66,8 +66,13 @@ def _request(port: int, method: str, path: str, body: bytes | None = None) -> tu
 
 def wake_latency(port_a: int, port_b: int, writes: int) -> list[float]:
     """Seconds from sending a PUT to node A to node B answering a long-poll waiting for it."""
-    _, body = _request(port_b, "GET", "/_changes?since=0&limit=1")
-    since = json.loads(body)["last_seq"]
+    since = 0
+    while True:  # to the end of the feed
+        _, body = _request(port_b, "GET", f"/_changes?since={since}&limit=1000")
+        page = json.loads(body)
+        if not page["results"]:
+            break
+        since = page["last_seq"]
     latencies: list[float] = []
     for number in range(writes):
         answered: list[float] = []

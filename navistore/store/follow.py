@@ -9,8 +9,10 @@ writes use), after the cache has forgotten its key. Nothing is applied again: th
 already stored.
 
 A record of this node's own is normally announced by its write first, and skipped here by its
-seq; if the follower reads it before the write is acknowledged, its watchers may be told twice
-about the same seq, which they tolerate (a watch answers with what is stored).
+seq (the follower listens to the Store's announcements; an external record with a seq below
+one of this node's is still announced); if the follower reads it before the write is
+acknowledged, its watchers may be told twice about the same seq, which they tolerate (a watch
+answers with what is stored).
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ class _Followed(Protocol):
 
     def _notify(self, record: Record) -> None: ...
 
+    def subscribe(self, listener: Callable[[Record], None]) -> None: ...
+
+    def unsubscribe(self, listener: Callable[[Record], None]) -> None: ...
+
 
 class Follower:
     """Feeds the records other nodes wrote into ``store``'s notifications.
@@ -57,15 +63,24 @@ class Follower:
         self._reading = False
         self._stopped = False
         self._unsubscribe: Callable[[], None] = lambda: None
+        # Seqs above the cursor this node announced already (its own writes): not again, and
+        # their keys stay cached (the cache saw those writes).
+        self._announced: set[int] = set()
         #: Records announced for other nodes (tests and metrics read it).
         self.followed = 0
 
     def start(self) -> None:
+        self._store.subscribe(self._saw)
         self._unsubscribe = self._store.backend.subscribe_external(self.moved)  # type: ignore[attr-defined]
 
     def stop(self) -> None:
         self._stopped = True
+        self._store.unsubscribe(self._saw)
         self._unsubscribe()
+
+    def _saw(self, record: Record) -> None:
+        if record.seq is not None and record.seq > self._cursor:
+            self._announced.add(record.seq)
 
     def moved(self, newest: int) -> None:
         """The backend's newest seq is ``newest``: read up to it (one reader at a time)."""
@@ -87,14 +102,14 @@ class Follower:
             records = await backend.changes(self._cursor, PAGE)
             if not records:
                 break
-            if forget is not None:
-                forget([record.key for record in records])
-            for record in records:
-                seq = record.seq or 0
-                self._cursor = max(self._cursor, seq)
-                if seq > self._store.newest_seq:
-                    self.followed += 1
-                    self._store._notify(record)
+            external = [r for r in records if (r.seq or 0) not in self._announced]
+            if forget is not None and external:
+                forget([record.key for record in external])
+            for record in external:
+                self.followed += 1
+                self._store._notify(record)
+            self._cursor = max(self._cursor, max(record.seq or 0 for record in records))
+            self._announced = {seq for seq in self._announced if seq > self._cursor}
         self._reading = False
 
 
