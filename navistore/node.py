@@ -220,6 +220,8 @@ def cached_backend(config: NodeConfig, backend: IStorageBackend) -> IStorageBack
     may be written by others, and ``memory:`` is memory already)."""
     if config.record_cache_bytes <= 0 or getattr(backend, "kind", None) != "sqlite":
         return backend
+    if isinstance(backend, RecordCache):  # cache:SIZE:sqlite:... is cached as its URL says
+        return backend
     return RecordCache(backend, config.record_cache_bytes)
 
 

@@ -8,6 +8,10 @@ A factory may also have a ``check`` attribute, a callable taking the same :class
 that raises :class:`BackendURLError` for a URL the factory would refuse, without opening
 anything: :func:`check_backend` calls it while a node's options are parsed, so a bad option or
 path fails the start before a port is bound.
+
+Two composite schemes wrap other URLs (:mod:`navistore.backend.composite_url` has the syntax):
+``cache:SIZE:URL`` (:mod:`navistore.backend.cache_tier`) and ``shards:URL;URL;...``
+(:mod:`navistore.backend.shards`).
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ _BUILTIN: dict[str, str] = {
     "https": "navistore.backend.http:open_http",
     "postgresql": "navistore.backend.postgresql:open_postgresql",
     "postgres": "navistore.backend.postgresql:open_postgresql",
+    "cache": "navistore.backend.cache_tier:open_cache",
+    "shards": "navistore.backend.shards:open_shards",
 }
 
 #: What checks a built-in backend's URL without opening it (see :func:`check_backend`).
@@ -54,6 +60,8 @@ _BUILTIN_CHECKS: dict[str, str] = {
     "https": "navistore.backend.http:check_http",
     "postgresql": "navistore.backend.postgresql:check_postgresql",
     "postgres": "navistore.backend.postgresql:check_postgresql",
+    "cache": "navistore.backend.cache_tier:check_cache",
+    "shards": "navistore.backend.shards:check_shards",
 }
 
 BackendFactory = Callable[["BackendURL"], Any]
@@ -153,7 +161,13 @@ def _factory(parsed: BackendURL) -> BackendFactory:
 
 def display_url(url: str) -> str:
     """``url`` as logs may show it: a password in it (``postgresql://user:secret@host/db``)
-    replaced by ``***``."""
+    replaced by ``***``, in every member of a composite (``cache:``, ``shards:``) too."""
+    composite = url.split(":", 1)[0].lower()
+    if composite == "shards":
+        return "shards:" + ";".join(display_url(member) for member in url[7:].split(";"))
+    if composite == "cache" and url.count(":") >= 2:
+        scheme, spec, inner = url.split(":", 2)
+        return f"{scheme}:{spec}:{display_url(inner)}"
     scheme, separator, rest = url.partition("://")
     if not separator:
         return url
