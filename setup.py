@@ -13,7 +13,7 @@ setup(
     license="GPL-2.0-or-later",
     python_requires=">=3.9",
     packages=[*find_packages(include=["navistore", "navistore.*"]), "twisted.plugins"],
-    package_data={"navistore": ["py.typed"]},
+    package_data={"navistore": ["py.typed"], "navistore.web": ["ui/*.html", "ui/*.js", "ui/*.css"]},
     scripts=["bin/nhttpserver"],
     install_requires=[
         # Floors that install on CPython 3.11 and on PyPy 3.9 (whose newest Twisted is 26.4).
@@ -45,6 +45,8 @@ setup(
             "mypy-zope>=1.0.3",
             # tests/test_e2e_fuzz.py and bench/fuzz.py fuzz a node against its OpenAPI document.
             "schemathesis>=4.32; platform_python_implementation == 'CPython'",
+            # tests/test_e2e_ui.py drives /_ui in Debian's headless chromium.
+            "selenium>=4.10; platform_python_implementation == 'CPython'",
             "py-consul>=1.6",  # tests/test_consul_*.py: Consul's client against --compat consul
             # tests/test_postgresql_*.py run the postgresql backend against a real server.
             "psycopg[binary]>=3.1; platform_python_implementation == 'CPython'",

@@ -9,7 +9,7 @@ errbacks carrying one of the errors in :mod:`navistore.errors`. The shipped comp
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Union
 
 import attrs
@@ -331,3 +331,16 @@ class IBackendStatistics(Interface):
         """Measure the live keys, tombstones and bytes held, without stalling the reactor
         (off its thread if that costs); fire with the sizes, also kept in
         ``statistics.sizes``."""
+
+
+class IExternalWrites(Interface):
+    """A backend that other processes may write to (several nodes over one database): it tells
+    the node when they did, so that its watchers wake and its caches forget what changed.
+
+    Records the node stored itself are announced too; the follower
+    (:mod:`navistore.store.follow`) skips what it already saw.
+    """
+
+    def subscribe_external(callback: Callable[[int], None]) -> Callable[[], None]:
+        """Call ``callback(newest_seq)`` in the reactor thread whenever the newest seq may have
+        moved (a write through any node), within a bounded delay; return an unsubscribe."""

@@ -261,6 +261,13 @@ class NodeCollector(Collector):
             "Expiries (tombstones of keys whose TTL ran out) this node wrote.",
             counters.expiries,
         )
+        yield _counter(
+            "navistore_store_conflict_losers",
+            "Losers of concurrent writes kept (met here or received from a peer that met "
+            "them): writes last-writer-wins discarded though their writers had not seen each "
+            "other; GET /_conflicts lists them.",
+            counters.conflict_losers,
+        )
 
     def _backend(self) -> Iterator[Metric]:
         backend = self.metrics.store.backend

@@ -27,6 +27,7 @@ from navistore.backend.sqlite_backup import take_backup
 from navistore.cache_node.cache import UpstreamCache
 from navistore.clock import DEFAULT_MAX_DRIFT_MS
 from navistore.compat import COMPAT_APIS, CompatContext, compat_mounts
+from navistore.conflicts import DEFAULT_RETENTION_MS
 from navistore.hooks import MissResolver, WriteForwarder
 from navistore.interfaces import IStorageBackend
 from navistore.keys import DEFAULT_MAX_KEY_BYTES
@@ -112,6 +113,8 @@ class NodeConfig:
     :ivar record_cache_bytes: bytes of live records a sqlite backend keeps in memory for reads
         (:class:`~navistore.backend.record_cache.RecordCache`; 0: none).
     :ivar tombstone_retention: seconds a delete's tombstone is kept at least.
+    :ivar conflict_retention: seconds the loser of a concurrent write is kept (counted from
+        the losing write; every node must be given the same, or their losers expire apart).
     :ivar tombstone_gc_interval: seconds between tombstone collections.
     :ivar peers: peer URLs to replicate to, added to those the node already keeps.
     :ivar clone_from: a node whose whole state to pull, and then follow.
@@ -155,6 +158,7 @@ class NodeConfig:
     max_watchers: int = DEFAULT_MAX_WATCHERS
     record_cache_bytes: int = DEFAULT_RECORD_CACHE_BYTES
     tombstone_retention: float = DEFAULT_RETENTION
+    conflict_retention: float = DEFAULT_RETENTION_MS / 1000
     tombstone_gc_interval: float = DEFAULT_INTERVAL
     peers: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
     clone_from: str | None = None
@@ -307,6 +311,7 @@ def build_node(
     :raises InvalidPeer: a peer, the clone source or the upstream is no valid peer URL.
     """
     access = access_policy(config) if access is None else access
+    store.conflict_retention_ms = round(config.conflict_retention * 1000)
     if link.max_answer_bytes is None:
         # The largest answer a node sends another: a pulled page or a value, in base64, at the
         # value limit (a peer with a larger limit cannot replicate such values here anyway).

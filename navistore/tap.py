@@ -28,6 +28,7 @@ from navistore.backend.record_cache import DEFAULT_RECORD_CACHE_BYTES
 from navistore.clock import DEFAULT_MAX_DRIFT_MS
 from navistore.compat import COMPAT_APIS
 from navistore.config_file import ConfigFileError, config_path, merge_arguments, read_config
+from navistore.conflicts import DEFAULT_RETENTION_MS
 from navistore.daemon import STARTUP_REPORTED, NavistoreService
 from navistore.keys import DEFAULT_MAX_KEY_BYTES
 from navistore.logs import log_json_under_twistd
@@ -270,6 +271,14 @@ class Options(usage.Options):
             None,
             DEFAULT_RETENTION,
             "Seconds a delete's tombstone is kept at least (and until every peer has it).",
+            _seconds,
+        ],
+        [
+            "conflict-retention",
+            None,
+            DEFAULT_RETENTION_MS / 1000,
+            "Seconds the loser of a concurrent write is kept (GET /<key>?conflicts=true), "
+            "counted from the losing write; the same on every node.",
             _seconds,
         ],
         [
@@ -649,6 +658,7 @@ def node_config(options: Options) -> NodeConfig:
         max_watchers=options["max-watchers"],
         record_cache_bytes=options["record-cache-size"],
         tombstone_retention=options["tombstone-retention"],
+        conflict_retention=options["conflict-retention"],
         tombstone_gc_interval=options["tombstone-gc-interval"],
         peers=options["peer"],
         clone_from=options.get("clone-from"),

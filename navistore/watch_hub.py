@@ -36,6 +36,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from navistore.conflicts import CONFLICTS_PREFIX, is_hidden
 from navistore.record import Record
 from navistore.store import Store
 
@@ -376,7 +377,10 @@ class WatchHub:
     def _on_record(self, record: Record) -> None:
         if record.seq is not None and record.seq > self.notified_seq:
             self.notified_seq = record.seq
+        hidden = is_hidden(record.key)
         for watcher in self._matching(record.key):
+            if hidden and not watcher.target.startswith(CONFLICTS_PREFIX):
+                continue  # a conflict's loser record, which watchers of the keys never see
             if watcher._offer(record):
                 self._dirty.add(watcher)
         if self._dirty and self._flush_call is None:

@@ -20,6 +20,7 @@ from twisted.internet.task import Clock
 
 from navistore.backend.memory import MemoryBackend
 from navistore.clock import Stamp
+from navistore.conflicts import is_hidden
 from navistore.links import PeerLink
 from navistore.node import NodeConfig
 from navistore.record import Record
@@ -219,12 +220,13 @@ def held(cluster: Cluster, node: int, key: str) -> Record | None:
 
 
 def live_states(cluster: Cluster) -> dict[str, dict[str, tuple[bytes, str]]]:
-    """Each node's live keys with their value and version."""
+    """Each node's live keys with their value and version (not the conflict losers kept, which
+    tests/test_conflicts.py checks)."""
     return {
         name: {
             key: (value, stamp)
             for key, value, _type, stamp, deleted, _deadline in state
-            if not deleted
+            if not deleted and not is_hidden(key)
         }
         for name, state in cluster.states().items()
     }

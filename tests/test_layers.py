@@ -24,6 +24,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "navistore.keys",
         "navistore.clock",
         "navistore.record",
+        "navistore.conflicts",
         "navistore.waiters",
         "navistore.peer_urls",
         "navistore.tokens",

@@ -27,13 +27,31 @@ async def test_a_version_1_database_is_migrated_to_apply_all(
     postgres_url: str, postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A database made at schema version 1 (no navistore_apply_all) keeps its records and its
-    seq counter when a version 2 backend opens it, which adds the function."""
+    seq counter when a newer backend opens it, which adds the function."""
     with monkeypatch.context() as patched:
         patched.setattr(schema, "SCHEMA_VERSION", 1)
         old = open_backend(postgres_url)
-        await old.apply(make_record("/kept", b"v1", 1000))
+        assert await old.last_seq() == 0
         await old.close()
     database = postgres_server.database_of(postgres_url)
+    # Written as that release wrote it: through its function of ten arrays.
+    kept = make_record("/kept", b"v1", 1000)
+    await deferToThread(
+        postgres_server.rows,
+        database,
+        "SELECT navistore_write_batch(%s::text[], %s::text[], %s::boolean[], %s::text[],"
+        " %s::text[], %s::bigint[], %s::bigint[], %s::bytea[], %s::smallint[], %s::text[])",
+        [kept.key],
+        [kept.stamp.encode()],
+        [False],
+        [kept.content_type],
+        [""],
+        [None],
+        [0],
+        [kept.value],
+        [0],
+        [None],
+    )
     functions = "SELECT proname FROM pg_proc WHERE proname LIKE 'navistore%' ORDER BY 1"
     assert await deferToThread(postgres_server.rows, database, functions) == [
         ("navistore_write_batch",)
@@ -52,4 +70,4 @@ async def test_a_version_1_database_is_migrated_to_apply_all(
         ("navistore_write_batch",),
     ]
     state = "SELECT value FROM backend_state WHERE name = 'schema_version'"
-    assert await deferToThread(postgres_server.rows, database, state) == [(2,)]
+    assert await deferToThread(postgres_server.rows, database, state) == [(schema.SCHEMA_VERSION,)]

@@ -17,6 +17,7 @@ from navistore.backend.postgresql import PostgresBackend
 from navistore.backend.postgresql_feed import changes_under_sql
 from navistore.clock import Stamp
 from navistore.errors import StorageFailure
+from navistore.interfaces import ABSENT
 from navistore.record import MAX_FLAGS, Record
 
 if TYPE_CHECKING:
@@ -233,3 +234,60 @@ async def test_a_database_that_is_not_utf8_is_refused(postgres_server: PostgresS
     finally:
         await opened.close()
         await deferToThread(postgres_server.drop_database, name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_schema_2_database_upgrades_to_replaces_in_place(
+    postgres_url: str, postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database made by the previous release (schema 2: its tables and functions, its rows
+    written through its own ``navistore_write_batch`` of ten arrays) opens at schema 3: the
+    ``replaces`` column is added and the write functions take it; the old rows read back with
+    no ``replaces``, new ones keep theirs, through single applies and apply_all alike."""
+    with monkeypatch.context() as patched:
+        patched.setattr(schema, "SCHEMA_VERSION", 2)
+        old = open_backend(postgres_url)
+        try:
+            assert await old.last_seq() == 0
+        finally:
+            await old.close()
+    database = postgres_server.database_of(postgres_url)
+    await deferToThread(
+        postgres_server.rows,
+        database,
+        "SELECT navistore_write_batch(%s::text[], %s::text[], %s::boolean[], %s::text[],"
+        " %s::text[], %s::bigint[], %s::bigint[], %s::bytea[], %s::smallint[], %s::text[])",
+        ["/old", "/gone"],
+        [Stamp(1000, 0, NODE).encode(), Stamp(1001, 0, NODE).encode()],
+        [False, True],
+        ["text/plain", ""],
+        ["", ""],
+        [4102444800000, None],
+        [7, 0],
+        [b"kept", b""],
+        [0, 0],
+        [None, None],
+    )
+    backend = open_backend(postgres_url)
+    try:
+        kept = await backend.get("/old")
+        assert kept == Record(
+            "/old", b"kept", "text/plain", Stamp(1000, 0, NODE), False, 1, (), 4102444800000, 7
+        )
+        gone = await backend.get("/gone")
+        assert gone is not None and gone.deleted and gone.replaces == ()
+        seen = (Stamp(999, 0, "00000000000000aa"),)
+        later = record("/old", 2000, b"new", replaces=seen)
+        assert await backend.apply(later) == later.with_seq(3)
+        together = record("/together", 2001, replaces=seen)
+        outcome = await backend.apply_all([(together, ABSENT)])
+        assert outcome.stored == (together.with_seq(4),)
+        assert [found.replaces for found in await backend.changes(2, 10)] == [seen, seen]
+    finally:
+        await backend.close()
+    [(version,)] = await deferToThread(
+        postgres_server.rows,
+        database,
+        "SELECT value FROM backend_state WHERE name = 'schema_version'",
+    )
+    assert version == schema.SCHEMA_VERSION == 3

@@ -621,7 +621,7 @@ async def test_version_1_file_migrates_to_chains(tmp_path: Path) -> None:
         assert (await store.get("/new")).chain == ("00000000000000aa",)
     finally:
         await store.close()
-    assert schema_version(path) == sqlite_module.SCHEMA_VERSION == 3
+    assert schema_version(path) == sqlite_module.SCHEMA_VERSION == 4
 
 
 # -- the feed under a prefix (IPrefixChanges) -------------------------------------------------

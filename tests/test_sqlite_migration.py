@@ -1,4 +1,4 @@
-"""A sqlite file written by the previous release (schema 2) opens and upgrades in place.
+"""sqlite files written by earlier releases (schemas 2 and 3) open and upgrade in place.
 
 ``tests/data/sqlite-schema-2.db`` was written by Navistore at 55e83dc, the last release of
 schema 2 (before TTLs and flags): six records, one of them a tombstone, two relayed with chains,
@@ -123,8 +123,8 @@ async def test_a_schema_2_file_upgrades_in_place_keeping_every_record(tmp_path: 
         )
     finally:
         await backend.close()
-    assert _version(path) == sqlite_schema.SCHEMA_VERSION == 3
-    reopened = SqliteBackend(path)  # a schema-3 file opens as it is
+    assert _version(path) == sqlite_schema.SCHEMA_VERSION
+    reopened = SqliteBackend(path)  # an upgraded file opens as it is
     try:
         assert (await reopened.get("/app/lease")) == fresh.with_seq(7)
         assert len(await reopened.changes(0, 10)) == 7
@@ -165,4 +165,108 @@ def test_a_node_serves_a_schema_2_file_after_upgrading_it(tmp_path: Path) -> Non
         status, body, answer = server.request("GET", "/app/lease")
         assert (status, body) == (200, b"me")
         assert 58 <= int(answer.getheader("X-Navistore-Expires") or 0) <= 60
-    assert _version(tmp_path / "store.db") == 3
+    assert _version(tmp_path / "store.db") == sqlite_schema.SCHEMA_VERSION
+
+
+# -- schema 3 (before Record.replaces) ------------------------------------------------------------
+
+#: ``tests/data/sqlite-schema-3.db`` was written by Navistore at 307259f, the last code of
+#: schema 3 (TTLs and flags, before ``replaces``): five records, one expiring with flags, one
+#: tombstone, two relayed with chains (one with the largest flags), and meta data.
+FIXTURE_3 = Path(__file__).parent / "data" / "sqlite-schema-3.db"
+
+#: key -> (value, content type, stamp, deleted, seq, chain, expires_ms, flags).
+EXPECTED_3 = {
+    "/app/db/host": (
+        b"db1.lan",
+        "text/plain",
+        "019adc5be000-000000-" + NODE,
+        False,
+        1,
+        (),
+        None,
+        0,
+    ),
+    "/app/lease": (
+        b"me",
+        "text/plain",
+        "019adc5be001-000000-" + NODE,
+        False,
+        2,
+        (),
+        4102444800000,
+        42,
+    ),
+    "/app/blob": (
+        bytes(range(256)),
+        "application/octet-stream",
+        "019adc5be002-000003-" + OTHER,
+        False,
+        3,
+        (OTHER,),
+        None,
+        0,
+    ),
+    "/app/gone": (b"", "", "019adc5be003-000000-" + NODE, True, 4, (), None, 0),
+    "/app/flags": (
+        b"x",
+        "text/plain",
+        "019adc5be004-000000-" + OTHER,
+        False,
+        5,
+        (OTHER, NODE),
+        None,
+        2**64 - 1,
+    ),
+}
+
+
+def test_the_fixture_is_a_schema_3_file() -> None:
+    """The file is what schema 3 wrote: no ``replaces`` column yet."""
+    assert _version(FIXTURE_3) == 3
+    connection = sqlite3.connect(FIXTURE_3)
+    try:
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(records)")]
+    finally:
+        connection.close()
+    assert "replaces" not in columns and {"expires", "flags"} <= set(columns)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_schema_3_file_upgrades_in_place_keeping_every_record(tmp_path: Path) -> None:
+    """Opened, a schema-3 file gains the ``replaces`` column in place: every record reads back
+    exactly (seq, chain, deadline and flags included) with no ``replaces``; the seq counter and
+    meta data are kept; a new record with ``replaces`` stores and reads back with them."""
+    path = tmp_path / "store.db"
+    shutil.copyfile(FIXTURE_3, path)
+    backend = SqliteBackend(path)
+    try:
+        for key, (value, kind, stamp, deleted, seq, chain, expires, flags) in EXPECTED_3.items():
+            found = await backend.get(key)
+            assert found == Record(
+                key, value, kind, Stamp.decode(stamp), deleted, seq, chain, expires, flags
+            ), key
+            assert found is not None and found.replaces == ()
+        assert await backend.last_seq() == 5
+        assert await backend.get_meta("node_id") == NODE
+        [deadline] = await backend.expiring(10)
+        assert deadline.key == "/app/lease"
+        seen = (Stamp(1764633600002, 3, OTHER), Stamp(1764633600001, 0, "00000000000000aa"))
+        later = Record(
+            "/app/db/host",
+            b"db2.lan",
+            "text/plain",
+            Stamp(1764633700000, 0, NODE),
+            replaces=seen,
+        )
+        assert await backend.apply(later) == later.with_seq(6)
+        assert await backend.get("/app/db/host") == later.with_seq(6)
+        assert (await backend.changes(5, 10)) == [later.with_seq(6)]
+    finally:
+        await backend.close()
+    assert _version(path) == sqlite_schema.SCHEMA_VERSION == 4
+    reopened = SqliteBackend(path)
+    try:
+        assert await reopened.get("/app/db/host") == later.with_seq(6)
+    finally:
+        await reopened.close()

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable, cast
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -46,6 +47,7 @@ from navistore.backend import BackendURL
 from navistore.backend import postgresql_atomic as atomic
 from navistore.backend import postgresql_schema as schema
 from navistore.backend.postgresql_feed import changes_under
+from navistore.backend.postgresql_notify import Listener, apply_all_and_notify, write_and_notify
 from navistore.backend.postgresql_url import (
     Target,
     import_psycopg,
@@ -61,6 +63,7 @@ from navistore.interfaces import (
     IAtomicApply,
     IBackendStatistics,
     IExpiringRecords,
+    IExternalWrites,
     IPrefixChanges,
     ISizedReads,
     IStorageBackend,
@@ -77,9 +80,12 @@ __all__ = ["PostgresBackend", "check_postgresql", "open_postgresql"]
 
 _perf_counter = time.perf_counter
 
+log = Logger()
+
 
 @implementer(
     IStorageBackend,
+    IExternalWrites,
     IPrefixChanges,
     ISizedReads,
     IBackendStatistics,
@@ -124,6 +130,8 @@ class PostgresBackend:
         self._pool_closed = False
         self._close_waiters: list[Deferred[None]] = []
         self.statistics = BackendStatistics()
+        self._external: list[Callable[[int], None]] = []
+        self._listener: Listener | None = None
 
     def __repr__(self) -> str:
         return f"<PostgresBackend {self.target.display}>"
@@ -170,7 +178,7 @@ class PostgresBackend:
             self._acknowledgements = self._acknowledgements[count:]
             self._batches_in_flight += 1
             started = _perf_counter()
-            written = self._interact("apply", schema.write_batch, batch)
+            written = self._interact("apply", write_and_notify, batch)
             written.addBoth(self._acknowledge, waiting, started)
             written.addBoth(self._release)
 
@@ -205,9 +213,35 @@ class PostgresBackend:
         except InvalidRecord as exc:
             return fail(exc)
         done: Deferred[tuple[list[Record], int | None]] = self._run(
-            "apply_all", atomic.apply_all, list(items)
+            "apply_all", apply_all_and_notify, list(items)
         )
         return done.addCallback(lambda found: AllOrNothing(tuple(found[0]), found[1]))
+
+    # -- writes through other nodes ----------------------------------------------------------
+
+    def subscribe_external(self, callback: Callable[[int], None]) -> Callable[[], None]:
+        """Call ``callback(newest_seq)`` after writes through any node over this database
+        (:mod:`~navistore.backend.postgresql_notify`); the listen connection is opened by the
+        first subscriber and closed with the backend."""
+        self._external.append(callback)
+        if self._listener is None and not self._closed:
+            self._listener = Listener(
+                self.target.connect, cast("Any", self._reactor), self._announce_external
+            )
+            self._listener.start()
+
+        def unsubscribe() -> None:
+            if callback in self._external:
+                self._external.remove(callback)
+
+        return unsubscribe
+
+    def _announce_external(self, seq: int) -> None:
+        for callback in list(self._external):
+            try:
+                callback(seq)
+            except Exception:
+                log.failure("external-write callback {callback!r} failed", callback=callback)
 
     # -- running interactions ---------------------------------------------------------------
 
@@ -332,6 +366,11 @@ class PostgresBackend:
         self._close_waiters.append(closed)
         if not self._closed:
             self._closed = True
+            self._external.clear()
+            if self._listener is not None:
+                listener, self._listener = self._listener, None
+                stopped = listener.stop()
+                closed.addCallback(lambda _: stopped)
             self._send_pending()
             if self._outstanding == 0:
                 self._close_pool()

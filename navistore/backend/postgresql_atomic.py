@@ -16,6 +16,7 @@ from navistore.backend.postgresql_schema import stored_flags
 from navistore.clock import Stamp
 from navistore.errors import InvalidRecord
 from navistore.interfaces import ABSENT, ANY, Expectation
+from navistore.protocol.records import replaces_text
 from navistore.record import Record
 
 if TYPE_CHECKING:
@@ -28,8 +29,8 @@ AtomicItems = Sequence[tuple[Union[Record, str], Expectation]]
 
 _APPLY_ALL_SQL = (
     "SELECT navistore_apply_all(%s::text[], %s::boolean[], %s::text[], %s::boolean[],"
-    " %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bytea[], %s::smallint[],"
-    " %s::text[])"
+    " %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::text[], %s::bytea[],"
+    " %s::smallint[], %s::text[])"
 )
 
 
@@ -37,10 +38,11 @@ def apply_all(txn: adbapi.Transaction, items: AtomicItems) -> tuple[list[Record]
     """Store every record of ``items`` with consecutive seqs in their order if every item
     holds; else store nothing. Return the stored records and None, or no record and the index
     of the first item that did not hold."""
-    columns: list[list[Any]] = [[] for _ in range(11)]
-    keys, writes, stamps, deleted, types, chains, expires, flags, values, expects, expected = (
-        columns
-    )
+    columns: list[list[Any]] = [[] for _ in range(12)]
+    (keys, writes, stamps, deleted, types, chains, expires, flags, seen, values, expects) = columns[
+        :11
+    ]
+    expected = columns[11]
     for item, expect in items:
         record = item if isinstance(item, Record) else None
         keys.append(item.key if isinstance(item, Record) else item)
@@ -51,6 +53,7 @@ def apply_all(txn: adbapi.Transaction, items: AtomicItems) -> tuple[list[Record]
         chains.append(None if record is None else ",".join(record.chain))
         expires.append(None if record is None else record.expires_ms)
         flags.append(None if record is None else stored_flags(record.flags))
+        seen.append(None if record is None else replaces_text(record.replaces))
         values.append(None if record is None else record.value)
         if expect is ANY or expect is ABSENT:
             expects.append(0 if expect is ANY else 1)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any
 
+from navistore.backend.postgresql_schema import COLUMNS as _COLUMNS
 from navistore.backend.postgresql_schema import read_state, select_records
 from navistore.interfaces import stored_size
 from navistore.record import Record
@@ -32,8 +33,6 @@ __all__ = ["PREFIX_SCAN_BUDGET", "changes_under", "changes_under_sql"]
 #: How many changes the first window of the walk holds (and how many keys under a prefix make it
 #: wide enough to walk at all), as in the sqlite backend.
 PREFIX_SCAN_BUDGET = 10_000
-
-_COLUMNS = "key, seq, stamp, deleted, content_type, chain, expires, flags, value"
 
 
 def changes_under_sql(shape: str, bounded: bool) -> str:

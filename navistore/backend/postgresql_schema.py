@@ -25,11 +25,13 @@ Why the schema looks like this:
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, Callable
 
 from navistore.clock import Stamp
 from navistore.errors import StorageFailure
 from navistore.interfaces import ABSENT, ANY, Deadline, Expectation
+from navistore.protocol.records import replaces_from_text, replaces_text
 from navistore.record import Record
 
 if TYPE_CHECKING:
@@ -63,7 +65,7 @@ __all__ = [
 ]
 
 #: The schema version this code writes. Bump it together with a new :data:`MIGRATIONS` step.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: ``MIGRATIONS[n]`` upgrades a version ``n`` database to ``n + 1``. All the steps needed run in
 #: the one transaction that opens the schema, under :data:`SCHEMA_LOCK`, so that an upgrade is
@@ -79,6 +81,50 @@ def _add_apply_all(txn: Any) -> None:
 
 
 MIGRATIONS[1] = _add_apply_all
+
+
+def _with_replaces(function: str) -> str:
+    """The text of a write function of versions 1 and 2, made to store ``replaces`` too (one
+    more array parameter, one more column written): one definition of each function, not two
+    copies that could drift apart."""
+    steps = (
+        (
+            r"p_flags bigint\[\],(\s*)p_values bytea\[\]",
+            r"p_flags bigint[],\1p_replaces text[], p_values bytea[]",
+        ),
+        (
+            r"flags = p_flags\[i\], value = p_values\[i\]",
+            "flags = p_flags[i], replaces = p_replaces[i], value = p_values[i]",
+        ),
+        (r"chain, expires, flags, value\)", "chain, expires, flags, replaces, value)"),
+        (r"p_flags\[i\], p_values\[i\]\)", "p_flags[i], p_replaces[i], p_values[i])"),
+        (
+            r"flags = excluded\.flags,(\s*)value = excluded\.value",
+            r"flags = excluded.flags, replaces = excluded.replaces,\1value = excluded.value",
+        ),
+    )
+    for pattern, replacement in steps:
+        function = re.sub(pattern, replacement, function)
+    return function
+
+
+def _add_replaces(txn: Any) -> None:
+    """Version 3: records carry what their writer had seen of the key (``Record.replaces``, the
+    stamps joined by ``,``); the write functions take it. A constant default rewrites no row."""
+    txn.execute("ALTER TABLE records ADD COLUMN replaces text NOT NULL DEFAULT ''")
+    txn.execute(
+        "DROP FUNCTION navistore_write_batch(text[], text[], boolean[], text[], text[],"
+        " bigint[], bigint[], bytea[], smallint[], text[])"
+    )
+    txn.execute(
+        "DROP FUNCTION navistore_apply_all(text[], boolean[], text[], boolean[], text[],"
+        " text[], bigint[], bigint[], bytea[], smallint[], text[])"
+    )
+    txn.execute(_with_replaces(VERSION_1[-1]))
+    txn.execute(_with_replaces(_APPLY_ALL_FUNCTION))
+
+
+MIGRATIONS[2] = _add_replaces
 
 #: The advisory lock (a constant of our own) held while the schema is created or migrated.
 SCHEMA_LOCK = 0x6E61_7669_7374_6F72 >> 1  # "navistor", kept within a signed BIGINT
@@ -218,9 +264,12 @@ $body$"""
 
 _WRITE_BATCH_SQL = (
     "SELECT navistore_write_batch(%s::text[], %s::text[], %s::boolean[], %s::text[],"
-    " %s::text[], %s::bigint[], %s::bigint[], %s::bytea[], %s::smallint[], %s::text[])"
+    " %s::text[], %s::bigint[], %s::bigint[], %s::text[], %s::bytea[], %s::smallint[],"
+    " %s::text[])"
 )
-_COLUMNS = "key, seq, stamp, deleted, content_type, chain, expires, flags, value"
+#: The columns every read of records selects, in the order :func:`_to_record` takes them.
+COLUMNS = "key, seq, stamp, deleted, content_type, chain, expires, flags, replaces, value"
+_COLUMNS = COLUMNS
 GET_SQL = f"SELECT {_COLUMNS} FROM records WHERE key = %s"
 CHANGES_SQL = f"SELECT {_COLUMNS} FROM records WHERE seq > %s ORDER BY seq LIMIT %s"
 PURGE_SQL = "DELETE FROM records WHERE deleted AND seq < %s"
@@ -257,7 +306,7 @@ def sized(sql: str, order: str) -> str:
 
 
 def _to_record(row: tuple[Any, ...]) -> Record:
-    key, seq, stamp, deleted, content_type, chain, expires, flags, value = row
+    key, seq, stamp, deleted, content_type, chain, expires, flags, seen, value = row
     if flags < 0:
         flags += _FLAGS_WRAP
     return Record(
@@ -270,6 +319,7 @@ def _to_record(row: tuple[Any, ...]) -> Record:
         tuple(chain.split(",")) if chain else (),
         expires,
         flags,
+        replaces_from_text(seen) if seen else (),
     )
 
 
@@ -345,8 +395,8 @@ def write_batch(
     against what the earlier one left. An If-Match whose stamp is not below the new record's
     cannot hold and is decided here without being sent."""
     sent: list[int] = []
-    columns: list[list[Any]] = [[] for _ in range(10)]
-    keys, stamps, deleted, types, chains, expires, flags, values, expects, expected = columns
+    columns: list[list[Any]] = [[] for _ in range(11)]
+    keys, stamps, deleted, types, chains, expires, flags, seen, values, expects, expected = columns
     for index, (record, expect) in enumerate(batch):
         if expect is ANY or expect is ABSENT:
             expects.append(0 if expect is ANY else 1)
@@ -364,6 +414,7 @@ def write_batch(
         chains.append(",".join(record.chain))
         expires.append(record.expires_ms)
         flags.append(stored_flags(record.flags))
+        seen.append(replaces_text(record.replaces) if record.replaces else "")
         values.append(record.value)
     results: list[Record | None] = [None] * len(batch)
     if not sent:

@@ -51,6 +51,7 @@ from navistore.interfaces import (
     IStorageBackend,
     WouldBlock,
 )
+from navistore.protocol.records import replaces_from_text, replaces_text
 from navistore.record import Record
 
 __all__ = ["DEFAULT_RECORD_CACHE_BYTES", "ENTRY_OVERHEAD", "RecordCache"]
@@ -70,9 +71,9 @@ ENTRY_OVERHEAD = 300
 HOT_RECORDS = 16_384
 
 #: A cached live record without its key: value, content type, the stamp's wall time, counter and
-#: node id, seq, chain, expiry, flags. Only atoms and a tuple of strings, so the collector does
-#: not track it.
-_Entry = tuple[bytes, str, int, int, str, "int | None", "tuple[str, ...]", "int | None", int]
+#: node id, seq, chain, expiry, flags, replaces (as text: ``""`` for none). Only atoms and a
+#: tuple of strings, so the collector does not track it.
+_Entry = tuple[bytes, str, int, int, str, "int | None", "tuple[str, ...]", "int | None", int, str]
 
 
 def _entry(record: Record) -> _Entry:
@@ -87,23 +88,27 @@ def _entry(record: Record) -> _Entry:
         record.chain,
         record.expires_ms,
         record.flags,
+        replaces_text(record.replaces),
     )
 
 
 def _record(key: str, entry: _Entry) -> Record:
     # The fields came from a checked Record: nothing to check again.
-    value, content_type, wall_ms, counter, node_id, seq, chain, expires_ms, flags = entry
+    value, content_type, wall_ms, counter, node_id, seq, chain, expires_ms, flags, seen = entry
     stamp = Stamp._checked(wall_ms, counter, node_id)
-    return Record(key, value, content_type, stamp, False, seq, chain, expires_ms, flags)
+    replaces = replaces_from_text(seen) if seen else ()
+    return Record(key, value, content_type, stamp, False, seq, chain, expires_ms, flags, replaces)
 
 
 def _entry_size(key: str, entry: _Entry) -> int:
-    return len(key) + len(entry[0]) + len(entry[1]) + ENTRY_OVERHEAD
+    return len(key) + len(entry[0]) + len(entry[1]) + len(entry[9]) + ENTRY_OVERHEAD
 
 
 def entry_size(record: Record) -> int:
     """What keeping ``record`` in the cache costs, in bytes (as counted against the bound)."""
-    return len(record.key) + len(record.value) + len(record.content_type) + ENTRY_OVERHEAD
+    count = len(record.replaces)
+    seen = 37 * count - 1 if count else 0  # its text: the stamps, a comma between two
+    return len(record.key) + len(record.value) + len(record.content_type) + seen + ENTRY_OVERHEAD
 
 
 @implementer(IStorageBackend, IImmediateReads)
@@ -211,6 +216,13 @@ class RecordCache:
         old = self._records.pop(key, None)
         if old is not None:
             self.bytes -= _entry_size(key, old)
+
+    def forget(self, keys: Sequence[str]) -> None:
+        """Drop ``keys``: another node over the same database wrote them
+        (:mod:`navistore.store.follow`). A read in flight fills nothing, as after an apply."""
+        self._applies += 1
+        for key in keys:
+            self._drop(key)
 
     def clear(self) -> None:
         """Forget every record (the next reads go to the backend)."""

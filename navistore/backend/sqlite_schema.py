@@ -26,6 +26,7 @@ from navistore.interfaces import (
     stored_size,
     supersedes,
 )
+from navistore.protocol.records import replaces_from_text, replaces_text
 from navistore.record import Record
 
 __all__ = [
@@ -65,7 +66,7 @@ __all__ = [
 ]
 
 #: The schema version this code writes. Bump it together with a new :data:`MIGRATIONS` step.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: ``MIGRATIONS[n]`` upgrades a version ``n`` database to ``n + 1``; all steps needed run in one
 #: transaction when the connection opens, so an upgrade is never left half done.
@@ -95,6 +96,16 @@ def _add_expiry_and_flags(cursor: sqlite3.Cursor) -> None:
 
 MIGRATIONS[2] = _add_expiry_and_flags
 
+
+def _add_replaces(cursor: sqlite3.Cursor) -> None:
+    """Version 4: records carry what their writer had seen of the key (``Record.replaces``,
+    the stamps joined by ``,``), which tells a concurrent write from a later one. A constant
+    default rewrites no row: instant whatever the size of the file."""
+    cursor.execute("ALTER TABLE records ADD COLUMN replaces TEXT NOT NULL DEFAULT ''")
+
+
+MIGRATIONS[3] = _add_replaces
+
 _EXPIRY_INDEX_SQL = (
     "CREATE INDEX records_by_expiry ON records (expires, key)"
     " WHERE expires IS NOT NULL AND deleted = 0"
@@ -113,21 +124,21 @@ MAX_LIMIT = 2**62
 #: ``bench/bench_prefix_feed.py``: a window this long costs about a millisecond.
 PREFIX_SCAN_BUDGET = 10_000
 
-_COLUMNS = "key, seq, stamp, deleted, content_type, chain, expires, flags, value"
+_COLUMNS = "key, seq, stamp, deleted, content_type, chain, expires, flags, replaces, value"
 GET_SQL = f"SELECT {_COLUMNS} FROM records WHERE key = ?"
 #: The values too large to read on the reactor thread: a 16 MiB value is 4,000 overflow pages,
 #: tens of milliseconds to read (measured with bench/hostile.py, fifty clients reading one).
 LARGE_VALUE = 1024 * 1024
 _SMALL_COLUMNS = (
-    "key, seq, stamp, deleted, content_type, chain, expires, flags,"
+    "key, seq, stamp, deleted, content_type, chain, expires, flags, replaces,"
     f" CASE WHEN length(value) > {LARGE_VALUE} THEN NULL ELSE value END"
 )
 _GET_SMALL_SQL = f"SELECT {_SMALL_COLUMNS} FROM records WHERE key = ?"
 CHANGES_SQL = f"SELECT {_COLUMNS} FROM records WHERE seq > ? ORDER BY seq LIMIT ?"
-_INSERT_SQL = f"INSERT INTO records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_SQL = f"INSERT INTO records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _UPDATE_SQL = (
     "UPDATE records SET seq = ?, stamp = ?, deleted = ?, content_type = ?, chain = ?,"
-    " expires = ?, flags = ?, value = ? WHERE key = ?"
+    " expires = ?, flags = ?, replaces = ?, value = ? WHERE key = ?"
 )
 _EXPIRING_SQL = (
     "SELECT key, stamp, expires FROM records WHERE expires IS NOT NULL AND deleted = 0"
@@ -141,10 +152,11 @@ UPSERT = sqlite3.sqlite_version_info >= (3, 24, 0)
 # fixed-width form of lowercase hex digits, so that comparing the texts (sqlite's BINARY
 # collation, byte order) compares the stamps (wall, then counter, then node id).
 _UPSERT_SQL = (
-    f"INSERT INTO records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (key) DO UPDATE SET seq = excluded.seq, stamp = excluded.stamp,"
     " deleted = excluded.deleted, content_type = excluded.content_type, chain = excluded.chain,"
-    " expires = excluded.expires, flags = excluded.flags, value = excluded.value"
+    " expires = excluded.expires, flags = excluded.flags, replaces = excluded.replaces,"
+    " value = excluded.value"
     " WHERE excluded.stamp > records.stamp"
 )
 _UPSERT_IF_ABSENT_SQL = f"{_UPSERT_SQL} AND records.deleted = 1"  # expect=ABSENT
@@ -217,7 +229,7 @@ def changes_under_sql(shape: str, bounded: bool) -> str:
 
 
 def _to_record(row: tuple[Any, ...]) -> Record:
-    key, seq, stamp, deleted, content_type, chain, expires, flags, value = row
+    key, seq, stamp, deleted, content_type, chain, expires, flags, seen, value = row
     if value is None:  # values are NOT NULL: this one was left out for its size
         raise LargeValue(key)
     nodes = tuple(chain.split(",")) if chain else ()
@@ -233,6 +245,7 @@ def _to_record(row: tuple[Any, ...]) -> Record:
         nodes,
         expires,
         flags,
+        replaces_from_text(seen) if seen else (),
     )
 
 
@@ -411,7 +424,8 @@ def _upsert(txn: adbapi.Transaction, record: Record, expect: Expectation, seq: i
     stamp = record.stamp.encode()
     chain = ",".join(record.chain) if record.chain else ""
     flags = record.flags and _stored_flags(record)
-    row = (seq, stamp, record.deleted, record.content_type, chain, record.expires_ms, flags)
+    seen = replaces_text(record.replaces) if record.replaces else ""
+    row = (seq, stamp, record.deleted, record.content_type, chain, record.expires_ms, flags, seen)
     if expect is ANY or expect is ABSENT:
         txn.execute(
             _UPSERT_SQL if expect is ANY else _UPSERT_IF_ABSENT_SQL,
@@ -547,6 +561,7 @@ def _write_row(txn: adbapi.Transaction, record: Record, stored: Record | None, s
         ",".join(record.chain),
         record.expires_ms,
         _stored_flags(record),
+        replaces_text(record.replaces),
     )
     if stored is None:
         txn.execute(_INSERT_SQL, (record.key, *row, record.value))

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from navistore.clock import InvalidStamp, Stamp
 from navistore.errors import InvalidRecord
 from navistore.interfaces import ABSENT, ANY, Expectation
-from navistore.protocol.records import MalformedRecord
+from navistore.protocol.records import MalformedRecord, replaces_from_text, replaces_text
 from navistore.record import MAX_FLAGS, MAX_SEQ, Record
 
 __all__ = [
@@ -77,6 +77,8 @@ def apply_params(record: Record, expect: Expectation) -> dict[str, str]:
         params["expires_ms"] = str(record.expires_ms)
     if record.flags:
         params["flags"] = str(record.flags)
+    if record.replaces:
+        params["replaces"] = replaces_text(record.replaces)
     return params
 
 
@@ -117,5 +119,6 @@ def record_from_params(params: Mapping[str, str], value: bytes) -> tuple[Record,
         chain,
         _number_param(params, "expires_ms", MAX_SEQ),
         _number_param(params, "flags", MAX_FLAGS) or 0,
+        replaces_from_text(params.get("replaces", "")),
     )
     return record, decode_expectation(params["expect"])

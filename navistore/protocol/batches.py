@@ -25,6 +25,7 @@ from typing import Any
 import attrs
 
 from navistore.clock import InvalidStamp, validate_node_id
+from navistore.conflicts import is_hidden
 from navistore.errors import InvalidRecord
 from navistore.json_documents import parse_json
 from navistore.protocol.records import MalformedRecord, record_from_json, record_to_json
@@ -165,8 +166,13 @@ def _decode_records(items: list[Any], source: str) -> list[Record]:
             record = record_from_json(item, keep_seq=False)
             chain = record.chain
             # An expiry's tombstone is stamped from the record it expires (Record.expiry), by
-            # whichever node saw the deadline first: its stamp names no writer.
-            if not chain or (chain[0] != record.stamp.node_id and not record.is_expiry):
+            # whichever node saw the deadline first: its stamp names no writer. So is a conflict
+            # loser's record, stamped with the loser's stamp by whichever node met it.
+            if not chain or (
+                chain[0] != record.stamp.node_id
+                and not record.is_expiry
+                and not is_hidden(record.key)
+            ):
                 writer = record.stamp.node_id
                 raise MalformedRecord(f"the chain must start with the writer {writer}")
             if chain[-1] != source:

@@ -20,7 +20,8 @@ An export is UTF-8 text, one JSON object a line (``application/x-ndjson``)::
   over). A line without ``stamp`` is a new write where it is imported (a Consul import, a file
   written by hand); ``encoding`` (default ``utf-8``) and ``content_type`` (default the node's)
   are optional too, and a tombstone needs no value. ``expires_ms`` (a TTL's deadline) and
-  ``flags`` are there only when the record has them, and need the stamp.
+  ``flags`` are there only when the record has them, and need the stamp; so is ``replaces`` (the
+  versions the writer had seen, a list of stamps), which an older file lacks.
 - The **end** line counts the records and says the seq the export read up to: a file without it
   was cut short.
 
@@ -41,7 +42,7 @@ import attrs
 from navistore.clock import InvalidStamp, Stamp
 from navistore.json_documents import parse_json
 from navistore.protocol.records import InvalidValue, decode_value, encode_value
-from navistore.record import MAX_FLAGS, MAX_SEQ, Record
+from navistore.record import MAX_FLAGS, MAX_REPLACES, MAX_SEQ, Record
 
 __all__ = [
     "FORMAT",
@@ -71,7 +72,17 @@ MEDIA_TYPE = "application/x-ndjson"
 LINE_OVERHEAD = 64 * 1024
 
 _RECORD_FIELDS = frozenset(
-    {"key", "value", "encoding", "content_type", "stamp", "deleted", "expires_ms", "flags"}
+    {
+        "key",
+        "value",
+        "encoding",
+        "content_type",
+        "stamp",
+        "deleted",
+        "expires_ms",
+        "flags",
+        "replaces",
+    }
 )
 
 
@@ -114,6 +125,7 @@ class Entry:
     deleted: bool
     expires_ms: int | None = None
     flags: int = 0
+    replaces: tuple[Stamp, ...] = ()
 
 
 @attrs.frozen
@@ -179,6 +191,8 @@ def record_line(record: Record) -> bytes:
         document["expires_ms"] = record.expires_ms
     if record.flags:
         document["flags"] = record.flags
+    if record.replaces:
+        document["replaces"] = [stamp.encode() for stamp in record.replaces]
     return _compact(document) + b"\n"
 
 
@@ -267,6 +281,19 @@ def _entry(document: dict[str, Any], number: int) -> Entry:
         raise InvalidLine(number, '"expires_ms" and "flags" must be whole numbers', key=key)
     if (expires is not None or flags) and stamp is None:
         raise InvalidLine(number, '"expires_ms" and "flags" need the record\'s stamp', key=key)
+    replaces: tuple[Stamp, ...] = ()
+    listed = document.get("replaces")
+    if listed is not None:
+        if stamp is None or not isinstance(listed, list) or len(listed) > MAX_REPLACES:
+            raise InvalidLine(
+                number,
+                f'"replaces" is a list of at most {MAX_REPLACES} stamps, beside the stamp',
+                key=key,
+            )
+        try:
+            replaces = tuple(Stamp.decode(text) for text in listed)
+        except InvalidStamp as exc:
+            raise InvalidLine(number, f'"replaces": {exc}', key=key) from None
     if deleted:
         if stamp is None:
             raise InvalidLine(
@@ -278,14 +305,14 @@ def _entry(document: dict[str, Any], number: int) -> Entry:
             raise InvalidLine(
                 number, "a tombstone carries no value, no content type and no flags", key=key
             )
-        return Entry(key, b"", "", stamp, True, expires)
+        return Entry(key, b"", "", stamp, True, expires, 0, replaces)
     if text is None:
         raise InvalidLine(number, '"value" is missing', key=key, field="value")
     try:
         value = decode_value(text, document.get("encoding"))
     except InvalidValue as exc:
         raise InvalidLine(number, str(exc), key=key) from None
-    return Entry(key, value, content_type or None, stamp, False, expires, flags)
+    return Entry(key, value, content_type or None, stamp, False, expires, flags, replaces)
 
 
 def parse_line(raw: bytes, number: int) -> Line:

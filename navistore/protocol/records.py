@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from navistore.clock import InvalidStamp, Stamp, validate_node_id
-from navistore.record import MAX_FLAGS, MAX_SEQ, Record
+from navistore.record import MAX_FLAGS, MAX_REPLACES, MAX_SEQ, Record
 
 __all__ = [
     "VALUE_ENCODINGS",
@@ -64,7 +64,41 @@ def record_to_json(record: Record, *, chain: tuple[str, ...] | None = None) -> d
         document["expires_ms"] = record.expires_ms
     if record.flags:
         document["flags"] = record.flags
+    if record.replaces:
+        document["replaces"] = [stamp.encode() for stamp in record.replaces]
     return document
+
+
+def replaces_text(replaces: tuple[Stamp, ...]) -> str:
+    """A record's ``replaces`` as one text (stamps joined by ``,``; empty for none), the form
+    parameters and database columns keep."""
+    return ",".join(stamp.encode() for stamp in replaces) if replaces else ""
+
+
+def replaces_from_text(text: str) -> tuple[Stamp, ...]:
+    """The ``replaces`` :func:`replaces_text` made; MalformedRecord for a bad stamp or too
+    many (whether they name distinct nodes is :func:`~navistore.record.check_record`'s)."""
+    if not text:
+        return ()
+    parts = text.split(",")
+    if len(parts) > MAX_REPLACES:
+        raise MalformedRecord(f"'replaces' holds at most {MAX_REPLACES} stamps")
+    try:
+        return tuple(Stamp.decode(part) for part in parts)
+    except InvalidStamp as exc:
+        raise MalformedRecord(f"replaces: {exc}") from None
+
+
+def _replaces(document: Mapping[str, Any]) -> tuple[Stamp, ...]:
+    listed = document.get("replaces")
+    if listed is None:
+        return ()
+    if not isinstance(listed, list) or len(listed) > MAX_REPLACES:
+        raise MalformedRecord(f"'replaces' must be a list of at most {MAX_REPLACES} stamps")
+    try:
+        return tuple(Stamp.decode(text) for text in listed)
+    except InvalidStamp as exc:
+        raise MalformedRecord(f"replaces: {exc}") from None
 
 
 def optional_number(document: Mapping[str, Any], name: str, maximum: int) -> int | None:
@@ -115,6 +149,7 @@ def record_from_json(document: Any, *, keep_seq: bool = True) -> Record:
         chain,
         optional_number(document, "expires_ms", MAX_SEQ),
         optional_number(document, "flags", MAX_FLAGS) or 0,
+        _replaces(document) if "replaces" in document else (),
     )
 
 

@@ -185,7 +185,7 @@ class TombstoneCollector(Service):
         position = max(horizon - 1, 0)
         bound = PurgeBound(0, False)
         while not bound.complete:
-            page = await self.store.changes(position, limit=_SCAN_PAGE)
+            page = await self.store.changes(position, limit=_SCAN_PAGE, everything=True)
             bound = purge_bound(
                 page.records,
                 cutoff_ms=cutoff_ms,

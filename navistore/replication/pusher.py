@@ -28,6 +28,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
+from navistore.conflicts import is_hidden
 from navistore.links import PeerLink
 from navistore.protocol.batches import (
     BATCH_BYTES,
@@ -246,7 +247,7 @@ class Pusher(Worker):
         newest = await self._store.last_seq()
         self._last_seq = max(self._last_seq, newest)
         page = await self._store.changes(
-            self.cursor, limit=self._batch_records, max_bytes=self._batch_bytes
+            self.cursor, limit=self._batch_records, max_bytes=self._batch_bytes, everything=True
         )
         read = cut_batch(page.records, self._batch_bytes)
         target = read[-1].seq if read else self.cursor
@@ -271,7 +272,11 @@ class Pusher(Worker):
 
     def _peer_has(self, record: Record) -> bool:
         peer = self.node_id
-        return peer is not None and (record.stamp.node_id == peer or peer in record.chain)
+        if peer is None:
+            return False
+        # A conflict loser's record carries the losing write's stamp, but its writer holds
+        # the write, not the record: send it.
+        return peer in record.chain or (record.stamp.node_id == peer and not is_hidden(record.key))
 
     async def _deliver(self, records: list[Record]) -> bool:
         """Send a batch and check the acknowledgement; return True if the peer is a new node.

@@ -25,6 +25,16 @@ from navistore.clock import (
     new_node_id,
     validate_node_id,
 )
+from navistore.conflicts import (
+    CONFLICTS_PREFIX,
+    DEFAULT_RETENTION_MS,
+    HIDDEN_END,
+    KEY_ALLOWANCE,
+    is_hidden,
+    loser_of,
+    loser_record,
+    parse_conflict_key,
+)
 from navistore.interfaces import (
     ABSENT,
     ANY,
@@ -41,8 +51,9 @@ from navistore.interfaces import (
     stored_size,
 )
 from navistore.keys import DEFAULT_MAX_KEY_BYTES, InvalidKey, normalize_key, normalize_prefix
-from navistore.record import DEFAULT_CONTENT_TYPE, DEFAULT_MAX_VALUE_SIZE, Record
+from navistore.record import DEFAULT_CONTENT_TYPE, DEFAULT_MAX_VALUE_SIZE, Record, merge_seen
 from navistore.store.errors import Conflict, NotFound, PreconditionFailed, RefusedRecord
+from navistore.store.follow import Follower, follow
 from navistore.store.horizon import PurgeHorizon
 from navistore.store.pages import Change, ChangesPage, KeysPage, WriteResult
 from navistore.store.sized import DEFAULT_PAGE_BYTES, changes_page, scan_page
@@ -72,6 +83,11 @@ MAX_TTL_MS = 10 * 365 * 86_400_000
 _MAX_WRITE_ATTEMPTS = 100
 
 ChangeListener = Callable[[Record], None]
+
+
+def _unchanged(stored: Record | None) -> Expectation:
+    """The expectation that a key still holds ``stored``: its stamp if live, else absent."""
+    return ABSENT if stored is None or stored.deleted else stored.stamp
 
 
 def _live(record: Record | None) -> Record | None:
@@ -120,9 +136,12 @@ class StoreCounters:
         kept the stored record.
     :ivar duplicates: records from other nodes this node held already (the same stamp).
     :ivar expiries: tombstones this node wrote for keys whose TTL ran out.
+    :ivar conflict_losers: losers of concurrent writes kept here (met here, or received from
+        a peer that met them), see :mod:`navistore.conflicts`.
     """
 
     __slots__ = (
+        "conflict_losers",
         "conflicts",
         "deletes",
         "duplicates",
@@ -138,7 +157,7 @@ class StoreCounters:
         self.reads = self.puts = self.deletes = 0
         self.precondition_failures = self.conflicts = 0
         self.received = self.lww_losses = self.duplicates = 0
-        self.expiries = 0
+        self.expiries = self.conflict_losers = 0
 
 
 class Store:
@@ -167,12 +186,15 @@ class Store:
         self.max_key_bytes = max_key_bytes
         self.max_value_size = max_value_size
         self.page_bytes = page_bytes
+        #: How long the loser of a conflict is kept (see :mod:`navistore.conflicts`).
+        self.conflict_retention_ms = DEFAULT_RETENTION_MS
         self._listeners: list[ChangeListener] = []
         self._horizon = PurgeHorizon(backend)
         self._peek: Callable[[str], Record | None] | None = None
         if IImmediateReads.providedBy(backend):
             self._peek = backend.peek
         self._newest_seq = 0
+        self._follower: Follower | None = None
         #: What this Store has done (see :class:`StoreCounters`).
         self.counters = StoreCounters()
 
@@ -208,6 +230,7 @@ class Store:
                 cls._advance_clock(clock, record.stamp)
         store = cls(backend, clock, max_key_bytes=max_key_bytes, max_value_size=max_value_size)
         store._newest_seq = last_seq
+        store._follower = follow(store)
         return store
 
     @property
@@ -283,7 +306,8 @@ class Store:
 
         A page holds at most ``limit`` records and is cut once its keys and values reach
         ``max_bytes`` (default :attr:`page_bytes`; at least one record): ``next`` then goes on
-        after its last key, even if no key follows.
+        after its last key, even if no key follows. Conflict losers (``/_conflicts/...``) are
+        listed only under a prefix inside their namespace.
         """
         size = self.page_bytes if max_bytes is None else max_bytes
         records, full = await scan_page(self.backend, prefix, after, limit + 1, False, size)
@@ -291,6 +315,15 @@ class Store:
             records = records[:limit]
             full = True
         following = records[-1].key if full else None
+        if not prefix.startswith(CONFLICTS_PREFIX) and any(is_hidden(r.key) for r in records):
+            records = [record for record in records if not is_hidden(record.key)]
+            if following is not None and is_hidden(following):
+                # Go on past the losers (no key after them is one), to fill the page.
+                rest = await self.list(
+                    prefix, after=HIDDEN_END, limit=limit - len(records), max_bytes=size
+                )
+                records.extend(rest.records)
+                following = rest.next
         now = self.clock.wall_ms()
         if any(record.expires_ms is not None and record.expires_ms <= now for record in records):
             records = [record for record in records if not record.expired(now)]
@@ -303,8 +336,12 @@ class Store:
         limit: int = 1000,
         prefix: str | tuple[str, ...] = "/",
         max_bytes: int | None = None,
+        everything: bool = False,
     ) -> ChangesPage:
         """Return what changed after seq ``since``, in seq order, tombstones included.
+
+        The whole feed (prefix ``/``) leaves conflict losers out, as listings do, unless
+        ``everything`` (replication and the tombstone collector need every record).
 
         With a prefix (or a tuple of them: a change under any counts, once even where they
         nest), changes elsewhere are skipped; ``last_seq`` still advances past them so
@@ -332,7 +369,11 @@ class Store:
         if not prefixes:
             return ChangesPage([], newest)
         if prefixes[0] in ("", "/"):
-            return await self._whole_feed(since, limit, newest, size)
+            page = await self._whole_feed(since, limit, newest, size)
+            if not everything and any(is_hidden(record.key) for record in page.records):
+                kept = [record for record in page.records if not is_hidden(record.key)]
+                page = ChangesPage(kept, page.last_seq, more=page.more)
+            return page
         if IPrefixChanges.providedBy(self.backend):
             return await self._changes_under(prefixes, since, limit, newest, size)
         return await self._bounded_scan(prefixes, since, limit, newest, size)
@@ -437,10 +478,17 @@ class Store:
         content = content_type or DEFAULT_CONTENT_TYPE
         expires = self._deadline(ttl_ms)
 
-        def make(stamp: Stamp) -> Record:
-            return Record(key, value, content, stamp, False, None, (), expires, flags)
+        def make(stamp: Stamp, seen: tuple[Stamp, ...]) -> Record:
+            return Record(key, value, content, stamp, False, None, (), expires, flags, seen)
 
         return await self._write(key, make, if_match, if_none_match, create_only)
+
+    def _seen(self, stored: Record | None) -> tuple[Stamp, ...]:
+        """The ``replaces`` of a write by this node over ``stored`` (a tombstone or an expired
+        record too: the write has seen it), see :func:`~navistore.record.merge_seen`."""
+        if stored is None:
+            return ()
+        return merge_seen(stored.replaces, stored.stamp, self.clock.node_id)
 
     def _deadline(self, ttl_ms: int | None) -> int | None:
         """The deadline of a write made now with ``ttl_ms`` (None: none); ValueError for a TTL
@@ -465,10 +513,17 @@ class Store:
         if self._peek is None:
             return None
         try:
-            stored_now = _live(self._peek(key))
+            raw = self._peek(key)
         except WouldBlock:
             return None
-        record = Record(key, value, content_type or DEFAULT_CONTENT_TYPE, self.clock.now())
+        stored_now = _live(raw)
+        record = Record(
+            key,
+            value,
+            content_type or DEFAULT_CONTENT_TYPE,
+            self.clock.now(),
+            replaces=self._seen(raw) if raw is not None else (),
+        )
         expect: Expectation = ABSENT if stored_now is None else stored_now.stamp
         current = self._present(stored_now)
 
@@ -501,8 +556,8 @@ class Store:
         """:meth:`delete`, answering the tombstone with the live record it deleted
         (``previous``)."""
 
-        def make(stamp: Stamp) -> Record:
-            return Record.tombstone(key, stamp)
+        def make(stamp: Stamp, seen: tuple[Stamp, ...]) -> Record:
+            return Record.tombstone(key, stamp, seen)
 
         return await self._write(key, make, if_match, if_none_match, False, must_exist=True)
 
@@ -511,7 +566,13 @@ class Store:
         (:meth:`Record.expiry <navistore.record.Record.expiry>`): only if that record is
         still the stored one. Return the tombstone stored, or None (it was replaced, or
         expired already)."""
-        tombstone = Record.expiry_of(deadline.key, deadline.stamp, deadline.expires_ms)
+        # The expiry carries what the expired record had seen (Record.expiry_of).
+        current = await self.backend.get(deadline.key)
+        if current is None or current.stamp != deadline.stamp or current.deleted:
+            return None
+        tombstone = Record.expiry_of(
+            deadline.key, deadline.stamp, deadline.expires_ms, current.replaces
+        )
         stored: Record | None = await self.backend.apply(tombstone, deadline.stamp)
         if stored is not None:
             self.counters.expiries += 1
@@ -548,9 +609,13 @@ class Store:
         for change in changes:
             if change.value is None and change.read is None:
                 continue
+            # What the write replaces: the record read, or what is stored where none was (a
+            # tombstone, an expired record); the expectations below hold it in place.
+            stored = change.read if change.read is not None else await self.backend.get(change.key)
+            seen = self._seen(stored)
             stamp = self.clock.now()
             if change.value is None:
-                record = Record.tombstone(change.key, stamp)
+                record = Record.tombstone(change.key, stamp, seen)
             else:
                 content = change.content_type or DEFAULT_CONTENT_TYPE
                 expires = self._deadline(change.ttl_ms)
@@ -561,6 +626,7 @@ class Store:
                     stamp,
                     expires_ms=expires,
                     flags=change.flags,
+                    replaces=seen,
                 )
             items.append((record, await self._as_read(change.key, change.read)))
         atomic: IAtomicApply = self.backend  # type: ignore[assignment]
@@ -609,7 +675,7 @@ class Store:
     async def _write(
         self,
         key: str,
-        make: Callable[[Stamp], Record],
+        make: Callable[[Stamp, tuple[Stamp, ...]], Record],
         if_match: str | None,
         if_none_match: bool,
         create_only: bool,
@@ -630,7 +696,7 @@ class Store:
     async def _compare_and_set(
         self,
         key: str,
-        make: Callable[[Stamp], Record],
+        make: Callable[[Stamp, tuple[Stamp, ...]], Record],
         if_match: str | None,
         if_none_match: bool,
         create_only: bool,
@@ -646,7 +712,8 @@ class Store:
                     key, f"If-Match: {if_match}", _live(await self.backend.get(key))
                 ) from None
         for _attempt in range(_MAX_WRITE_ATTEMPTS):
-            stored_now = _live(await self.backend.get(key))
+            raw = await self.backend.get(key)
+            stored_now = _live(raw)
             current = self._present(stored_now)
             # Preconditions are evaluated before the method's own rules (RFC 9110 13.2.2).
             if current is None:
@@ -665,7 +732,7 @@ class Store:
                 if create_only:
                     raise Conflict(key, current)
                 expect = current.stamp
-            record = make(self.clock.now())
+            record = make(self.clock.now(), self._seen(raw))
             stored = await self.backend.apply(record, expect)
             if stored is not None:
                 if stored.deleted:
@@ -691,7 +758,10 @@ class Store:
         """
         for index, record in enumerate(records):
             try:
-                canonical = normalize_key(record.key, max_bytes=self.max_key_bytes)
+                if is_hidden(record.key):
+                    canonical = self._check_loser(record)
+                else:
+                    canonical = normalize_key(record.key, max_bytes=self.max_key_bytes)
             except InvalidKey as exc:
                 raise RefusedRecord(index, record.key, exc.reason) from None
             if canonical != record.key:
@@ -701,59 +771,125 @@ class Store:
                 raise RefusedRecord(index, record.key, reason)
             self.clock.check(record.stamp)
 
+    def _check_loser(self, record: Record) -> str:
+        """The canonical key of a received loser record (:mod:`navistore.conflicts`), whose key
+        names a key this node would accept and the loser's stamp, and whose stamp is that one
+        (or, for its expiry, that one's successor); InvalidKey otherwise."""
+        parsed = parse_conflict_key(record.key)
+        if parsed is None:
+            raise InvalidKey(
+                record.key, f"not a loser record's key ({CONFLICTS_PREFIX}<key>/<stamp>)"
+            )
+        key, stamp = parsed
+        normalize_key(key, max_bytes=self.max_key_bytes)
+        if record.stamp != stamp and not (record.is_expiry and record.stamp == stamp.successor()):
+            raise InvalidKey(record.key, "a loser record carries the stamp its key names")
+        return normalize_key(
+            record.key, max_bytes=self.max_key_bytes + KEY_ALLOWANCE, allow_reserved=True
+        )
+
     async def apply_remote(self, record: Record) -> Record | None:
         """Apply a record received from a peer with last-writer-wins; None if it lost.
 
         :raises RefusedRecord: the record breaks this node's rules; nothing is stored.
         :raises ClockDriftError: its stamp is too far in the future; nothing is stored.
         """
-        self.check_received([record])
-        self.clock.observe(record.stamp)
-        stored: Record | None = await self.backend.apply(record, ANY)
-        if stored is not None:
-            self.counters.received += 1
-            self._notify(stored)
-        else:
-            await self._count_not_applied([record])
+        [stored] = await self.apply_remote_batch([record])
         return stored
 
     async def apply_remote_batch(self, records: Sequence[Record]) -> Sequence[Record | None]:
-        """Apply a batch received from a peer, each record with last-writer-wins.
+        """Apply a batch received from a peer, each record with last-writer-wins, keeping the
+        loser of every conflict it meets (:mod:`navistore.conflicts`).
 
         Every record is checked by this node's rules first (:meth:`check_received`), so a batch
-        is refused whole (RefusedRecord, ClockDriftError) rather than half applied. The applies
-        are issued together, so a backend with group commit writes the batch in one transaction.
+        is refused whole (RefusedRecord, ClockDriftError) rather than half applied. Each record
+        is applied on condition that the key still holds what was read just before, so the
+        record it replaced (or lost to) is known exactly; the applies are issued together, so a
+        backend with group commit writes the batch in one transaction.
         """
         self.check_received(records)
         if records:
             # Observing the greatest stamp leaves the clock where observing each would; every
             # stamp's drift was checked just above, in this same turn of the reactor.
             self.clock.observe(max(record.stamp for record in records), trusted=True)
-        pending = [self.backend.apply(record, ANY) for record in records]
-        stored: Sequence[Record | None] = await gatherResults(pending, consumeErrors=True)
-        not_applied: list[Record] = []
-        for record, outcome in zip(records, stored):
-            if outcome is not None:
-                self.counters.received += 1
-                self._notify(outcome)
-            else:
-                not_applied.append(record)
-        if not_applied:
-            await self._count_not_applied(not_applied)
-        return stored
+        outcomes: list[Record | None] = [None] * len(records)
+        losers: list[Record] = []
+        waiting = list(range(len(records)))
+        for _attempt in range(_MAX_WRITE_ATTEMPTS):
+            if not waiting:
+                break
+            currents = await self._stored_now([records[index].key for index in waiting])
+            pending = [
+                self.backend.apply(records[index], _unchanged(current))
+                for index, current in zip(waiting, currents)
+            ]
+            applied: list[Record | None] = await gatherResults(pending, consumeErrors=True)
+            again: list[int] = []
+            for index, current, stored in zip(waiting, currents, applied):
+                record = records[index]
+                if stored is not None:
+                    outcomes[index] = stored
+                    self.counters.received += 1
+                    if is_hidden(stored.key) and not stored.deleted:
+                        self.counters.conflict_losers += 1
+                    self._notify(stored)
+                elif current is not None and current.stamp >= record.stamp:
+                    # Lost to last-writer-wins (the stored stamps of a key only grow), or a
+                    # duplicate.
+                    if current.stamp == record.stamp:
+                        self.counters.duplicates += 1
+                    else:
+                        self.counters.lww_losses += 1
+                else:
+                    again.append(index)  # the key changed since it was read: read it again
+                    continue
+                loser = loser_of(record, current)
+                if loser is not None:
+                    losers.append(loser_record(loser, self.conflict_retention_ms))
+            waiting = again
+        if waiting:  # pragma: no cover - a key rewritten under every one of 100 attempts
+            raise RuntimeError("a received batch kept losing races; giving up")
+        if losers:
+            await self._keep_losers(losers)
+        return outcomes
 
-    async def _count_not_applied(self, records: Sequence[Record]) -> None:
-        """Tell last-writer-wins losses (the stored record is newer) from duplicates (it is the
-        same): a read of each key, only for the received records that were not applied."""
-        for record in records:
-            try:
-                current = await self.backend.get(record.key)
-            except Exception:
-                return  # counting must never fail what was received
-            if current is not None and current.stamp > record.stamp:
-                self.counters.lww_losses += 1
-            else:
-                self.counters.duplicates += 1
+    async def _stored_now(self, keys: Sequence[str]) -> Sequence[Record | None]:
+        """What is stored for each key (tombstones too): at once where the backend can say,
+        else read together."""
+        found: list[Record | None] = []
+        missing: list[int] = []
+        for index, key in enumerate(keys):
+            if self._peek is not None:
+                try:
+                    found.append(self._peek(key))
+                    continue
+                except WouldBlock:
+                    pass
+            found.append(None)
+            missing.append(index)
+        if missing:
+            read: list[Record | None] = await gatherResults(
+                [self.backend.get(keys[index]) for index in missing], consumeErrors=True
+            )
+            for index, record in zip(missing, read):
+                found[index] = record
+        return found
+
+    async def _keep_losers(self, losers: Sequence[Record]) -> None:
+        """Store the loser records of the conflicts just met; another node that met the same
+        conflict made the same records, so one of the two is a duplicate. A failure is logged,
+        never the received batch's: what was received is stored."""
+        try:
+            kept: list[Record | None] = await gatherResults(
+                [self.backend.apply(loser, ANY) for loser in losers], consumeErrors=True
+            )
+        except Exception:
+            log.failure("keeping {count} conflict losers", count=len(losers))
+            return
+        for stored in kept:
+            if stored is not None:
+                self.counters.conflict_losers += 1
+                self._notify(stored)
 
     async def get_meta(self, name: str) -> str | None:
         """Read node-level meta data (peers, cursors) kept beside the records."""
@@ -830,6 +966,8 @@ class Store:
 
     def close(self) -> Deferred[None]:
         """Close the backend (after its pending writes)."""
+        if self._follower is not None:
+            self._follower.stop()
         result: Deferred[None] = self.backend.close()
         return result
 
@@ -839,11 +977,12 @@ class Store:
         """Write many keys as plain last-writer-wins puts; return the stored records, by seq.
 
         Each entry is ``(canonical key, value, content type or None)``, like an unconditional
-        :meth:`put`. No key is read first: every record gets a fresh stamp from this clock and
+        :meth:`put`. No write is conditional: every record gets a fresh stamp from this clock and
         every apply is issued before any is awaited, so a backend with group commit stores them
         in one transaction (one commit per load, not one per key). A key given twice is written
         once, with its later entry, at the place of that entry: the outcome of running the puts
-        in order. Listeners hear of every stored record, as for single writes. A record that
+        in order (each key's current record is read only for its ``replaces``, at once where
+        the backend can). Listeners hear of every stored record, as for single writes. A record that
         lost to a stored stamp ahead of this clock (from a peer, or from before a clock step)
         is stamped again once the clock caught up, as :meth:`put` retries.
         """
@@ -856,7 +995,12 @@ class Store:
         for _attempt in range(_MAX_WRITE_ATTEMPTS):
             if not waiting:
                 return sorted(stored, key=lambda record: record.seq or 0)
-            records = [Record(key, *latest[key], self.clock.now()) for key in waiting]
+            # What each write replaces, for its ``replaces``: read at once where the backend can.
+            currents = await self._stored_now(waiting)
+            records = [
+                Record(key, *latest[key], self.clock.now(), replaces=self._seen(current))
+                for key, current in zip(waiting, currents)
+            ]
             # A failure becomes its exception as the outcome, so that it hides no stored record.
             pending = [
                 self.backend.apply(record, ANY).addErrback(lambda failure: failure.value)

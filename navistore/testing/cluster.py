@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from navistore.backend.memory import MemoryBackend
 from navistore.clock import Stamp
+from navistore.conflicts import is_hidden, parse_conflict_key
 from navistore.links import PeerLink
 from navistore.node import Node as NodeParts
 from navistore.node import NodeConfig, build_node
@@ -45,6 +46,45 @@ _T = TypeVar("_T")
 
 class SimulationError(AssertionError):
     """The cluster misbehaved: it diverged, lost an acknowledged write, or never went quiet."""
+
+
+class History:
+    """What really replaced what: for each write made on a node (not received), the stamp of
+    the record it replaced there (tombstones and expiries too), recorded by the backend as it
+    stores the write. The ground truth that :meth:`Cluster.check_conflicts` holds each
+    conflict loser against, independent of the records' own ``replaces``."""
+
+    def __init__(self) -> None:
+        self.replaced: dict[Stamp, Stamp | None] = {}
+        self.keys: dict[Stamp, str] = {}
+
+    def note(self, record: Record, stored: Record | None) -> None:
+        """``record`` was just stored over ``stored``."""
+        if record.chain or is_hidden(record.key):
+            return  # received (its writer noted it), or a loser record (nobody's write)
+        self.replaced[record.stamp] = None if stored is None else stored.stamp
+        self.keys[record.stamp] = record.key
+
+    def seen_by(self, stamp: Stamp) -> set[Stamp]:
+        """Every write the writer of ``stamp`` had seen: what it replaced, and on back."""
+        seen: set[Stamp] = set()
+        following: Stamp | None = stamp
+        while following is not None and following not in seen:
+            seen.add(following)
+            following = self.replaced.get(following)
+        return seen
+
+
+class HistoryBackend(MemoryBackend):
+    """A memory backend that tells a :class:`History` what each local write replaced."""
+
+    def __init__(self, history: History) -> None:
+        super().__init__()
+        self.history = history
+
+    def _store(self, record: Record, stored: Record | None) -> Record:
+        self.history.note(record, stored)
+        return super()._store(record, stored)
 
 
 @attrs.frozen
@@ -156,6 +196,8 @@ class Cluster:
         self.max_backoff = max_backoff
         self.tombstone_cursors = tombstone_cursors
         self.acks: list[Ack] = []
+        #: What each write really replaced (see :class:`History`).
+        self.history = History()
         names = [f"node-{index}" for index in range(size)]
         peers = _topology(names, topology)
         self.nodes: dict[str, Node] = {}
@@ -164,7 +206,7 @@ class Cluster:
                 name,
                 self.network.url_of(name),
                 f"{self.rng.getrandbits(64):016x}",
-                MemoryBackend(),
+                HistoryBackend(self.history),
                 self.rng.randint(-max_skew_ms, max_skew_ms),
                 [self.network.url_of(peer) for peer in peers[name]],
             )
@@ -441,7 +483,7 @@ class Cluster:
         expected = {key: ack.state() for key, ack in newest.items()}
         problems = []
         for name, state in self.states().items():
-            held = {record[0]: record for record in state}
+            held = {record[0]: record for record in state if not is_hidden(record[0])}
             for key in sorted(set(held) | set(expected)):
                 if held.get(key) != expected.get(key):
                     problems.append(
@@ -452,4 +494,38 @@ class Cluster:
                 f"{len(problems)} acknowledged writes are not what nodes hold:",
                 *problems[:20],
             ]
+            raise SimulationError("\n".join(lines) + "\n" + self.describe())
+
+    def losers(self, node: str | int) -> list[tuple[str, Stamp]]:
+        """The conflict losers a node keeps: (key, loser's stamp), in key order."""
+        found = []
+        for state in self.state(node):
+            parsed = parse_conflict_key(state[0])
+            if parsed is not None and not state[4]:
+                found.append(parsed)
+        return found
+
+    def check_conflicts(self) -> None:
+        """Raise SimulationError unless every loser a node keeps lost to a write that was
+        really concurrent with it: a greater write of the same key whose writer had not seen
+        it, and which it had not seen (by :class:`History`, not by the records' own
+        ``replaces``). So a sequential overwrite is never called a conflict. (That every node
+        keeps the same losers is :meth:`check_converged`'s: they are records.)"""
+        problems = []
+        for name in self.nodes:
+            for key, loser in self.losers(name):
+                if loser not in self.history.keys:
+                    problems.append(f"  {name} {key} {loser.encode()}: no such write")
+                    continue
+                before = self.history.seen_by(loser)
+                if not any(
+                    self.history.keys[other] == key
+                    and other > loser
+                    and other not in before
+                    and loser not in self.history.seen_by(other)
+                    for other in self.history.keys
+                ):
+                    problems.append(f"  {name} {key} {loser.encode()}: every later write saw it")
+        if problems:
+            lines = [f"{len(problems)} losers were not concurrent writes:", *problems[:20]]
             raise SimulationError("\n".join(lines) + "\n" + self.describe())

@@ -6,7 +6,8 @@ restarts, writes with a TTL, interleaved with clock advances over a network that
 duplicates and delays, then heals everything, runs until quiet and checks that every node holds
 the same records; then lets every deadline pass and checks again, and that every acknowledged
 write is either there (or its expiry, the same tombstone on every node) or beaten by a newer
-acknowledged one.
+acknowledged one, and that every conflict loser kept (the same on every node) lost to a really
+concurrent write, never to one that had seen it.
 """
 
 from __future__ import annotations
@@ -109,7 +110,12 @@ def run_schedule(
         took += cluster.run_until_quiet()
         cluster.check_converged()
         cluster.check_acknowledged()
-        cluster.note(f"converged {took:.1f} s after healing; {len(cluster.acks)} acknowledged")
+        cluster.check_conflicts()
+        losers = len(cluster.losers(0))
+        cluster.note(
+            f"converged {took:.1f} s after healing; {len(cluster.acks)} acknowledged, "
+            f"{losers} conflict losers kept"
+        )
     except SimulationError as exc:
         raise SimulationError(f"seed {seed} failed: {exc}\n{replay_hint(seed, steps)}") from None
     return cluster

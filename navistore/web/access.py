@@ -65,8 +65,10 @@ ENDPOINT_PERMISSIONS: dict[str, str | None] = {
     "_ready": None,
     "_metrics": METRICS,
     "_openapi.json": None,
+    "_ui": None,  # the page holds no data; its API calls carry the person's token
     "_keys": READ,
     "_changes": READ,
+    "_conflicts": READ,
     "listkeys": READ,
     "_bulk": WRITE,
     "_txn": WRITE,

@@ -25,6 +25,7 @@ from navistore.store import Store, WriteResult
 from navistore.tally import ROUTE_FAMILY
 from navistore.watch_hub import WatchHub
 from navistore.web.access import AccessPolicy, caller_of, need_of
+from navistore.web.conflict_routes import ConflictRoutes
 from navistore.web.errors import ApiError, MethodNotAllowed, TooLarge, as_api_error
 from navistore.web.feeds import changes_answer
 from navistore.web.key_routes import KeyRoutes
@@ -52,6 +53,7 @@ from navistore.web.responses import (
     text_response,
 )
 from navistore.web.send_budget import SMALL_ANSWER, send_budget_of
+from navistore.web.ui import ui_page
 
 __all__ = ["ApiResource", "Route"]
 
@@ -125,6 +127,7 @@ class ApiResource(Resource):
             replica_waiter=replica_waiter,
         )
         self.listings = Listings(store, watch_hub=watch_hub)
+        self.conflicts = ConflictRoutes(store)
         self._mounts = dict(mounts or {})
         self._mount_segments = {name.encode("utf-8"): name for name in self._mounts}
         self._heads = RecordHeads()
@@ -135,8 +138,10 @@ class ApiResource(Resource):
             "_health": {b"GET": self._health, b"HEAD": self._health},
             "_keys": {b"GET": self.listings.keys, b"HEAD": self.listings.keys},
             "_changes": {b"GET": self._changes, b"HEAD": self._changes},
+            "_conflicts": {b"GET": self.conflicts.keys, b"HEAD": self.conflicts.keys},
             "listkeys": {b"GET": self.listings.listkeys, b"HEAD": self.listings.listkeys},
             "reset": {b"GET": self._reset},
+            "_ui": {b"GET": ui_page, b"HEAD": ui_page},
             **(extra_endpoints or {}),
         }
 
@@ -229,6 +234,8 @@ class ApiResource(Resource):
         if "/" not in name and name in self._endpoints:
             return Route("endpoint", name)
         first = name.split("/", 1)[0]
+        if first == "_ui":  # the page's files are under it
+            return Route("endpoint", "_ui")
         if first.startswith("_") and first != "_replication_slaves" and path != "/":
             return Route("unknown", path)
         if path.endswith("/"):
@@ -271,6 +278,8 @@ class ApiResource(Resource):
             return forwarded_response(await self.write_forwarder.forward(write))
         if route.kind == "prefix":
             return await self.listings.route(request, route.name, lookup)
+        if lookup == b"GET" and flag(request, "conflicts"):
+            return await self.conflicts.of_key(request, route.name)
         return await self.keys.route(request, route.name, lookup)
 
     @staticmethod

@@ -355,6 +355,7 @@ class ExportEndpoints:
                         chain,
                         line.expires_ms,
                         line.flags,
+                        line.replaces,
                     )
                 )
             if len(stamped) + len(fresh) >= APPLY_RECORDS:

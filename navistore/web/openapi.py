@@ -499,6 +499,70 @@ def _schemas(max_value_size: int) -> dict[str, Schema]:
         "Record": record,
         "ValueEntry": entry,
         "Change": change,
+        "Loser": {
+            "type": "object",
+            "required": [
+                "version",
+                "node",
+                "deleted",
+                "value",
+                "encoding",
+                "content_type",
+                "flags",
+                "expires_ms",
+            ],
+            "properties": {
+                "version": {"type": "string", "description": "The losing write's version."},
+                "node": {"type": "string", "description": "The node that wrote it."},
+                "deleted": {"type": "boolean", "description": "The losing write was a delete."},
+                "value": {"type": "string"},
+                "encoding": {"type": "string", "enum": ["utf-8", "base64"]},
+                "content_type": {"type": "string"},
+                "flags": {"type": "integer", "minimum": 0, "maximum": MAX_FLAGS},
+                "expires_ms": {
+                    "type": ["integer", "null"],
+                    "description": "When the loser is forgotten (ms since 1970).",
+                },
+            },
+            "additionalProperties": False,
+        },
+        "Conflicts": {
+            "type": "object",
+            "required": ["key", "version", "conflicts"],
+            "properties": {
+                "key": {"type": "string"},
+                "version": {
+                    "type": ["string", "null"],
+                    "description": "The key's version now; null when it is absent.",
+                },
+                "conflicts": {"type": "array", "items": _ref("Loser")},
+            },
+            "additionalProperties": False,
+        },
+        "ConflictKeys": {
+            "type": "object",
+            "required": ["keys", "next"],
+            "properties": {
+                "keys": {
+                    "type": "array",
+                    "maxItems": MAX_PAGE,
+                    "items": {
+                        "type": "object",
+                        "required": ["key", "conflicts"],
+                        "properties": {
+                            "key": {"type": "string"},
+                            "conflicts": {"type": "integer", "minimum": 1},
+                        },
+                        "additionalProperties": False,
+                    },
+                },
+                "next": {
+                    "type": ["string", "null"],
+                    "description": "Pass as ``after`` for the next page; null at the end.",
+                },
+            },
+            "additionalProperties": False,
+        },
         "KeysPage": {
             "type": "object",
             "required": ["keys", "next"],
@@ -743,11 +807,17 @@ def _key_paths(max_value_size: int, max_key_bytes: int) -> dict[str, Schema]:
         _AFTER,
         _limit(),
         _VALUES,
+        _query(
+            "conflicts",
+            _FLAG,
+            "Answer the losers of concurrent writes kept for the key (Conflicts, JSON), "
+            "whether or not the key exists" + _FLAG_TEXT + ".",
+        ),
     ]
     read_answers = {
         200: {
-            "description": "The value with its stored Content-Type (any), or with ``list`` "
-            "the listing (KeysPage).",
+            "description": "The value with its stored Content-Type (any), with ``list`` "
+            "the listing (KeysPage), with ``conflicts`` its losers (Conflicts).",
             "headers": _READ_HEADERS,
             "content": {"*/*": {"schema": {}}},
         },
@@ -992,6 +1062,19 @@ def _node_paths() -> dict[str, Schema]:
         }
     }
     return {
+        "/_ui": _read_pair(
+            "ui",
+            "The web page for a person (its files are under /_ui/: ui.js, ui.css)",
+            tag="node",
+            public=True,
+            answers={
+                200: {
+                    "description": "The page, with Content-Security-Policy default-src 'self'; "
+                    "every API call it makes carries the token typed into it.",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                },
+            },
+        ),
         "/_health": _read_pair(
             "health",
             "Whether the node and its backend answer",
@@ -1045,6 +1128,16 @@ def _node_paths() -> dict[str, Schema]:
             errors=(_STORE, _QUERY, {400: ("invalid_key",)}),
         ),
         "/_changes": {"get": changes_get, "head": changes_head},
+        "/_conflicts": _read_pair(
+            "conflicts",
+            "The keys under a prefix that have losers of concurrent writes, and how many",
+            tag="keys",
+            parameters=[_PREFIX_ARG, _AFTER, _limit()],
+            answers={
+                200: _json(_ref("ConflictKeys"), "A page of keys with losers, and their counts.")
+            },
+            errors=(_STORE, _QUERY, {400: ("invalid_key",)}),
+        ),
         "/listkeys": _read_pair(
             "listkeys",
             "Every key, classic form",

@@ -111,7 +111,7 @@ class ReplicationEndpoints:
         started_at = horizon_arg(request)
         await check_horizon(self.store, since, started_at=started_at)
         newest = await self.store.last_seq()
-        page = await self.store.changes(since, limit=limit, max_bytes=BATCH_BYTES)
+        page = await self.store.changes(since, limit=limit, max_bytes=BATCH_BYTES, everything=True)
         # Checked again after the read: a purge that ran meanwhile leaves a gap too.
         horizon = await check_horizon(self.store, since, started_at=started_at)
         # Cut as a pushed batch is, so the page fits the puller's body limit; ``last_seq`` is

@@ -38,7 +38,9 @@ them all, and is the only class a backend author needs:
   IAtomicApply (skipped as not applicable for the others);
 * :mod:`~navistore.testing.compliance.expiring`: deadlines and flags round-trip, and
   ``expiring`` for backends providing IExpiringRecords (skipped as not applicable for the
-  others).
+  others);
+* :mod:`~navistore.testing.compliance.replaces`: what the writer had seen (``replaces``)
+  round-trips.
 
 The helpers :func:`make_stamp`, :func:`make_record` and :func:`make_tombstone` build deterministic
 test data; backend authors may use them in their own backend-specific tests.
@@ -60,6 +62,7 @@ from navistore.testing.compliance.lifecycle import LifecycleContract
 from navistore.testing.compliance.malformed import MalformedRecordContract
 from navistore.testing.compliance.prefix_changes import PrefixChangesContract
 from navistore.testing.compliance.purge import PurgeContract
+from navistore.testing.compliance.replaces import ReplacesContract
 from navistore.testing.compliance.reset_meta import ResetAndMetaContract
 from navistore.testing.compliance.scan import ScanContract
 from navistore.testing.compliance.seq import SeqContract
@@ -105,6 +108,7 @@ class BackendComplianceTests(
     PrefixChangesContract,
     SizedReadsContract,
     ExpiringContract,
+    ReplacesContract,
     AtomicApplyContract,
     BackendFixtures,
 ):
