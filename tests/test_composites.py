@@ -113,10 +113,10 @@ def provided(backend: Any) -> set[Any]:
     return {interface for interface in OPTIONAL if interface.providedBy(backend)}
 
 
-def test_a_cache_provides_its_inner_backends_interfaces_and_immediate_reads() -> None:
-    """The cache tier offers what the backend behind it offers, and peek besides."""
+def test_a_cache_provides_exactly_its_inner_backends_interfaces() -> None:
+    """The cache tier offers what the backend behind it offers, no more."""
     assert provided(open_backend("cache:1MiB:memory:")) == set(OPTIONAL)
-    assert provided(CacheTier(PlainMemory(), 1 << 20)) == {IImmediateReads}
+    assert provided(CacheTier(PlainMemory(), 1 << 20)) == set()
 
 
 def test_shards_provide_what_every_member_provides_never_atomic_apply() -> None:

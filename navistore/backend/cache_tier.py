@@ -16,17 +16,16 @@ backend has writers other than this node:
   cached is then forgotten every ``max-age`` seconds, so no read answers a record older than
   that (plus the read's own time).
 
-It provides exactly the optional interfaces of the backend behind it, and
-:class:`~navistore.interfaces.IImmediateReads` besides: a ``peek`` answered from memory, and
-``WouldBlock`` on a miss when the backend has no immediate reads of its own (the contract lets
-``peek`` always say "wait"; the point of a cache is that it rarely has to).
+It provides exactly the optional interfaces of the backend behind it: over one without
+:class:`~navistore.interfaces.IImmediateReads` (PostgreSQL) it has none either, since the
+contract wants ``peek`` of a key never written answered at once, which only the backend knows.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from zope.interface import Interface
+from zope.interface import Interface, implementer_only
 
 from navistore import interfaces
 from navistore.backend import BackendURL, BackendURLError, check_backend, open_backend
@@ -48,6 +47,7 @@ def _external_writes_interface() -> type[Interface] | None:
     return found
 
 
+@implementer_only(IStorageBackend)
 class CacheTier(RecordCache):
     """A :class:`RecordCache` chosen by URL, invalidated by other writers' writes too.
 

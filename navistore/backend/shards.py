@@ -238,15 +238,16 @@ class ShardedBackend:
             self._failure = result
         self._ready = True
         waiting, self._waiting = self._waiting, []
-        self._draining = True
-        try:
-            for done, method, args in waiting:
-                if self._failure is not None and method != self.close:
-                    done.errback(self._failure)
-                else:
-                    method(*args).chainDeferred(done)
-        finally:
-            self._draining = False
+        for done, method, args in waiting:
+            if self._failure is not None and method != self.close:
+                done.errback(self._failure)
+                continue
+            self._draining = True  # calls made before close run, but only those
+            try:
+                result = method(*args)
+            finally:
+                self._draining = False
+            result.chainDeferred(done)
 
     def _guard(
         self, operation: str, method: Callable[..., Any], *args: Any
