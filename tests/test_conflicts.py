@@ -4,6 +4,8 @@ same on every node; a sequential overwrite never is. In-process clusters on a fa
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from navistore.clock import Stamp
@@ -15,6 +17,7 @@ from navistore.conflicts import (
     loser_of,
     parse_conflict_key,
 )
+from navistore.protocol.batches import MalformedBatch, decode_batch, encode_batch
 from navistore.record import MAX_REPLACES, Record, merge_seen
 from navistore.store.losers import keys_with_losers, losers_of
 from navistore.testing.cluster import Cluster
@@ -224,3 +227,26 @@ def test_random_concurrent_schedules_keep_the_same_true_losers_everywhere(seed: 
     cluster.check_converged()
     cluster.check_conflicts()
     assert sum(len(_losers(cluster, 0, key)) for key in keys) > 0
+
+
+@pytest.mark.parametrize(
+    "replaces",
+    [
+        ["not-a-stamp"],
+        [Stamp(index + 1, 0, f"{index:016x}").encode() for index in range(MAX_REPLACES + 1)],
+        [Stamp(1, 0, B).encode(), Stamp(2, 0, B).encode()],
+        "018bcfe56a9e-000001-" + B,
+    ],
+    ids=["bad-stamp", "too-many", "one-node-twice", "not-a-list"],
+)
+def test_a_batch_with_bad_replaces_is_refused_whole(replaces: object) -> None:
+    """A peer's record whose ``replaces`` is not a short list of stamps of distinct nodes makes
+    the batch malformed (400 ``malformed_batch``), as any other bad field does."""
+    good = Record("/k", b"v", "text/plain", Stamp(5, 0, A), chain=(A,))
+    document = json.loads(encode_batch(A, [good]))
+    document["records"][0]["replaces"] = replaces
+    with pytest.raises(MalformedBatch):
+        decode_batch(json.dumps(document).encode())
+    document["records"][0]["replaces"] = [Stamp(1, 0, B).encode()]
+    [decoded] = decode_batch(json.dumps(document).encode()).records
+    assert decoded.replaces == (Stamp(1, 0, B),)

@@ -89,16 +89,17 @@ class CacheTier(RecordCache):
             self._schedule_expiry()
 
     def _external_write(self, *reported: Any) -> None:
-        """Another writer stored something: drop the keys reported (everything, if the report
-        names none), and keep every read under way from filling the cache with what it read
-        before the write."""
+        """Another writer may have stored something (``IExternalWrites`` reports the newest
+        seq): keep every read under way from filling the cache with what it read before. The
+        keys themselves are dropped by the node's follower (:mod:`navistore.store.follow`),
+        which reads what changed and calls :meth:`forget` with exactly those keys: the cache
+        provides ``IExternalWrites`` as its backend does, so the node follows it. Keys or
+        records reported (a backend reporting them itself) are dropped here at once."""
         self._applies += 1
         keys = [item.key if isinstance(item, Record) else item for item in reported]
-        if keys and all(isinstance(key, str) for key in keys):
-            for key in keys:
+        for key in keys:
+            if isinstance(key, str):
                 self._drop(key)
-        else:
-            self.clear()
 
     def _schedule_expiry(self) -> None:
         assert self._call_later is not None and self.max_age is not None

@@ -23,7 +23,7 @@ from typing import Any
 from navistore import __version__
 from navistore.keys import DEFAULT_MAX_KEY_BYTES
 from navistore.protocol.records import VALUE_ENCODINGS
-from navistore.record import DEFAULT_MAX_VALUE_SIZE, MAX_FLAGS
+from navistore.record import DEFAULT_MAX_VALUE_SIZE, MAX_FLAGS, MAX_REPLACES
 from navistore.store.core import MAX_TTL_MS
 from navistore.watch_hub import DEFAULT_MAX_WATCHERS
 from navistore.web.backend_rpc import MAX_PAGE as RPC_MAX_PAGE
@@ -453,6 +453,13 @@ def _schemas(max_value_size: int) -> dict[str, Schema]:
             "seq": {"anyOf": [seq, {"type": "null"}]},
             "expires_ms": {**seq, "description": "A TTL's deadline (ms since the epoch)."},
             "flags": {"type": "integer", "minimum": 0, "maximum": MAX_FLAGS},
+            "replaces": {
+                "type": "array",
+                "maxItems": MAX_REPLACES,
+                "items": _ref("Stamp"),
+                "description": "What the writer had seen of the key: per other node, its "
+                "newest stamp (see README Conflicts).",
+            },
         },
     }
     entry = {
